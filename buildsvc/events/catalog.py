@@ -1,0 +1,372 @@
+"""The catalog of every event buildsvc records.
+
+Each is a past-tense fact. Identifiers are plain strings: ``build_ref`` names a solve (BuildKit's
+build ref), ``vertex`` a vertex digest (``sha256:...``), ``ref_id`` one acquisition of a snapshot,
+``snapshot_id`` a snapshot on a worker. Adding a field with a default is backwards compatible;
+renaming or removing one raises the type's ``schema_version`` and needs an upcaster (see ``codec``).
+
+Streams: a build's solve and vertex events go to ``build-<ref>``, a snapshot's life and its refs to
+``snapshot-<id>``, cache records to ``cache-<key>``, daemon and worker events to ``daemon-<id>``.
+Projections key on payload fields, never on stream names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from buildsvc.events.codec import Event, JsonValue, event_type
+
+__all__ = [
+    "CacheExportCompleted",
+    "CacheExportFailed",
+    "CacheExportStarted",
+    "CacheImported",
+    "CacheRecordAdded",
+    "CacheRecordRemoved",
+    "DaemonStarted",
+    "DaemonStopped",
+    "ExportCompleted",
+    "RefAcquired",
+    "RefReleased",
+    "SnapshotCommitted",
+    "SnapshotCreated",
+    "SnapshotRemoved",
+    "SolveCancelled",
+    "SolveCompleted",
+    "SolveFailed",
+    "SolveRequested",
+    "SolveStarted",
+    "VertexCached",
+    "VertexCompleted",
+    "VertexFailed",
+    "VertexInterrupted",
+    "VertexLogChunk",
+    "VertexStarted",
+    "WorkerRegistered",
+]
+
+
+# --- solves ---------------------------------------------------------------------------------------
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveRequested(Event):
+    """A client asked for a build."""
+
+    build_ref: str
+    frontend: str = ""
+    """``dockerfile.v0``, ``gateway.v0`` or empty for a plain definition."""
+    frontend_attrs: dict[str, str] = field(default_factory=dict)
+    definition: JsonValue = None
+    """The definition in its JSON form when the client sent one (kept for re-runs)."""
+    definition_digest: str = ""
+    local_dirs: dict[str, str] = field(default_factory=dict)
+    """Local context name -> content digest of what the client sent."""
+    exporters: tuple[dict[str, str], ...] = ()
+    cache_exports: tuple[dict[str, str], ...] = ()
+    cache_imports: tuple[dict[str, str], ...] = ()
+    client: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveStarted(Event):
+    """The solver began walking a build's graph."""
+
+    build_ref: str
+    vertex_count: int = 0
+    daemon_id: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveCompleted(Event):
+    """A build finished and its exports were written."""
+
+    build_ref: str
+    result_snapshot: str = ""
+    exporter_response: dict[str, str] = field(default_factory=dict)
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveFailed(Event):
+    """A build ended in error."""
+
+    build_ref: str
+    error: str
+    vertex: str | None = None
+    exit_code: int | None = None
+    source_location: str = ""
+    """``Dockerfile:LINE`` where the failed step came from, when known."""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveCancelled(Event):
+    """A build was cancelled (by its client, by a shutdown, or by ``--no-resume``)."""
+
+    build_ref: str
+    reason: str = ""
+
+
+# --- vertices -------------------------------------------------------------------------------------
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VertexStarted(Event):
+    """A vertex began running on a worker (announced before the side effect)."""
+
+    build_ref: str
+    vertex: str
+    name: str = ""
+    worker: str = ""
+    cache_key: str = ""
+    attempt: int = 1
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VertexCached(Event):
+    """A vertex's result came from the cache; it did not run."""
+
+    build_ref: str
+    vertex: str
+    name: str = ""
+    cache_key: str = ""
+    snapshot_id: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VertexCompleted(Event):
+    """A vertex ran to a valid exit and its result snapshot is committed."""
+
+    build_ref: str
+    vertex: str
+    worker: str = ""
+    duration_ms: int = 0
+    exit_code: int | None = None
+    snapshot_id: str = ""
+    cache_key: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VertexFailed(Event):
+    """A vertex ended in error."""
+
+    build_ref: str
+    vertex: str
+    error: str
+    worker: str = ""
+    duration_ms: int = 0
+    exit_code: int | None = None
+    log_tail: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VertexInterrupted(Event):
+    """A vertex that started never ended (found on restart, or stopped by a shutdown)."""
+
+    build_ref: str
+    vertex: str
+    reason: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VertexLogChunk(Event):
+    """A piece of a vertex's output, in the order the process wrote it."""
+
+    build_ref: str
+    vertex: str
+    data: bytes
+    stream: int = 1
+    """1 for stdout, 2 for stderr."""
+    offset: int = 0
+
+
+# --- snapshots and refs ---------------------------------------------------------------------------
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefAcquired(Event):
+    """Someone took a reference on a snapshot; it must be released or handed on."""
+
+    ref_id: str
+    snapshot_id: str
+    holder_kind: str
+    """``solve``, ``vertex``, ``cache``, ``export``, ``gateway`` or ``daemon``."""
+    holder_id: str
+    build_ref: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefReleased(Event):
+    """A reference on a snapshot was given up."""
+
+    ref_id: str
+    snapshot_id: str
+    reason: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotCreated(Event):
+    """A snapshot was prepared on a worker (announced before it exists on disk)."""
+
+    snapshot_id: str
+    worker: str = ""
+    snapshotter: str = ""
+    parent: str | None = None
+    kind: str = "active"
+    """``active`` (writable) or ``view`` (read-only)."""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotCommitted(Event):
+    """An active snapshot became an immutable layer."""
+
+    snapshot_id: str
+    size_bytes: int = 0
+    digest: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotRemoved(Event):
+    """A snapshot's data was deleted from disk."""
+
+    snapshot_id: str
+    reason: str = ""
+    size_bytes: int = 0
+
+
+# --- cache ----------------------------------------------------------------------------------------
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheRecordAdded(Event):
+    """A vertex result became reusable under a cache key."""
+
+    cache_key: str
+    vertex: str
+    snapshot_id: str
+    build_ref: str = ""
+    source: str = "local"
+    """``local`` for a result built here, or ``import:<type>`` for one taken from a cache import."""
+    size_bytes: int = 0
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheRecordRemoved(Event):
+    """A cache record was dropped (prune, or its data went missing)."""
+
+    cache_key: str
+    reason: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheExportStarted(Event):
+    """A cache export began."""
+
+    build_ref: str
+    export_id: str
+    type: str
+    attrs: dict[str, str] = field(default_factory=dict)
+    mode: str = "min"
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheExportCompleted(Event):
+    """A cache export finished."""
+
+    build_ref: str
+    export_id: str
+    manifest_digest: str = ""
+    records: int = 0
+    layers: int = 0
+    bytes_written: int = 0
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheExportFailed(Event):
+    """A cache export failed; with ``ignore-error`` the build goes on."""
+
+    build_ref: str
+    export_id: str
+    error: str
+    ignored: bool = False
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheImported(Event):
+    """Cache records were read from an import source."""
+
+    build_ref: str
+    type: str
+    attrs: dict[str, str] = field(default_factory=dict)
+    manifest_digest: str = ""
+    records: int = 0
+    bytes_read: int = 0
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportCompleted(Event):
+    """An exporter (local, tar, oci, image) wrote a build's result."""
+
+    build_ref: str
+    exporter: str
+    attrs: dict[str, str] = field(default_factory=dict)
+    response: dict[str, str] = field(default_factory=dict)
+
+
+# --- daemon and workers ---------------------------------------------------------------------------
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRegistered(Event):
+    """A daemon enabled a worker."""
+
+    worker: str
+    executor: str = ""
+    snapshotter: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    platforms: tuple[str, ...] = ()
+    daemon_id: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonStarted(Event):
+    """A daemon process started on a root and database."""
+
+    daemon_id: str
+    version: str = ""
+    root: str = ""
+    hostname: str = ""
+    pid: int = 0
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonStopped(Event):
+    """A daemon process stopped cleanly."""
+
+    daemon_id: str
+    reason: str = ""

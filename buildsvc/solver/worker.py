@@ -1,0 +1,231 @@
+"""The port through which the solver runs build steps on a worker.
+
+A worker is an ``Executor`` (runs one process in a container) plus a ``Snapshotter`` (makes the
+filesystems it runs on). The solver owns these types; backends live in ``buildsvc.executors`` and
+never leak their own types through here. Everything that crosses the port is a frozen dataclass.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+OutputCallback = Callable[[bytes], None]
+"""Receives a process's output in chunks, as they arrive (not line-buffered)."""
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""The ``PATH`` a process gets when its environment names none (as BuildKit does)."""
+
+
+class NetworkMode(StrEnum):
+    """Which network a process sees."""
+
+    NONE = "none"
+    """A fresh network namespace with only ``lo``."""
+    HOST = "host"
+    """The host's network namespace."""
+
+
+class MountKind(StrEnum):
+    """What a ``Mount`` puts at its destination."""
+
+    BIND = "bind"
+    """A snapshot or host directory, bound in."""
+    CACHE = "cache"
+    """A persistent cache directory (a host path the cache manager owns), bound in read-write."""
+    TMPFS = "tmpfs"
+    """An empty in-memory filesystem."""
+
+
+class SnapshotKind(StrEnum):
+    """The life stage of a snapshot."""
+
+    COMMITTED = "committed"
+    """Immutable; may be a parent."""
+    ACTIVE = "active"
+    """Writable; becomes committed by ``Snapshotter.commit``."""
+    VIEW = "view"
+    """A read-only window on a committed snapshot; never committed."""
+
+
+class ChangeKind(StrEnum):
+    """How a path differs between a snapshot and its parent."""
+
+    ADDED = "added"
+    MODIFIED = "modified"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotInfo:
+    """What a snapshotter knows about one snapshot."""
+
+    key: str
+    """The caller-chosen name of the snapshot."""
+    kind: SnapshotKind
+    parent: str | None = None
+    """The committed snapshot this one was made on, if any."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotMount:
+    """A snapshot whose tree is visible on the host at ``path`` until it is unmounted."""
+
+    key: str
+    path: str
+    readonly: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """One path that a snapshot changed relative to its parent (the content of a layer)."""
+
+    kind: ChangeKind
+    path: str
+    """Absolute path inside the snapshot, ``/``-separated."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mount:
+    """Something mounted into the container besides its root filesystem."""
+
+    kind: MountKind
+    dest: str
+    """Absolute path inside the container; cleaned, and ``..`` is rejected."""
+    source: SnapshotMount | str | None = None
+    """A mounted snapshot or a host path (``BIND``, ``CACHE``); ``None`` for ``TMPFS``."""
+    selector: str = "/"
+    """A sub-path of ``source`` to mount instead of its top; resolved inside ``source``."""
+    readonly: bool = False
+    tmpfs_size: int | None = None
+    """Upper bound in bytes for a ``TMPFS`` mount; ``None`` takes the kernel's default."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSpec:
+    """The process to run: what BuildKit calls ``executor.Meta``."""
+
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    """``KEY=VALUE`` entries; ``DEFAULT_PATH`` is added when none sets ``PATH``."""
+    cwd: str = "/"
+    """Working directory inside the root filesystem; created when missing."""
+    user: str = ""
+    """``uid``, ``uid:gid``, ``name`` or ``name:group``, resolved in the rootfs; empty means root."""
+    valid_exit_codes: tuple[int, ...] = (0,)
+    """Exit codes that count as success; any other raises from ``Executor.run``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecSpec:
+    """Everything an executor needs to run one build step."""
+
+    process: ProcessSpec
+    rootfs: SnapshotMount
+    """The writable snapshot the process runs on (also for a read-only root, see below)."""
+    mounts: tuple[Mount, ...] = ()
+    hostname: str = ""
+    """Empty gives the executor's default."""
+    network: NetworkMode = NetworkMode.NONE
+    readonly_root: bool = False
+    """Make ``/`` read-only in the container. ``rootfs`` stays a writable snapshot so the runtime can
+    still create mount points (``/proc``...) in it, as BuildKit does."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecResult:
+    """How a process that ran to the end finished."""
+
+    exit_code: int
+    duration: float
+    """Wall-clock seconds from start to exit."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Platform:
+    """An OCI platform."""
+
+    os: str
+    architecture: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """How a worker describes itself (``ListWorkers``)."""
+
+    name: str
+    executor: str
+    snapshotter: str
+    platform: Platform
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    """Runs one process in an isolated container."""
+
+    @property
+    def name(self) -> str:
+        """The executor's name, e.g. ``runc``."""
+        ...
+
+    def run(
+        self,
+        spec: ExecSpec,
+        *,
+        stdout: OutputCallback | None = None,
+        stderr: OutputCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ExecResult:
+        """Run ``spec`` to completion; raise when it fails or ``cancel`` is set."""
+        ...
+
+
+class Snapshotter(Protocol):
+    """Makes, mounts and keeps the filesystems that processes run on.
+
+    Keys are chosen by the caller (so an event can name a snapshot before it exists).
+    """
+
+    @property
+    def name(self) -> str:
+        """The snapshotter's name, e.g. ``overlay``."""
+        ...
+
+    def prepare(self, key: str, parent: str | None = None) -> SnapshotInfo:
+        """Create an active (writable) snapshot on ``parent`` (a committed snapshot), or empty."""
+        ...
+
+    def view(self, key: str, parent: str) -> SnapshotInfo:
+        """Create a read-only view of the committed snapshot ``parent``."""
+        ...
+
+    def mount(self, key: str) -> SnapshotMount:
+        """Make an active snapshot or view visible on the host; idempotent."""
+        ...
+
+    def unmount(self, key: str) -> None:
+        """Undo ``mount``; a no-op when not mounted."""
+        ...
+
+    def commit(self, key: str, active_key: str) -> SnapshotInfo:
+        """Turn the (unmounted) active snapshot ``active_key`` into the committed snapshot ``key``."""
+        ...
+
+    def remove(self, key: str) -> None:
+        """Delete a snapshot; refused while a child or a mount depends on it."""
+        ...
+
+    def stat(self, key: str) -> SnapshotInfo:
+        """Describe one snapshot."""
+        ...
+
+    def list(self) -> Sequence[SnapshotInfo]:
+        """Describe every snapshot."""
+        ...
+
+    def changes(self, key: str) -> Sequence[Change]:
+        """What ``key`` changed relative to its parent, sorted by path."""
+        ...
