@@ -261,7 +261,7 @@ class SqlEventStore:
 
         def once() -> int:
             with self.db.read() as conn:
-                return int(conn.execute(self._head_sql).scalar_one())
+                return self.head_in(conn)
 
         return self.db.run(once, what="read the log head")
 
@@ -280,10 +280,17 @@ class SqlEventStore:
 
         def once() -> list[StoredEvent]:
             with self.db.read() as conn:
-                result = conn.execute(self._read_all_sql, {"after": after, "limit": limit})
-                return [_row_to_event(r) for r in result]
+                return self.read_batch_in(conn, after, limit)
 
         return self.db.run(once, what="read the log")
+
+    def read_batch_in(self, conn: Connection, after: int, limit: int) -> list[StoredEvent]:
+        """:meth:`read_batch` inside the caller's transaction."""
+        return [_row_to_event(r) for r in conn.execute(self._read_all_sql, {"after": after, "limit": limit})]
+
+    def head_in(self, conn: Connection) -> int:
+        """:meth:`head` inside the caller's transaction."""
+        return int(conn.execute(self._head_sql).scalar_one())
 
     def read_all(
         self, *, after: int = 0, batch_size: int = 1000, limit: int | None = None

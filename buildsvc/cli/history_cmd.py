@@ -1,0 +1,169 @@
+"""``buildsvc history ls|inspect`` and ``buildsvc leaks``: what the projections say about builds."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import click
+
+from buildsvc.cli.common import FORMAT_OPTION, echo_json, open_from, print_table
+from buildsvc.errors import NotFound
+from buildsvc.projections import find_leaks
+from buildsvc.projections.builds import get_build, list_builds
+
+__all__ = ["COMMANDS"]
+
+
+@click.group("history")
+def history_group() -> None:
+    """Builds as the log recorded them."""
+
+
+@history_group.command("ls")
+@click.option("--limit", type=int, default=50, show_default=True)
+@FORMAT_OPTION
+@click.pass_context
+def ls(ctx: click.Context, limit: int, fmt: str) -> None:
+    """List builds, newest first."""
+    state = open_from(ctx)
+    state.runner.run_once()
+    with state.db.read() as conn:
+        rows = list_builds(conn, limit=limit)
+    if fmt == "json":
+        echo_json(rows)
+        return
+    print_table(
+        None,
+        ["REF", "STATUS", "FRONTEND", "BY", "STARTED", "ENDED", "VERTICES", "CACHED", "ERROR"],
+        [
+            [
+                r["build_ref"],
+                r["status"],
+                r["frontend"],
+                r["actor"],
+                r["started_at"],
+                r["ended_at"],
+                r["vertices_total"],
+                r["vertices_cached"],
+                r["error"][:60],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@history_group.command("inspect")
+@click.argument("ref")
+@FORMAT_OPTION
+@click.pass_context
+def inspect(ctx: click.Context, ref: str, fmt: str) -> None:
+    """Show one build and each of its vertices."""
+    state = open_from(ctx)
+    state.runner.run_once()
+    with state.db.read() as conn:
+        build = get_build(conn, ref)
+    if build is None:
+        raise NotFound(f"no build {ref!r} in the history")
+    if fmt == "json":
+        echo_json(build)
+        return
+    for key in (
+        "build_ref",
+        "status",
+        "frontend",
+        "actor",
+        "trace_id",
+        "requested_at",
+        "started_at",
+        "ended_at",
+    ):
+        click.echo(f"{key + ':':<14}{build[key] or ''}")
+    counts = (
+        "vertices_total",
+        "vertices_completed",
+        "vertices_cached",
+        "vertices_failed",
+        "vertices_interrupted",
+    )
+    click.echo("vertices:     " + ", ".join(f"{k.removeprefix('vertices_')} {build[k]}" for k in counts))
+    if build["error"]:
+        click.echo(
+            f"error:        {build['error']} (vertex {build['error_vertex']}, exit {build['exit_code']})"
+        )
+    print_table(
+        None,
+        ["VERTEX", "NAME", "STATUS", "WORKER", "RUNS", "DURATION MS", "EXIT", "ERROR"],
+        [
+            [
+                v["vertex"][:19],
+                v["name"],
+                v["status"],
+                v["worker"],
+                v["runs"],
+                v["duration_ms"],
+                v["exit_code"],
+                v["error"][:50],
+            ]
+            for v in build["vertices"]
+        ],
+    )
+
+
+@click.command("leaks")
+@click.option("--ref", "build_ref", help="Only refs of this build.")
+@FORMAT_OPTION
+@click.pass_context
+def leaks(ctx: click.Context, build_ref: str | None, fmt: str) -> None:
+    """Report refs whose holder ended without releasing them, and snapshots nothing references.
+
+    Exits 1 when there is a leak, so scripts can check for them.
+    """
+    state = open_from(ctx)
+    state.runner.run_once()
+    with state.db.read() as conn:
+        report = find_leaks(conn, build_ref=build_ref)
+    if fmt == "json":
+        echo_json(
+            {
+                "refs": [_fields(r) for r in report.refs],
+                "snapshots": [_fields(s) for s in report.snapshots],
+            }
+        )
+    else:
+        if report.refs:
+            print_table(
+                "leaked refs",
+                ["REF", "SNAPSHOT", "HOLDER", "BUILD", "ACQUIRED AT", "HOLDER ENDED AT"],
+                [
+                    [
+                        r.ref_id,
+                        r.snapshot_id,
+                        f"{r.holder_kind}:{r.holder_id}",
+                        r.build_ref,
+                        r.acquired_position,
+                        r.holder_ended_position,
+                    ]
+                    for r in report.refs
+                ],
+            )
+        if report.snapshots:
+            print_table(
+                "unreferenced snapshots",
+                ["SNAPSHOT", "WORKER", "STATE", "SIZE", "CREATED AT"],
+                [
+                    [s.snapshot_id, s.worker, s.state, s.size_bytes, s.created_position]
+                    for s in report.snapshots
+                ],
+            )
+        if report.empty:
+            click.echo("no leaks")
+    if not report.empty:
+        raise SystemExit(1)
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+COMMANDS = [history_group, leaks]

@@ -1,0 +1,65 @@
+"""The ``buildsvc`` command (modeled on buildctl). Exit status: 0 ok, 1 failed, 2 bad usage or input."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from buildsvc.cli import db_cmd, demo_cmd, events_cmd, history_cmd, projections_cmd
+from buildsvc.cli.common import Options
+from buildsvc.errors import BuildsvcError, InvalidInput
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="BUILDSVC_ROOT",
+    help="State directory [env BUILDSVC_ROOT; default /var/lib/buildsvc as root].",
+)
+@click.option(
+    "--db",
+    "db_url",
+    envvar="BUILDSVC_DB_URL",
+    help="SQLAlchemy database URL [env BUILDSVC_DB_URL; default sqlite:///ROOT/state.db].",
+)
+@click.option(
+    "--db-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to keep retrying an unreachable database before failing.",
+)
+@click.pass_context
+def cli(ctx: click.Context, root: Path | None, db_url: str | None, db_timeout: float) -> None:
+    """buildsvc: builds whose whole history is an event log."""
+    ctx.obj = Options(root=root, db_url=db_url, db_timeout=db_timeout)
+
+
+for module in (db_cmd, events_cmd, projections_cmd, history_cmd, demo_cmd):
+    for command in module.COMMANDS:
+        cli.add_command(command)
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning buildsvc errors into a message and an exit status."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+    except InvalidInput as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except BuildsvcError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)

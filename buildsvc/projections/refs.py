@@ -1,0 +1,271 @@
+"""Refs and snapshots as the log says they are, and the leaks found from them.
+
+A ref belongs to a holder whose life has a *scope*: refs held by a solve, one of its vertices, its
+exports or a gateway job end with the build (``build:<ref>``, ended by SolveCompleted, SolveFailed
+or SolveCancelled); refs held by a cache record end when the record is removed (``cache:<key>``);
+refs held by a daemon end when it stops (``daemon:<id>``). A ref that is still unreleased after its
+scope ended is a leak. A snapshot that is not removed and that no unreleased ref holds, directly or
+through a child layer stacked on it, is unreferenced.
+
+This projection is inline: the engine reads ref counts at once when it removes a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from buildsvc.events import catalog as ev
+from buildsvc.events.envelope import StoredEvent
+from buildsvc.projections.rows import RowBuffer
+from buildsvc.projections.schema import ended_scopes, refs, snapshots
+
+__all__ = ["LeakReport", "LeakedRef", "RefStateProjection", "UnreferencedSnapshot", "find_leaks", "scope_of"]
+
+_HANDLED = {
+    ev.RefAcquired.type_name,
+    ev.RefReleased.type_name,
+    ev.SnapshotCreated.type_name,
+    ev.SnapshotCommitted.type_name,
+    ev.SnapshotRemoved.type_name,
+    ev.SolveCompleted.type_name,
+    ev.SolveFailed.type_name,
+    ev.SolveCancelled.type_name,
+    ev.CacheRecordRemoved.type_name,
+    ev.DaemonStopped.type_name,
+}
+
+
+def scope_of(holder_kind: str, holder_id: str, build_ref: str) -> str:
+    """What ends a holder's life (see the module docstring)."""
+    if holder_kind == "cache":
+        return f"cache:{holder_id}"
+    if holder_kind == "daemon":
+        return f"daemon:{holder_id}"
+    return f"build:{build_ref or holder_id}"
+
+
+def _ended_scope(event: object) -> str | None:
+    match event:
+        case ev.SolveCompleted(build_ref=r) | ev.SolveFailed(build_ref=r) | ev.SolveCancelled(build_ref=r):
+            return f"build:{r}"
+        case ev.CacheRecordRemoved(cache_key=key):
+            return f"cache:{key}"
+        case ev.DaemonStopped(daemon_id=daemon):
+            return f"daemon:{daemon}"
+    return None
+
+
+class RefStateProjection:
+    """Rows for every ref and snapshot, with ref counts and the positions that ended their holders."""
+
+    name = "refs"
+    tables: Sequence[sa.Table] = (refs, ended_scopes, snapshots)
+    inline = True
+
+    def apply(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
+        """Fold a batch of events into the ref and snapshot rows."""
+        relevant = [(s, s.decode()) for s in events if s.type in _HANDLED]
+        if not relevant:
+            return
+        ref_rows = RowBuffer(conn, refs)
+        scope_rows = RowBuffer(conn, ended_scopes)
+        snap_rows = RowBuffer(conn, snapshots)
+        ref_rows.load(e.ref_id for _, e in relevant if isinstance(e, ev.RefAcquired | ev.RefReleased))
+        snap_rows.load(getattr(e, "snapshot_id", None) for _, e in relevant)
+        scope_rows.load(
+            [
+                scope_of(e.holder_kind, e.holder_id, e.build_ref)
+                for _, e in relevant
+                if isinstance(e, ev.RefAcquired)
+            ]
+            + [s for _, e in relevant if (s := _ended_scope(e)) is not None]
+        )
+        newly_ended: dict[str, int] = {}
+        for stored, event in relevant:
+            match event:
+                case ev.RefAcquired():
+                    self._acquired(ref_rows, scope_rows, snap_rows, stored, event)
+                case ev.RefReleased(ref_id=ref_id, reason=reason):
+                    ref = ref_rows.get(ref_id)
+                    if ref is not None and ref["released_position"] is None:
+                        ref.update(released_position=stored.position, release_reason=reason)
+                        ref_rows.changed(ref)
+                        snap = snap_rows.get(ref["snapshot_id"])
+                        if snap is not None:
+                            snap["active_refs"] -= 1
+                            snap_rows.changed(snap)
+                case ev.SnapshotCreated():
+                    self._snapshot(snap_rows, stored, event.snapshot_id, event)
+                case ev.SnapshotCommitted(snapshot_id=sid, size_bytes=size):
+                    snap = self._snapshot(snap_rows, stored, sid, None)
+                    snap.update(state="committed", size_bytes=size)
+                    snap_rows.changed(snap)
+                case ev.SnapshotRemoved(snapshot_id=sid):
+                    snap = self._snapshot(snap_rows, stored, sid, None)
+                    snap.update(state="removed", removed_position=stored.position)
+                    snap_rows.changed(snap)
+                case _:
+                    scope = _ended_scope(event)
+                    if scope is not None and scope_rows.get(scope) is None:
+                        scope_rows.insert({"scope": scope, "position": stored.position})
+                        newly_ended[scope] = stored.position
+        ref_rows.flush()
+        scope_rows.flush()
+        snap_rows.flush()
+        if newly_ended:
+            # Refs acquired before their scope ended (in this batch or earlier) learn it here.
+            conn.execute(
+                refs.update()
+                .where(refs.c.scope == sa.bindparam("_scope"), refs.c.holder_ended_position.is_(None))
+                .values(holder_ended_position=sa.bindparam("_position")),
+                [{"_scope": s, "_position": p} for s, p in newly_ended.items()],
+            )
+
+    @staticmethod
+    def _acquired(
+        ref_rows: RowBuffer,
+        scope_rows: RowBuffer,
+        snap_rows: RowBuffer,
+        stored: StoredEvent,
+        event: ev.RefAcquired,
+    ) -> None:
+        if ref_rows.get(event.ref_id) is not None:
+            return  # acquiring the same ref twice is not a second hold
+        scope = scope_of(event.holder_kind, event.holder_id, event.build_ref)
+        ended = scope_rows.get(scope)
+        ref_rows.insert(
+            {
+                "ref_id": event.ref_id,
+                "snapshot_id": event.snapshot_id,
+                "holder_kind": event.holder_kind,
+                "holder_id": event.holder_id,
+                "build_ref": event.build_ref,
+                "scope": scope,
+                "acquired_position": stored.position,
+                "released_position": None,
+                "release_reason": "",
+                "holder_ended_position": ended["position"] if ended is not None else None,
+            }
+        )
+        snap = RefStateProjection._snapshot(snap_rows, stored, event.snapshot_id, None)
+        snap["active_refs"] += 1
+        snap_rows.changed(snap)
+
+    @staticmethod
+    def _snapshot(
+        rows: RowBuffer, stored: StoredEvent, snapshot_id: str, created: ev.SnapshotCreated | None
+    ) -> dict[str, Any]:
+        snap = rows.get(snapshot_id)
+        if snap is None:
+            snap = rows.insert(
+                {
+                    "snapshot_id": snapshot_id,
+                    "worker": "",
+                    "snapshotter": "",
+                    "parent": None,
+                    "kind": "active",
+                    "state": "created",
+                    "size_bytes": 0,
+                    "active_refs": 0,
+                    "created_position": stored.position,
+                    "removed_position": None,
+                }
+            )
+        if created is not None:
+            snap.update(
+                worker=created.worker,
+                snapshotter=created.snapshotter,
+                parent=created.parent,
+                kind=created.kind,
+            )
+            rows.changed(snap)
+        return snap
+
+
+# --- the leak report -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeakedRef:
+    """A ref whose holder ended without releasing it."""
+
+    ref_id: str
+    snapshot_id: str
+    holder_kind: str
+    holder_id: str
+    build_ref: str
+    acquired_position: int
+    holder_ended_position: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnreferencedSnapshot:
+    """A snapshot on disk that no unreleased ref keeps alive."""
+
+    snapshot_id: str
+    worker: str
+    state: str
+    size_bytes: int
+    created_position: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeakReport:
+    """Everything the log says was left behind."""
+
+    refs: tuple[LeakedRef, ...]
+    snapshots: tuple[UnreferencedSnapshot, ...]
+
+    @property
+    def empty(self) -> bool:
+        """No leaked ref and no unreferenced snapshot."""
+        return not self.refs and not self.snapshots
+
+
+def find_leaks(conn: Connection, *, build_ref: str | None = None) -> LeakReport:
+    """Leaked refs (optionally of one build) and unreferenced snapshots, from the projection's rows."""
+    query = sa.select(refs).where(
+        refs.c.released_position.is_(None), refs.c.holder_ended_position.is_not(None)
+    )
+    if build_ref is not None:
+        query = query.where(refs.c.build_ref == build_ref)
+    leaked = tuple(
+        LeakedRef(
+            ref_id=r.ref_id,
+            snapshot_id=r.snapshot_id,
+            holder_kind=r.holder_kind,
+            holder_id=r.holder_id,
+            build_ref=r.build_ref,
+            acquired_position=r.acquired_position,
+            holder_ended_position=r.holder_ended_position,
+        )
+        for r in conn.execute(query.order_by(refs.c.acquired_position))
+    )
+    live = {
+        r.snapshot_id: r for r in conn.execute(sa.select(snapshots).where(snapshots.c.state != "removed"))
+    }
+    held = {sid for sid, r in live.items() if r.active_refs > 0}
+    # A layer under a held snapshot is in use through it.
+    frontier = list(held)
+    while frontier:
+        parent = live[frontier.pop()].parent
+        if parent is not None and parent in live and parent not in held:
+            held.add(parent)
+            frontier.append(parent)
+    orphans = tuple(
+        UnreferencedSnapshot(
+            snapshot_id=r.snapshot_id,
+            worker=r.worker,
+            state=r.state,
+            size_bytes=r.size_bytes,
+            created_position=r.created_position,
+        )
+        for sid, r in sorted(live.items(), key=lambda kv: kv[1].created_position)
+        if sid not in held and build_ref is None
+    )
+    return LeakReport(refs=leaked, snapshots=orphans)

@@ -1,0 +1,394 @@
+"""Apply events to projections exactly once, one runner at a time, and rebuild them from the log.
+
+Exactly once: a projection's rows and its checkpoint are written in one transaction, and that
+transaction first locks the projection's checkpoint row (``SELECT ... FOR UPDATE``; SQLite's write
+lock does the same) and re-reads the position there. Whoever applies a batch — a runner, or an
+append applying an inline projection — does it under that lock and only from the stored position,
+so no event is applied twice or skipped, whatever runs concurrently.
+
+One runner at a time: runners (in one process or in several daemons on one database) take a lease
+on a projection (``owner``, ``lease_until`` in its checkpoint row) and renew it with every batch; a
+runner that finds the lease held by a live owner stands by, and takes over once the lease expires.
+
+Inline projections (the ones the solver must read at once, such as the ref state) are applied in
+the append's own transaction when they are caught up (their position is the head the append saw);
+when they lag (after a rebuild began), appends leave them to a runner until it catches up.
+
+Rebuild: one transaction empties the projection's tables and sets its checkpoint to position 0 with
+status ``rebuilding``; runners then catch it up in batches. A rebuild that is killed stays
+``rebuilding`` at its last committed batch, and running it again continues from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from buildsvc.errors import NotFound
+from buildsvc.events.envelope import StoredEvent, format_time
+from buildsvc.events.sql_store import SqlEventStore
+from buildsvc.events.subscription import Subscription
+from buildsvc.projections.base import Projection
+from buildsvc.projections.schema import projection_checkpoints as checkpoints
+
+__all__ = ["InlineProjections", "ProjectionRunner", "ProjectionStatus", "UnknownProjection"]
+
+LIVE = "live"
+REBUILDING = "rebuilding"
+
+
+class UnknownProjection(NotFound):
+    """A projection name that is not registered."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        super().__init__(f"no projection named {name!r} (there are: {', '.join(known)})")
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProjectionStatus:
+    """Where a projection is, against the head of the log."""
+
+    name: str
+    position: int
+    head: int
+    status: str
+    owner: str | None
+    lease_until: datetime | None
+    inline: bool
+
+    @property
+    def lag(self) -> int:
+        """Events the projection has not applied yet."""
+        return max(self.head - self.position, 0)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def ensure_checkpoints(conn: Connection, names: Sequence[str]) -> None:
+    """Create missing checkpoint rows (at position 0, live): safe when two processes race."""
+    existing = set(conn.execute(sa.select(checkpoints.c.name).where(checkpoints.c.name.in_(names))).scalars())
+    for name in names:
+        if name in existing:
+            continue
+        values = {"name": name, "position": 0, "status": LIVE, "updated_at": _now()}
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(pg_insert(checkpoints).values(values).on_conflict_do_nothing())
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            conn.execute(sqlite_insert(checkpoints).values(values).on_conflict_do_nothing())
+
+
+class InlineProjections:
+    """An append hook that applies caught-up inline projections in the append's transaction."""
+
+    def __init__(self, projections: Sequence[Projection]) -> None:
+        self.projections = [p for p in projections if p.inline]
+        self._select = (
+            sa.select(checkpoints.c.name, checkpoints.c.position, checkpoints.c.status)
+            .where(checkpoints.c.name.in_([p.name for p in self.projections]))
+            .with_for_update()
+        )
+        self._advance = (
+            checkpoints.update()
+            .where(checkpoints.c.name == sa.bindparam("_name"))
+            .values(position=sa.bindparam("position"))
+        )
+
+    def __call__(self, conn: Connection, appended: Sequence[StoredEvent], head_before: int) -> None:
+        if not self.projections:
+            return
+        state = {r.name: (r.position, r.status) for r in conn.execute(self._select)}
+        advanced = []
+        for p in self.projections:
+            position, status = state.get(p.name, (None, None))
+            if position == head_before and status == LIVE:
+                p.apply(conn, appended)
+                advanced.append({"_name": p.name, "position": appended[-1].position})
+        if advanced:
+            conn.execute(self._advance, advanced)
+
+
+class ProjectionRunner:
+    """Catches projections up with the log, under leases, and rebuilds them."""
+
+    def __init__(
+        self,
+        store: SqlEventStore,
+        projections: Sequence[Projection],
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 15.0,
+        batch_size: int = 2000,
+    ) -> None:
+        self.store = store
+        self.db = store.db
+        self.projections = {p.name: p for p in projections}
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = timedelta(seconds=lease_seconds)
+        self.batch_size = batch_size
+        self.db.run(self._ensure, what="create projection checkpoints")
+
+    def _ensure(self) -> None:
+        with self.db.write() as conn:
+            ensure_checkpoints(conn, list(self.projections))
+
+    def projection(self, name: str) -> Projection:
+        """The registered projection called ``name``."""
+        try:
+            return self.projections[name]
+        except KeyError:
+            raise UnknownProjection(name, list(self.projections)) from None
+
+    # --- leases ------------------------------------------------------------------------------------
+
+    def try_lease(self, name: str) -> bool:
+        """Take or renew the lease on ``name``; False when another live runner holds it."""
+
+        def once() -> bool:
+            now = _now()
+            with self.db.write() as conn:
+                result = conn.execute(
+                    checkpoints.update()
+                    .where(
+                        checkpoints.c.name == name,
+                        sa.or_(
+                            checkpoints.c.owner.is_(None),
+                            checkpoints.c.owner == self.owner,
+                            checkpoints.c.lease_until < now,
+                        ),
+                    )
+                    .values(owner=self.owner, lease_until=now + self.lease)
+                )
+                return result.rowcount == 1
+
+        return self.db.run(once, what=f"lease projection {name}")
+
+    def release_all(self) -> None:
+        """Give up every lease this runner holds (when a process is done with its runner)."""
+
+        def once() -> None:
+            with self.db.write() as conn:
+                conn.execute(
+                    checkpoints.update()
+                    .where(checkpoints.c.owner == self.owner)
+                    .values(owner=None, lease_until=None)
+                )
+
+        self.db.run(once, what="release projection leases")
+
+    def release_lease(self, name: str) -> None:
+        """Give the lease up so another runner can take over at once."""
+
+        def once() -> None:
+            with self.db.write() as conn:
+                conn.execute(
+                    checkpoints.update()
+                    .where(checkpoints.c.name == name, checkpoints.c.owner == self.owner)
+                    .values(owner=None, lease_until=None)
+                )
+
+        self.db.run(once, what=f"release projection {name}")
+
+    # --- applying ----------------------------------------------------------------------------------
+
+    def apply_batch(self, name: str) -> int:
+        """Apply the next batch of events to ``name`` under the lock; returns how many were applied.
+
+        The caller should hold the lease; this checks it again inside the transaction, so a runner
+        whose lease was taken over stops instead of racing the new owner.
+        """
+        projection = self.projection(name)
+
+        def once() -> int:
+            with self.db.write() as conn:
+                row = conn.execute(
+                    sa.select(checkpoints.c.position, checkpoints.c.status, checkpoints.c.owner)
+                    .where(checkpoints.c.name == name)
+                    .with_for_update()
+                ).one()
+                if row.owner != self.owner:
+                    return 0
+                batch = self._read(conn, row.position)
+                if batch:
+                    projection.apply(conn, batch)
+                    values: dict[str, Any] = {"position": batch[-1].position}
+                elif row.status == REBUILDING:
+                    values = {"status": LIVE}
+                else:
+                    values = {}
+                values |= {"lease_until": _now() + self.lease, "updated_at": _now()}
+                conn.execute(checkpoints.update().where(checkpoints.c.name == name).values(values))
+                return len(batch)
+
+        return self.db.run(once, what=f"apply projection {name}")
+
+    def _read(self, conn: Connection, after: int) -> list[StoredEvent]:
+        # Read in the same transaction: with serialized appends nothing can commit below what we see.
+        return self.store.read_batch_in(conn, after, self.batch_size)
+
+    def catch_up(self, name: str, *, stop: Callable[[], bool] = lambda: False) -> int:
+        """Apply batches to ``name`` until it reaches the head; returns events applied (0 without lease)."""
+        total = 0
+        if not self.try_lease(name):
+            return 0
+        while not stop():
+            applied = self.apply_batch(name)
+            total += applied
+            if applied == 0:
+                current = self.status(name)
+                if current.status == LIVE or current.owner != self.owner:
+                    break
+        return total
+
+    def run_once(self) -> dict[str, int]:
+        """Catch every projection up once (those whose lease another runner holds are skipped)."""
+        return {name: self.catch_up(name) for name in self.projections}
+
+    def follow(
+        self,
+        stop: threading.Event,
+        *,
+        on_applied: Callable[[dict[str, int]], None] = lambda _: None,
+    ) -> None:
+        """Keep every projection caught up until ``stop`` is set, then give the leases up.
+
+        Wakes on each new event, and at least three times per lease period to renew its leases (or
+        to take over from a runner that died).
+        """
+        idle = self.lease.total_seconds() / 3
+        wake = threading.Event()
+        wakeups = Subscription(self.store, after=self.store.head(), poll_interval=min(idle, 1.0))
+
+        def watch() -> None:
+            for _ in wakeups:
+                wake.set()
+
+        watcher = threading.Thread(target=watch, name="projection-wakeups", daemon=True)
+        watcher.start()
+        try:
+            while not stop.is_set():
+                on_applied(self.run_once())
+                wake.wait(idle)
+                wake.clear()
+        finally:
+            wakeups.close()
+            self.release_all()
+
+    # --- rebuilding --------------------------------------------------------------------------------
+
+    def start_rebuild(self, name: str) -> bool:
+        """Empty ``name`` and restart it from position 0; False if a rebuild is already under way."""
+        projection = self.projection(name)
+
+        def once() -> bool:
+            with self.db.write() as conn:
+                row = conn.execute(
+                    sa.select(checkpoints.c.status).where(checkpoints.c.name == name).with_for_update()
+                ).one()
+                if row.status == REBUILDING:
+                    return False
+                for table in reversed(projection.tables):
+                    conn.execute(table.delete())
+                conn.execute(
+                    checkpoints.update()
+                    .where(checkpoints.c.name == name)
+                    .values(position=0, status=REBUILDING, updated_at=_now())
+                )
+                return True
+
+        return self.db.run(once, what=f"start rebuilding {name}")
+
+    def rebuild(
+        self, name: str, *, progress: Callable[[int], None] = lambda _: None, wait_seconds: float = 60.0
+    ) -> None:
+        """Rebuild ``name`` from the log (or continue a rebuild that was interrupted)."""
+        self.start_rebuild(name)
+        deadline = time.monotonic() + wait_seconds
+        while self.status(name).status == REBUILDING:
+            if self.try_lease(name):
+                progress(self.apply_batch(name))
+                deadline = time.monotonic() + wait_seconds
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"projection {name} is held by another runner that made no progress")
+            else:
+                time.sleep(0.2)  # another runner holds the lease and is doing the work
+        self.release_lease(name)
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def status(self, name: str) -> ProjectionStatus:
+        """Position, head and lease of one projection."""
+        return next(s for s in self.statuses() if s.name == self.projection(name).name)
+
+    def statuses(self) -> list[ProjectionStatus]:
+        """Position, head and lease of every projection."""
+
+        def once() -> list[ProjectionStatus]:
+            with self.db.read() as conn:
+                head = self.store.head_in(conn)
+                rows = {
+                    r.name: r
+                    for r in conn.execute(
+                        sa.select(checkpoints).where(checkpoints.c.name.in_(list(self.projections)))
+                    )
+                }
+            return [
+                ProjectionStatus(
+                    name=name,
+                    position=rows[name].position,
+                    head=head,
+                    status=rows[name].status,
+                    owner=rows[name].owner,
+                    lease_until=rows[name].lease_until,
+                    inline=p.inline,
+                )
+                for name, p in self.projections.items()
+            ]
+
+        return self.db.run(once, what="read projection status")
+
+    def digest(self, name: str) -> str:
+        """sha256 over the projection's rows in key order: equal iff the read models are equal."""
+        projection = self.projection(name)
+
+        def once() -> str:
+            h = hashlib.sha256()
+            with self.db.read() as conn:
+                for table in projection.tables:
+                    h.update(f"table {table.name}\n".encode())
+                    order = list(table.primary_key.columns)
+                    for row in conn.execute(sa.select(table).order_by(*order)):
+                        h.update(_canonical_row(row).encode())
+                        h.update(b"\n")
+            return h.hexdigest()
+
+        return self.db.run(once, what=f"digest projection {name}")
+
+
+def _canonical_row(row: Any) -> str:
+    parts = []
+    for value in row:
+        if isinstance(value, datetime):
+            parts.append(format_time(value))
+        elif isinstance(value, bytes | memoryview):
+            parts.append(bytes(value).hex())
+        else:
+            parts.append(repr(value))
+    return "\x1f".join(parts)
