@@ -31,7 +31,10 @@ from buildsvc.events.schema import events as events_table
 def test_append_then_read_stream_and_all(store: SqlEventStore) -> None:
     result = store.append(
         "build-a",
-        [SolveRequested(build_ref="a", frontend="dockerfile.v0"), SolveStarted(build_ref="a", vertex_count=2)],
+        [
+            SolveRequested(build_ref="a", frontend="dockerfile.v0"),
+            SolveStarted(build_ref="a", vertex_count=2),
+        ],
         expected_version=NO_STREAM,
         actor="alice",
         trace_id="t1",
@@ -97,7 +100,10 @@ def test_reusing_an_event_id_in_another_stream_is_refused(store: SqlEventStore) 
         # A batch mixing a stored id with new ones is not a retry: refuse it whole.
         store.append(
             "build-a",
-            [NewEvent(event=SolveStarted(build_ref="a")), NewEvent(event=SolveStarted(build_ref="a"), event_id=event_id)],
+            [
+                NewEvent(event=SolveStarted(build_ref="a")),
+                NewEvent(event=SolveStarted(build_ref="a"), event_id=event_id),
+            ],
         )
     assert store.head() == 1
 
@@ -145,7 +151,9 @@ def test_concurrent_appends_with_the_same_expected_version_one_wins(store: SqlEv
     assert [e.stream_version for e in store.read_stream("build-a")] == [1, 2]
 
 
-def test_hash_chain_verifies_and_catches_edits_deletes_and_reorders(store: SqlEventStore, db: Database) -> None:
+def test_hash_chain_verifies_and_catches_edits_deletes_and_reorders(
+    store: SqlEventStore, db: Database
+) -> None:
     for i in range(3):
         store.append("build-a", [SolveStarted(build_ref="a", vertex_count=i)])
     store.append("build-b", [SolveCompleted(build_ref="b")])

@@ -56,7 +56,9 @@ class PostgresTemplates:
         name = f"{self.prefix}_{next(_counter)}"
         with psycopg.connect(self.admin, autocommit=True) as conn:
             conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(self.template))
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(self.template)
+                )
             )
         try:
             yield self.url_for(name)
