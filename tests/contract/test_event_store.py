@@ -26,6 +26,7 @@ from buildsvc.events import (
 from buildsvc.events.catalog import SolveCompleted, SolveRequested, SolveStarted, VertexLogChunk
 from buildsvc.events.database import Database
 from buildsvc.events.schema import events as events_table
+from tests.support.databases import PostgresTemplates
 
 
 def test_append_then_read_stream_and_all(store: SqlEventStore) -> None:
@@ -226,3 +227,26 @@ def test_a_server_that_does_not_answer_fails_within_the_bound() -> None:
     with pytest.raises(StoreUnavailable) as info:
         store.append("build-a", [SolveRequested(build_ref="a")])
     assert "127.0.0.1:1" in str(info.value) and "did not answer" in str(info.value)
+
+
+@pytest.mark.postgres
+def test_postgres_subscribers_wake_on_notify_not_on_the_poll(pg_templates: PostgresTemplates) -> None:
+    with pg_templates.fresh() as url:
+        db = open_database(url)
+        store = SqlEventStore(db)
+        # A poll interval far longer than the test's deadline: only NOTIFY can deliver in time.
+        sub = Subscription(store, poll_interval=60)
+        got = threading.Event()
+
+        def follow() -> None:
+            for _ in sub:
+                got.set()
+                sub.close()
+
+        t = threading.Thread(target=follow)
+        t.start()
+        threading.Event().wait(0.5)  # let it catch up (nothing) and start waiting
+        store.append("build-a", [SolveRequested(build_ref="a")])
+        assert got.wait(10)
+        t.join(70)
+        db.dispose()
