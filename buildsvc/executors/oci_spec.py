@@ -10,6 +10,7 @@ not (yet): the default seccomp profile, AppArmor, ``/etc/hosts`` and ``/etc/reso
 from __future__ import annotations
 
 import os
+import resource
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,8 +77,9 @@ class SpecOptions:
     """Used when the step names no hostname."""
     cgroups_path: str | None = None
     """``linux.cgroupsPath``; ``None`` leaves the choice to the runtime."""
-    nofile: int = 1048576
-    """Soft and hard ``RLIMIT_NOFILE`` of the process."""
+    nofile: tuple[int, int] | None = None
+    """Soft and hard ``RLIMIT_NOFILE``; ``None`` copies the daemon's own limits (what BuildKit's
+    containers inherit). Raising the hard limit needs ``CAP_SYS_RESOURCE``."""
 
 
 def build_spec(spec: ExecSpec, options: SpecOptions | None = None) -> dict[str, Any]:
@@ -91,6 +93,7 @@ def build_spec(spec: ExecSpec, options: SpecOptions | None = None) -> dict[str, 
         raise InvalidProcessSpec("args", "a process needs at least one argument")
     user = resolve_user(spec.rootfs.path, process.user)
     hostname = spec.hostname or options.default_hostname
+    soft, hard = options.nofile or resource.getrlimit(resource.RLIMIT_NOFILE)
     linux: dict[str, Any] = {
         "namespaces": [{"type": t} for t in _namespaces(spec.network)],
         "maskedPaths": list(MASKED_PATHS),
@@ -113,7 +116,7 @@ def build_spec(spec: ExecSpec, options: SpecOptions | None = None) -> dict[str, 
                 "effective": list(DEFAULT_CAPABILITIES),
                 "permitted": list(DEFAULT_CAPABILITIES),
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": options.nofile, "soft": options.nofile}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "soft": soft, "hard": hard}],
             "noNewPrivileges": False,
         },
         "root": {"path": spec.rootfs.path, "readonly": spec.readonly_root},

@@ -7,7 +7,6 @@ looked up here, so a ``..`` or a symlink in an image can never reach the host's 
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 
 from buildsvc.executors.errors import InvalidPath
@@ -70,8 +69,3 @@ def resolve_in_root(root: str, path: str) -> str:
 def join_in_root(root: str, path: str) -> str:
     """``resolve_in_root`` for a path that must also be clean (no ``..``), as given by a user."""
     return resolve_in_root(root, clean_container_path(path))
-
-
-def relative_posix(path: str) -> str:
-    """``/a/b`` -> ``a/b``."""
-    return posixpath.normpath(path).lstrip("/")

@@ -98,4 +98,3 @@ def _read_group(rootfs: str) -> list[_GroupEntry]:
             members = tuple(m for m in f[3].split(",") if m) if len(f) >= 4 else ()
             entries.append(_GroupEntry(f[0], int(f[2]), members))
     return entries
-
