@@ -134,11 +134,18 @@ class BuildHistoryProjection:
             )
         match event:
             case ev.VertexStarted(name=name, worker=worker):
+                # A new attempt (after an interruption) starts clean.
                 row.update(
-                    status="running", worker=worker, runs=row["runs"] + 1, started_at=stored.recorded_at
+                    status="running",
+                    worker=worker,
+                    runs=row["runs"] + 1,
+                    started_at=stored.recorded_at,
+                    ended_at=None,
+                    duration_ms=None,
+                    exit_code=None,
+                    error="",
                 )
                 row["name"] = name or row["name"]
-                row["ended_at"] = None
             case ev.VertexCached(name=name):
                 row.update(status="cached", ended_at=stored.recorded_at)
                 row["name"] = name or row["name"]

@@ -37,6 +37,8 @@ _HANDLED = {
     ev.SolveCancelled.type_name,
     ev.CacheRecordRemoved.type_name,
     ev.DaemonStopped.type_name,
+    ev.CacheRecordAdded.type_name,
+    ev.DaemonStarted.type_name,
 }
 
 
@@ -47,6 +49,16 @@ def scope_of(holder_kind: str, holder_id: str, build_ref: str) -> str:
     if holder_kind == "daemon":
         return f"daemon:{holder_id}"
     return f"build:{build_ref or holder_id}"
+
+
+def _reopened_scope(event: object) -> str | None:
+    # A cache key recorded again, or a daemon id started again, is a live holder once more.
+    match event:
+        case ev.CacheRecordAdded(cache_key=key):
+            return f"cache:{key}"
+        case ev.DaemonStarted(daemon_id=daemon):
+            return f"daemon:{daemon}"
+    return None
 
 
 def _ended_scope(event: object) -> str | None:
@@ -83,9 +95,9 @@ class RefStateProjection:
                 for _, e in relevant
                 if isinstance(e, ev.RefAcquired)
             ]
-            + [s for _, e in relevant if (s := _ended_scope(e)) is not None]
+            + [s for _, e in relevant if (s := _ended_scope(e) or _reopened_scope(e)) is not None]
         )
-        newly_ended: dict[str, int] = {}
+        newly_ended: list[dict[str, Any]] = []
         for stored, event in relevant:
             match event:
                 case ev.RefAcquired():
@@ -113,17 +125,24 @@ class RefStateProjection:
                     scope = _ended_scope(event)
                     if scope is not None and scope_rows.get(scope) is None:
                         scope_rows.insert({"scope": scope, "position": stored.position})
-                        newly_ended[scope] = stored.position
+                        newly_ended.append({"_scope": scope, "_position": stored.position})
+                    reopened = _reopened_scope(event)
+                    if reopened is not None:
+                        scope_rows.delete(reopened)
         ref_rows.flush()
         scope_rows.flush()
         snap_rows.flush()
-        if newly_ended:
-            # Refs acquired before their scope ended (in this batch or earlier) learn it here.
+        # Refs acquired before their scope ended (in this batch or earlier) learn it here, in order, so
+        # a scope that ended, was reopened and ended again marks each ref with the end that followed it.
+        for ended in newly_ended:
             conn.execute(
                 refs.update()
-                .where(refs.c.scope == sa.bindparam("_scope"), refs.c.holder_ended_position.is_(None))
-                .values(holder_ended_position=sa.bindparam("_position")),
-                [{"_scope": s, "_position": p} for s, p in newly_ended.items()],
+                .where(
+                    refs.c.scope == ended["_scope"],
+                    refs.c.holder_ended_position.is_(None),
+                    refs.c.acquired_position < ended["_position"],
+                )
+                .values(holder_ended_position=ended["_position"])
             )
 
     @staticmethod

@@ -27,6 +27,7 @@ class RowBuffer:
         self._rows: dict[Hashable, Row | None] = {}
         self._new: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
+        self._deleted: set[Hashable] = set()
 
     def _key(self, row: Row) -> Hashable:
         if len(self.key_columns) == 1:
@@ -65,6 +66,17 @@ class RowBuffer:
         self._new.add(key)
         return row
 
+    def delete(self, key: Hashable) -> None:
+        """Remove the row for ``key`` (if there is one)."""
+        if self.get(key) is None:
+            return
+        self._rows[key] = None
+        self._dirty.discard(key)
+        if key in self._new:
+            self._new.discard(key)
+        else:
+            self._deleted.add(key)
+
     def changed(self, row: Row) -> None:
         """Mark ``row`` (a dict this buffer returned) as modified."""
         key = self._key(row)
@@ -72,11 +84,17 @@ class RowBuffer:
             self._dirty.add(key)
 
     def flush(self) -> None:
-        """Write the new and changed rows."""
+        """Write the new, changed and deleted rows."""
+        t = self.table
+        if self._deleted:
+            keys = [k if isinstance(k, tuple) else (k,) for k in self._deleted]
+            delete = t.delete().where(*[t.c[c] == sa.bindparam(f"_k_{c}") for c in self.key_columns])
+            self.conn.execute(
+                delete, [{f"_k_{c}": v for c, v in zip(self.key_columns, k, strict=True)} for k in keys]
+            )
         if self._new:
             self.conn.execute(self.table.insert(), [self._rows[k] or {} for k in self._new])
         if self._dirty:
-            t = self.table
             params = []
             for k in self._dirty:
                 row = self._rows[k]
@@ -97,3 +115,4 @@ class RowBuffer:
             self.conn.execute(stmt, params)
         self._new.clear()
         self._dirty.clear()
+        self._deleted.clear()
