@@ -237,6 +237,9 @@ class SnapshotCommitted(Event):
     snapshot_id: str
     size_bytes: int = 0
     digest: str = ""
+    from_active: str = ""
+    """The active snapshot this one was committed from (it no longer exists afterwards)."""
+    parent: str | None = None
 
 
 @event_type
@@ -260,6 +263,8 @@ class CacheRecordAdded(Event):
     cache_key: str
     vertex: str
     snapshot_id: str
+    output: int = 0
+    worker: str = ""
     build_ref: str = ""
     source: str = "local"
     """``local`` for a result built here, or ``import:<type>`` for one taken from a cache import."""

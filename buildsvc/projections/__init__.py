@@ -9,6 +9,7 @@ from __future__ import annotations
 from buildsvc.events.sql_store import SqlEventStore
 from buildsvc.projections.base import Projection
 from buildsvc.projections.builds import BuildHistoryProjection
+from buildsvc.projections.cache_index import CacheIndexProjection, SqlCacheIndex
 from buildsvc.projections.refs import (
     LeakedRef,
     LeakReport,
@@ -25,6 +26,7 @@ from buildsvc.projections.runner import (
 
 __all__ = [
     "BuildHistoryProjection",
+    "CacheIndexProjection",
     "InlineProjections",
     "LeakReport",
     "LeakedRef",
@@ -32,6 +34,7 @@ __all__ = [
     "ProjectionRunner",
     "ProjectionStatus",
     "RefStateProjection",
+    "SqlCacheIndex",
     "UnknownProjection",
     "UnreferencedSnapshot",
     "attach_projections",
@@ -42,7 +45,7 @@ __all__ = [
 
 def default_projections() -> list[Projection]:
     """Every projection buildsvc ships, in the order they are listed and rebuilt."""
-    return [BuildHistoryProjection(), RefStateProjection()]
+    return [BuildHistoryProjection(), RefStateProjection(), CacheIndexProjection()]
 
 
 def attach_projections(

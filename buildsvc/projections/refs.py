@@ -88,7 +88,10 @@ class RefStateProjection:
         scope_rows = RowBuffer(conn, ended_scopes)
         snap_rows = RowBuffer(conn, snapshots)
         ref_rows.load(e.ref_id for _, e in relevant if isinstance(e, ev.RefAcquired | ev.RefReleased))
-        snap_rows.load(getattr(e, "snapshot_id", None) for _, e in relevant)
+        snap_rows.load(
+            [getattr(e, "snapshot_id", None) for _, e in relevant]
+            + [e.from_active for _, e in relevant if isinstance(e, ev.SnapshotCommitted) and e.from_active]
+        )
         scope_rows.load(
             [
                 scope_of(e.holder_kind, e.holder_id, e.build_ref)
@@ -113,9 +116,20 @@ class RefStateProjection:
                             snap_rows.changed(snap)
                 case ev.SnapshotCreated():
                     self._snapshot(snap_rows, stored, event.snapshot_id, event)
-                case ev.SnapshotCommitted(snapshot_id=sid, size_bytes=size):
+                case ev.SnapshotCommitted(
+                    snapshot_id=sid, size_bytes=size, from_active=active, parent=parent
+                ):
                     snap = self._snapshot(snap_rows, stored, sid, None)
                     snap.update(state="committed", size_bytes=size)
+                    if active:
+                        # Committing consumes the active snapshot; the layer keeps its parent.
+                        source = self._snapshot(snap_rows, stored, active, None)
+                        source.update(state="removed", removed_position=stored.position)
+                        snap_rows.changed(source)
+                        snap.update(
+                            worker=source["worker"], snapshotter=source["snapshotter"], kind="committed"
+                        )
+                        snap["parent"] = parent if parent is not None else source["parent"]
                     snap_rows.changed(snap)
                 case ev.SnapshotRemoved(snapshot_id=sid):
                     snap = self._snapshot(snap_rows, stored, sid, None)

@@ -12,6 +12,7 @@ from buildsvc.events.schema import UtcDateTime
 
 __all__ = [
     "build_vertices",
+    "cache_records",
     "builds",
     "ended_scopes",
     "metadata",
@@ -119,4 +120,21 @@ snapshots = sa.Table(
     sa.Column("active_refs", sa.Integer(), nullable=False),
     sa.Column("created_position", _position, nullable=False),
     sa.Column("removed_position", _position, nullable=True),
+)
+
+# --- the cache index ------------------------------------------------------------------------------
+
+cache_records = sa.Table(
+    "cache_records",
+    metadata,
+    sa.Column("cache_key", sa.String(100), primary_key=True),
+    sa.Column("output", sa.Integer(), primary_key=True),
+    sa.Column("worker", sa.String(100), primary_key=True),
+    sa.Column("vertex", sa.String(100), nullable=False),
+    sa.Column("snapshot_id", sa.String(100), nullable=False),
+    sa.Column("build_ref", sa.String(100), nullable=False),
+    # "local" for a result built here, "import:<type>" for one taken from a cache import.
+    sa.Column("source", sa.String(100), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+    sa.Column("created_position", _position, nullable=False),
 )
