@@ -1,0 +1,335 @@
+"""A client for OCI distribution registries: resolve, pull and push manifests and blobs.
+
+Why httpx and not oras-py: oras-py (evaluated, 0.2.x) is shaped for artifacts, not images. It
+has no platform selection for indexes, returns manifests as parsed dicts (the exact bytes, and so
+the manifest digest, are lost), does not verify downloaded blobs against their digests, ships no
+type information, and brings ``requests`` and ``jsonschema``. What we would use of it is the thin
+part (a GET and a monolithic PUT). httpx gives a typed, pooled, streaming sync client with a
+pluggable auth flow (the Bearer challenge dance fits ``httpx.Auth`` exactly), so the protocol
+logic here is small and all ours to check. Retries are tenacity's, bounded.
+
+Plain HTTP is used only for loopback registries and only with ``insecure=True``: anything else is
+HTTPS, so a typo cannot send credentials in the clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import httpx
+import tenacity
+
+from buildsvc.sources.content import ContentStore
+from buildsvc.sources.errors import (
+    AuthenticationFailed,
+    DigestMismatch,
+    ImageNotFound,
+    RegistryError,
+)
+from buildsvc.sources.manifests import (
+    ACCEPT,
+    Descriptor,
+    ResolvedImage,
+    resolve_from,
+    sha256_digest,
+)
+from buildsvc.sources.platforms import ImagePlatform, host_platform
+from buildsvc.sources.reference import DEFAULT_DOMAIN, Reference
+
+DOCKER_HUB_HOST = "registry-1.docker.io"
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_CHUNK = 1 << 20
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credentials:
+    """A username and password (or token) for one registry host."""
+
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryOptions:
+    """How the client talks to registries."""
+
+    insecure: bool = False
+    """Allow plain HTTP, for loopback hosts only (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    credentials: Mapping[str, Credentials] = field(default_factory=dict)
+    """Per registry host (``host[:port]``, as written in references); anonymous otherwise."""
+    timeout: float = 60.0
+    """Seconds for connecting and for each read."""
+    attempts: int = 4
+    """Tries per request for transient failures (connection errors, 429, 5xx)."""
+    retry_wait: float = 0.2
+    """First wait between tries in seconds; doubles each time, up to 2 s."""
+
+
+class _TransientStatus(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+class RegistryClient:
+    """Talks the distribution API to any number of registries; thread-safe like ``httpx.Client``."""
+
+    def __init__(self, options: RegistryOptions | None = None) -> None:
+        """Open a pooled HTTP client (close it, or use the client as a context manager)."""
+        self.options = options or RegistryOptions()
+        self._auth = _RegistryAuth(self.options.credentials)
+        self._http = httpx.Client(
+            timeout=self.options.timeout, follow_redirects=True, auth=self._auth, trust_env=False
+        )
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        """Use as a context manager."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close on exit."""
+        self.close()
+
+    # Pull
+
+    def get_manifest(self, ref: Reference, reference: str | None = None) -> tuple[bytes, str | None]:
+        """The raw manifest or index ``reference`` (default: the ref's digest or tag) and its
+        content type; a digest reference is verified against the bytes.
+        """
+        target = reference or ref.reference
+        url = self._url(ref, f"manifests/{target}")
+
+        def attempt() -> tuple[bytes, str | None]:
+            response = self._http.get(url, headers={"Accept": ACCEPT})
+            self._check(response, ref, f"manifest {target}")
+            return response.content, response.headers.get("content-type")
+
+        data, content_type = self._retry(url, attempt)
+        if target.startswith("sha256:") and sha256_digest(data) != target:
+            raise DigestMismatch(f"manifest {ref.name}@{target}", target, sha256_digest(data))
+        return data, content_type
+
+    def resolve(self, ref: Reference, platform: ImagePlatform | None = None) -> ResolvedImage:
+        """Resolve ``ref`` to one image manifest, picking ``platform`` (default: the host's)."""
+
+        def fetch_child(entry: Descriptor) -> bytes:
+            return self.get_manifest(ref, entry.digest)[0]
+
+        return resolve_from(str(ref), self.get_manifest(ref), fetch_child, platform or host_platform())
+
+    def fetch_blob(self, ref: Reference, desc: Descriptor, store: ContentStore) -> str:
+        """Download ``desc`` into ``store`` (verified; nothing is stored when it is corrupt)."""
+        url = self._url(ref, f"blobs/{desc.digest}")
+
+        def attempt() -> str:
+            with self._http.stream("GET", url) as response:
+                if response.status_code != 200:
+                    response.read()
+                self._check(response, ref, f"blob {desc.digest}")
+                return store.ingest(
+                    desc.digest,
+                    response.iter_bytes(_CHUNK),
+                    size=desc.size,
+                    what=f"blob {desc.digest} of {ref}",
+                )
+
+        return self._retry(url, attempt)
+
+    def blob_exists(self, ref: Reference, digest: str) -> bool:
+        """Whether the repository of ``ref`` has the blob ``digest``."""
+        url = self._url(ref, f"blobs/{digest}")
+
+        def attempt() -> bool:
+            response = self._http.head(url)
+            if response.status_code == 404:
+                return False
+            self._check(response, ref, f"blob {digest}")
+            return True
+
+        return self._retry(url, attempt)
+
+    # Push
+
+    def push_blob(
+        self, ref: Reference, digest: str, chunks: Callable[[], Iterator[bytes]], size: int
+    ) -> None:
+        """Upload a blob (monolithic POST + PUT) unless the repository already has it.
+
+        ``chunks`` is called once per try, so a retried upload starts again from the beginning.
+        """
+        if self.blob_exists(ref, digest):
+            return
+        start_url = self._url(ref, "blobs/uploads/")
+
+        def attempt() -> None:
+            # The POST carries no body, so an auth challenge is answered here and the PUT (whose
+            # streamed body cannot be replayed) goes out with a token that already fits.
+            started = self._http.post(start_url, headers={"Content-Length": "0"})
+            self._check(started, ref, "blob upload", ok=(202,))
+            location = started.headers.get("location")
+            if not location:
+                raise RegistryError(start_url, started.status_code, "no Location for the upload")
+            upload = httpx.URL(start_url).join(location)
+            upload = upload.copy_merge_params({"digest": digest})
+            done = self._http.put(
+                upload,
+                content=chunks(),
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            )
+            self._check(done, ref, f"blob {digest}", ok=(201,))
+
+        self._retry(start_url, attempt)
+
+    def push_blob_bytes(self, ref: Reference, data: bytes) -> str:
+        """Upload ``data`` as a blob and return its digest."""
+        digest = sha256_digest(data)
+        self.push_blob(ref, digest, lambda: iter([data]), len(data))
+        return digest
+
+    def push_manifest(self, ref: Reference, data: bytes, media_type: str, tag: str | None = None) -> str:
+        """Upload a manifest or index under ``tag`` (default: the ref's tag, else its digest)."""
+        digest = sha256_digest(data)
+        target = tag or ref.tag or digest
+        url = self._url(ref, f"manifests/{target}")
+
+        def attempt() -> None:
+            response = self._http.put(url, content=data, headers={"Content-Type": media_type})
+            self._check(response, ref, f"manifest {target}", ok=(201,))
+
+        self._retry(url, attempt)
+        return digest
+
+    # Plumbing
+
+    def base_url(self, domain: str) -> str:
+        """``scheme://host`` for a reference's domain."""
+        host = DOCKER_HUB_HOST if domain == DEFAULT_DOMAIN else domain
+        scheme = "http" if self.options.insecure and is_loopback(host) else "https"
+        return f"{scheme}://{host}"
+
+    def _url(self, ref: Reference, tail: str) -> str:
+        return f"{self.base_url(ref.domain)}/v2/{ref.path}/{tail}"
+
+    def _check(
+        self, response: httpx.Response, ref: Reference, what: str, ok: tuple[int, ...] = (200,)
+    ) -> None:
+        status = response.status_code
+        if status in ok:
+            return
+        if status in _TRANSIENT_STATUS:
+            raise _TransientStatus(response)
+        message = _error_message(response)
+        if status == 404:
+            raise ImageNotFound(str(ref), what)
+        if status in (401, 403):
+            raise AuthenticationFailed(str(response.url), status, message)
+        raise RegistryError(str(response.url), status, message)
+
+    def _retry(self, url: str, attempt: Callable[[], _T]) -> _T:
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(max(1, self.options.attempts)),
+            wait=tenacity.wait_exponential(multiplier=self.options.retry_wait, max=2.0),
+            retry=tenacity.retry_if_exception_type((httpx.TransportError, _TransientStatus)),
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _TransientStatus as e:
+            raise RegistryError(url, e.response.status_code, _error_message(e.response)) from e
+        except httpx.HTTPError as e:
+            raise RegistryError(url, None, f"{type(e).__name__}: {e}") from e
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host[:port]`` names this machine."""
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.find("]")]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+        return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors) or response.text[:200]
+    except (ValueError, AttributeError):
+        return response.text[:200]
+
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_REPOSITORY = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/")
+
+
+class _RegistryAuth(httpx.Auth):
+    """Answers ``WWW-Authenticate`` challenges: Bearer (token service, anonymous or with
+    credentials) and Basic. Tokens are kept per host and repository and sent up front next time.
+    """
+
+    def __init__(self, credentials: Mapping[str, Credentials]) -> None:
+        self._credentials = credentials
+        self._headers: dict[tuple[str, str], str] = {}
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        key = (request.url.netloc.decode(), _repository(request.url.path))
+        known = self._headers.get(key)
+        if known is not None:
+            request.headers["Authorization"] = known
+        response = yield request
+        if response.status_code != 401:
+            return
+        challenge = response.headers.get("www-authenticate", "")
+        scheme, _, rest = challenge.partition(" ")
+        params = dict(_CHALLENGE_PARAM.findall(rest))
+        creds = self._credentials.get(key[0])
+        if scheme.lower() == "basic":
+            if creds is None:
+                return
+            header = _basic(creds)
+        elif scheme.lower() == "bearer" and "realm" in params:
+            query = {k: params[k] for k in ("service", "scope") if k in params}
+            token_request = httpx.Request("GET", params["realm"], params=query)
+            if creds is not None:
+                token_request.headers["Authorization"] = _basic(creds)
+            token_response = yield token_request
+            token_response.read()
+            if token_response.status_code != 200:
+                raise AuthenticationFailed(
+                    params["realm"], token_response.status_code, _error_message(token_response)
+                )
+            body = token_response.json()
+            token = body.get("token") or body.get("access_token")
+            if not token:
+                raise AuthenticationFailed(params["realm"], 200, "token service returned no token")
+            header = f"Bearer {token}"
+        else:
+            return
+        self._headers[key] = header
+        request.headers["Authorization"] = header
+        yield request
+
+
+def _repository(path: str) -> str:
+    match = _REPOSITORY.match(path)
+    return match.group(1) if match else ""
+
+
+def _basic(creds: Credentials) -> str:
+    raw = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()

@@ -1,0 +1,319 @@
+"""Apply a layer tarball (gzip, zstd or plain) onto a snapshot directory, safely.
+
+OCI whiteouts (``.wh.NAME`` deletes NAME, ``.wh..wh..opq`` hides everything the lower layers had
+in its directory) are translated for the snapshot being filled:
+
+- ``WhiteoutMode.OVERLAY`` writes them as overlayfs reads them in an upper directory: a 0/0
+  character device per deleted name and ``trusted.overlay.opaque=y`` on opaque directories
+  (the lower layers are not visible; this is containerd's overlay "apply to upperdir" path).
+- ``WhiteoutMode.DELETE`` carries them out on a full tree (native snapshots, or a mounted
+  overlay where the kernel makes its own whiteouts): real deletions.
+
+Nothing is ever written outside ``target``: entries with absolute paths or ``..`` are refused,
+parents are walked with ``lstat`` and a symlink (or non-directory) on the way is refused rather
+than followed, files are created with ``O_NOFOLLOW | O_EXCL`` after removing what was there, and
+hard links must name an earlier entry inside the tree. A refused entry fails the whole layer
+(``UnsafeLayer``); the caller throws the half-filled snapshot away.
+
+The uncompressed stream is hashed as it is read, so the result carries the layer's diff id and
+a layer whose content does not match the image config's diff id is refused too.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import IO, BinaryIO, Protocol, cast
+
+import zstandard
+
+from buildsvc.sources.errors import DigestMismatch, InvalidImage, UnsafeLayer
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+
+
+class WhiteoutMode(StrEnum):
+    """How whiteouts reach the snapshot."""
+
+    OVERLAY = "overlay"
+    """Write overlayfs whiteouts (0/0 char devices, opaque xattr) into an upper directory."""
+    DELETE = "delete"
+    """Delete what they name from a full tree."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnpackResult:
+    """What applying one layer did."""
+
+    diff_id: str
+    """``sha256:`` of the uncompressed tar stream."""
+    entries: int
+    """Tar entries applied (whiteouts included)."""
+    skipped_devices: int
+    """Device nodes left out because we are not root."""
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _HashingReader(io.RawIOBase):
+    """Hashes every byte tarfile reads, so the diff id costs no second pass."""
+
+    def __init__(self, inner: _Readable) -> None:
+        self._inner = inner
+        self._hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(len(buffer))
+        self._hash.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        # Tar's trailing zero blocks are part of the diff id but tarfile stops before them.
+        while self._inner_read():
+            pass
+
+    def _inner_read(self) -> bool:
+        data = self._inner.read(_CHUNK)
+        self._hash.update(data)
+        return bool(data)
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def apply_layer(
+    blob_path: str,
+    target: str,
+    *,
+    mode: WhiteoutMode,
+    layer: str = "",
+    expected_diff_id: str | None = None,
+) -> UnpackResult:
+    """Apply the layer blob at ``blob_path`` onto the directory ``target``.
+
+    ``layer`` names the layer in errors (its digest). With ``expected_diff_id``, a layer whose
+    uncompressed content hashes differently raises ``DigestMismatch`` (after it was applied: the
+    caller must discard ``target``).
+    """
+    label = layer or os.path.basename(blob_path)
+    with open(blob_path, "rb") as raw:
+        reader = _HashingReader(_decompressed(raw))
+        applier = _Applier(os.path.realpath(target), mode, label)
+        try:
+            with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
+                for member in tar:
+                    applier.apply(member, tar)
+            reader.drain()
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zstandard.ZstdError) as e:
+            raise InvalidImage(label, f"layer is not a readable tar stream: {e}") from e
+        applier.finish()
+    diff_id = reader.digest()
+    if expected_diff_id is not None and diff_id != expected_diff_id:
+        raise DigestMismatch(f"uncompressed layer {label}", expected_diff_id, diff_id)
+    return UnpackResult(diff_id=diff_id, entries=applier.entries, skipped_devices=applier.skipped_devices)
+
+
+def _decompressed(raw: BinaryIO) -> _Readable:
+    # Sniff rather than trust the media type: Docker schema2 says gzip even for plain tars.
+    head = raw.read(4)
+    raw.seek(0)
+    if head[:2] == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if head == _ZSTD_MAGIC:
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    return raw
+
+
+class _Applier:
+    def __init__(self, root: str, mode: WhiteoutMode, layer: str) -> None:
+        self.root = root
+        self.mode = mode
+        self.layer = layer
+        self.entries = 0
+        self.skipped_devices = 0
+        self._is_root = os.geteuid() == 0
+        self._written: set[str] = set()
+        """Relative paths this layer created (an opaque directory keeps exactly these)."""
+        self._touched: set[str] = set()
+        """Directories that hold something this layer created."""
+        self._dir_times: list[tuple[str, float]] = []
+
+    def apply(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        parts = self._clean(member.name, member.name)
+        self.entries += 1
+        if not parts:
+            return  # The root entry ("./"): the snapshot's own directory is not the layer's to change.
+        base = parts[-1]
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(member, parts)
+            return
+        parent = self._parent_dir(member.name, parts[:-1])
+        path = os.path.join(parent, base)
+        self._create(member, tar, path)
+        self._metadata(member, path)
+        rel = "/".join(parts)
+        self._written.add(rel)
+        for i in range(1, len(parts)):
+            self._touched.add("/".join(parts[:i]))
+        if member.isdir():
+            self._touched.add(rel)
+
+    def finish(self) -> None:
+        # Directory times last, deepest first: creating entries inside a directory bumps its mtime.
+        for path, mtime in reversed(self._dir_times):
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+    def _clean(self, member: str, name: str) -> list[str]:
+        if name.startswith("/"):
+            raise UnsafeLayer(self.layer, member, "absolute path")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise UnsafeLayer(self.layer, member, "path contains '..'")
+        return parts
+
+    def _parent_dir(self, member: str, parts: list[str]) -> str:
+        """The real directory ``parts`` names under root, made if missing, never via a symlink."""
+        current = self.root
+        for i, component in enumerate(parts):
+            current = os.path.join(current, component)
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                os.mkdir(current, 0o755)
+                continue
+            where = "/" + "/".join(parts[: i + 1])
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafeLayer(self.layer, member, f"parent {where} is a symlink")
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafeLayer(self.layer, member, f"parent {where} is not a directory")
+        return current
+
+    def _whiteout(self, member: tarfile.TarInfo, parts: list[str]) -> None:
+        parent = self._parent_dir(member.name, parts[:-1])
+        base = parts[-1]
+        if base == OPAQUE_MARKER:
+            if self.mode is WhiteoutMode.OVERLAY:
+                os.setxattr(parent, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+            else:
+                self._clear_opaque(parent, "/".join(parts[:-1]))
+            return
+        victim = base[len(WHITEOUT_PREFIX) :]
+        if victim in ("", ".", "..") or victim.startswith(WHITEOUT_PREFIX):
+            raise UnsafeLayer(self.layer, member.name, "whiteout names no file")
+        path = os.path.join(parent, victim)
+        _remove(path)
+        if self.mode is WhiteoutMode.OVERLAY:
+            os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+    def _clear_opaque(self, directory: str, rel: str) -> None:
+        for name in os.listdir(directory):
+            child_rel = f"{rel}/{name}" if rel else name
+            child = os.path.join(directory, name)
+            if child_rel in self._touched and os.path.isdir(child) and not os.path.islink(child):
+                self._clear_opaque(child, child_rel)
+            elif child_rel not in self._written:
+                _remove(child)
+
+    def _create(self, member: tarfile.TarInfo, tar: tarfile.TarFile, path: str) -> None:
+        if member.isdir():
+            if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path)):
+                _remove(path)
+            if not os.path.lexists(path):
+                os.mkdir(path, 0o700)
+            return
+        _remove(path)
+        if member.isreg():
+            source = tar.extractfile(member)
+            assert source is not None
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(source, out, _CHUNK)
+        elif member.issym():
+            # The target is data interpreted inside the container; we never follow it here.
+            os.symlink(member.linkname, path)
+        elif member.islnk():
+            link_parts = self._clean(member.name, member.linkname)
+            if not link_parts:
+                raise UnsafeLayer(self.layer, member.name, "hard link to the root directory")
+            source_dir = self._existing_dir(member.name, link_parts[:-1])
+            source_path = os.path.join(source_dir, link_parts[-1])
+            if not os.path.lexists(source_path) or os.path.isdir(source_path):
+                raise UnsafeLayer(
+                    self.layer, member.name, f"hard link target {member.linkname!r} not in the layer"
+                )
+            os.link(source_path, path, follow_symlinks=False)
+        elif member.ischr() or member.isblk():
+            if not self._is_root:
+                self.skipped_devices += 1
+                return
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            os.mknod(path, kind | (member.mode & 0o7777), os.makedev(member.devmajor, member.devminor))
+        elif member.isfifo():
+            os.mkfifo(path, member.mode & 0o7777)
+        else:
+            raise InvalidImage(self.layer, f"entry {member.name!r} has unsupported tar type {member.type!r}")
+
+    def _existing_dir(self, member: str, parts: list[str]) -> str:
+        current = self.root
+        for component in parts:
+            current = os.path.join(current, component)
+            if os.path.islink(current) or not os.path.isdir(current):
+                raise UnsafeLayer(
+                    self.layer, member, "hard link target goes through a symlink or a non-directory"
+                )
+        return current
+
+    def _metadata(self, member: tarfile.TarInfo, path: str) -> None:
+        if not os.path.lexists(path):
+            return  # A device node we could not make.
+        if member.islnk():
+            # The inode (and its owner, mode, times) belongs to the entry it links to; a link
+            # entry's own header fields are whatever the writer left there.
+            return
+        if self._is_root:
+            os.lchown(path, member.uid, member.gid)
+        for key, value in member.pax_headers.items():
+            if key.startswith("SCHILY.xattr."):
+                _set_xattr(path, key.removeprefix("SCHILY.xattr."), value)
+        if not member.issym():
+            # After chown, which clears set-id bits.
+            os.chmod(path, member.mode & 0o7777)
+        if member.isdir():
+            self._dir_times.append((path, member.mtime))
+        else:
+            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+
+
+def _set_xattr(path: str, name: str, value: str) -> None:
+    try:
+        # tarfile decodes pax values with surrogateescape; undo it for binary values (capabilities).
+        os.setxattr(path, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in (errno.ENOTSUP, errno.EPERM):
+            raise
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
