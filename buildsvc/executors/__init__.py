@@ -10,7 +10,6 @@ from buildsvc.executors.errors import (
     InvalidProcessSpec,
     InvalidSnapshotKey,
     MountFailure,
-    NoMatchingWorker,
     ProcessCancelled,
     ProcessExitError,
     RuntimeFailure,
@@ -32,8 +31,9 @@ from buildsvc.executors.worker import (
     host_platform,
     make_worker,
     overlay_supported,
-    select_worker,
 )
+from buildsvc.solver.errors import NoMatchingWorker
+from buildsvc.solver.worker import select_worker
 
 __all__ = [
     "DEFAULT_WORKER",

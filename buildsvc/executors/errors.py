@@ -7,7 +7,7 @@ The leaves this module adds to the tree in ``buildsvc.errors``::
     ├── InvalidProcessSpec        empty args, an env entry without '=', a mount without a source
     ├── UnknownUser               a user or group name the rootfs does not define
     ├── InvalidSnapshotKey        a snapshot key that cannot name a directory
-    └── NoMatchingWorker          no enabled worker meets the requested name or labels
+    └── (NoMatchingWorker lives in buildsvc.solver.errors: selection is the solver's)
     NotFound
     └── SnapshotNotFound
     Conflict
@@ -62,18 +62,6 @@ class InvalidSnapshotKey(InvalidInput):
     def __init__(self, key: str) -> None:
         super().__init__(f"invalid snapshot key {key!r}: use letters, digits, '.', '_', '-' and ':'")
         self.key = key
-
-
-class NoMatchingWorker(InvalidInput):
-    """No enabled worker has the requested name and labels."""
-
-    def __init__(self, name: str | None, labels: dict[str, str], available: Sequence[str]) -> None:
-        wanted = ", ".join(([f"name={name}"] if name else []) + [f"{k}={v}" for k, v in labels.items()])
-        there = ", ".join(available) if available else "none (no OCI runtime found)"
-        super().__init__(f"no worker matches {wanted or 'any'}; workers available: {there}")
-        self.name = name
-        self.labels = dict(labels)
-        self.available = tuple(available)
 
 
 class SnapshotNotFound(NotFound):

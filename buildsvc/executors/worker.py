@@ -11,11 +11,10 @@ import platform
 import shutil
 import socket
 import tempfile
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from buildsvc.executors import mounts
-from buildsvc.executors.errors import MountFailure, NoMatchingWorker
+from buildsvc.executors.errors import MountFailure
 from buildsvc.executors.native import NativeSnapshotter
 from buildsvc.executors.overlay import OverlaySnapshotter
 from buildsvc.executors.runtime import OciRuntimeExecutor, runtime_launcher
@@ -125,16 +124,3 @@ def make_worker(root: str, name: str, runtime: str, binary: str, snapshotter_nam
         },
     )
     return Worker(info=info, executor=executor, snapshotter=snapshotter)
-
-
-def select_worker(
-    workers: Sequence[Worker], name: str | None = None, labels: Mapping[str, str] | None = None
-) -> Worker:
-    """The first worker (default first) with ``name`` and all ``labels``, or ``NoMatchingWorker``."""
-    labels = dict(labels or {})
-    for worker in workers:
-        if name is not None and worker.name != name:
-            continue
-        if all(worker.info.labels.get(k) == v for k, v in labels.items()):
-            return worker
-    raise NoMatchingWorker(name, labels, [w.name for w in workers])

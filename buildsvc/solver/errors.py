@@ -3,12 +3,20 @@
 They sit under :class:`buildsvc.errors.InvalidInput` in the tree drawn in ``buildsvc/errors.py``::
 
     InvalidInput
-    └── DefinitionError      a malformed definition; names the vertex when there is one
+    ├── DefinitionError      a malformed definition; names the vertex when there is one
+    └── NoMatchingWorker     a worker constraint no worker meets; lists the workers there are
+    Conflict
+    └── BuildRefInUse        a solve asked for a build ref the log already has
+    ExecutionError
+    ├── SolveError           a vertex failed: the vertex, its exit code and the tail of its output
+    └── SolveCancelled       the solve was cancelled
 """
 
 from __future__ import annotations
 
-from buildsvc.errors import InvalidInput
+from collections.abc import Mapping, Sequence
+
+from buildsvc.errors import Conflict, ExecutionError, InvalidInput
 
 
 class DefinitionError(InvalidInput):
@@ -42,3 +50,57 @@ def _format(reason: str, vertex: str | None, name: str | None) -> str:
     if name:
         label += f" ({name!r})"
     return f"invalid definition: {label}: {reason}"
+
+
+class NoMatchingWorker(InvalidInput):
+    """No enabled worker has the requested name and labels."""
+
+    def __init__(self, name: str | None, labels: Mapping[str, str], available: Sequence[str]) -> None:
+        wanted = ", ".join(([f"name={name}"] if name else []) + [f"{k}={v}" for k, v in labels.items()])
+        there = ", ".join(available) if available else "none (no OCI runtime found)"
+        super().__init__(f"no worker matches {wanted or 'any'}; workers available: {there}")
+        self.name = name
+        self.labels = dict(labels)
+        self.available = tuple(available)
+
+
+class BuildRefInUse(Conflict):
+    """A new solve named a build ref that is already in the log."""
+
+    def __init__(self, build_ref: str) -> None:
+        super().__init__(f"build ref {build_ref!r} is already used by another build")
+        self.build_ref = build_ref
+
+
+class SolveError(ExecutionError):
+    """A build failed at a vertex."""
+
+    def __init__(
+        self,
+        build_ref: str,
+        message: str,
+        *,
+        vertex: str | None = None,
+        name: str | None = None,
+        exit_code: int | None = None,
+        log_tail: str = "",
+    ) -> None:
+        where = f" at {name!r}" if name else (f" at vertex {vertex}" if vertex else "")
+        code = f" (exit code {exit_code})" if exit_code is not None else ""
+        tail = f"\n--- last output ---\n{log_tail.rstrip()}" if log_tail.strip() else ""
+        super().__init__(f"build {build_ref} failed{where}{code}: {message}{tail}")
+        self.build_ref = build_ref
+        self.reason = message
+        self.vertex = vertex
+        self.name = name
+        self.exit_code = exit_code
+        self.log_tail = log_tail
+
+
+class SolveCancelled(ExecutionError):
+    """A build was cancelled before it finished."""
+
+    def __init__(self, build_ref: str, reason: str = "") -> None:
+        super().__init__(f"build {build_ref} was cancelled" + (f": {reason}" if reason else ""))
+        self.build_ref = build_ref
+        self.reason = reason

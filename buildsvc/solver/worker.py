@@ -11,7 +11,11 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from buildsvc.solver.ops import FileOp
 
 OutputCallback = Callable[[bytes], None]
 """Receives a process's output in chunks, as they arrive (not line-buffered)."""
@@ -229,3 +233,103 @@ class Snapshotter(Protocol):
     def changes(self, key: str) -> Sequence[Change]:
         """What ``key`` changed relative to its parent, sorted by path."""
         ...
+
+
+class Worker(Protocol):
+    """An executor on a snapshotter's filesystems, as the solver sees one."""
+
+    @property
+    def info(self) -> WorkerInfo:
+        """Name, labels and platform."""
+        ...
+
+    @property
+    def executor(self) -> Executor:
+        """Runs exec steps."""
+        ...
+
+    @property
+    def snapshotter(self) -> Snapshotter:
+        """Makes the filesystems steps run on."""
+        ...
+
+
+class FileBackend(Protocol):
+    """Applies a FileOp's actions to mounted snapshot directories (BuildKit's file backend)."""
+
+    def output_bases(self, op: FileOp, n_inputs: int) -> Mapping[int, int | None]:
+        """For each output index of ``op``: the vertex input its result starts from (``None``: scratch)."""
+        ...
+
+    def apply(self, op: FileOp, output: int, root: Path, inputs: Sequence[Path | None]) -> None:
+        """Apply the actions that produce ``output`` onto ``root`` (a writable copy of its base).
+
+        ``inputs`` are the vertex's inputs, mounted read-only (``None`` for scratch), for copy sources.
+        """
+        ...
+
+
+class LayerBackend(Protocol):
+    """Materializes MergeOp and DiffOp results into a writable directory."""
+
+    def merge_into(self, dest: Path, sources: Sequence[Path]) -> None:
+        """Overlay ``sources`` onto ``dest`` in order (later ones win)."""
+        ...
+
+    def diff_into(self, dest: Path, lower: Path, upper: Path) -> None:
+        """Write into ``dest`` what ``upper`` adds or changes relative to ``lower``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageLayerSnapshot:
+    """One committed snapshot an image pull made (or found already made)."""
+
+    key: str
+    parent: str | None
+    created: bool
+    """False when the snapshot already existed (nothing was unpacked)."""
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PulledImage:
+    """An image unpacked into a chain of committed snapshots."""
+
+    manifest_digest: str
+    top: str | None
+    """The top layer's snapshot key (``None`` for an image without layers)."""
+    layers: tuple[ImageLayerSnapshot, ...]
+    env: tuple[str, ...] = ()
+    cwd: str = ""
+    user: str = ""
+
+
+class ImageSource(Protocol):
+    """Resolves and pulls images for ``docker-image://`` and ``oci-layout://`` sources."""
+
+    def resolve(self, identifier: str, platform: Platform) -> str:
+        """The manifest digest the identifier names now (part of the cache key)."""
+        ...
+
+    def pull(self, identifier: str, platform: Platform, snapshotter: Snapshotter) -> PulledImage:
+        """Unpack the image into ``snapshotter`` as committed snapshots keyed by layer chain ids."""
+        ...
+
+
+W = TypeVar("W", bound=Worker)
+
+
+def select_worker(
+    workers: Sequence[W], name: str | None = None, labels: Mapping[str, str] | None = None
+) -> W:
+    """The first worker (the default is first) with ``name`` and all ``labels``, else NoMatchingWorker."""
+    from buildsvc.solver.errors import NoMatchingWorker
+
+    wanted = dict(labels or {})
+    for worker in workers:
+        if name is not None and worker.info.name != name:
+            continue
+        if all(worker.info.labels.get(k) == v for k, v in wanted.items()):
+            return worker
+    raise NoMatchingWorker(name, wanted, [w.info.name for w in workers])

@@ -1,0 +1,1 @@
+"""Benchmarks of buildsvc against raw baselines measured in the same run (see ``benchmarks/README.md``)."""

@@ -1,0 +1,396 @@
+"""Copying between trees the way BuildKit's file op does (after tonistiigi/fsutil ``copy/copy.go``).
+
+Two layers:
+
+- :class:`EntryWriter` writes one entry (directory, file, symlink, device, fifo) at a host path whose
+  parent is already a real directory inside the destination root, with ``cp -a`` metadata (or the
+  owner, mode and time an action asks for) and hard links kept within one operation. Merge and diff
+  use it too.
+- :func:`copy_action` is the ``copy`` file action: it resolves the source (wildcards, follow symlinks)
+  inside the source root and the destination inside the destination root, decides between "copy as"
+  and "copy into" like fsutil's ``prepareTargetDir``, selects entries with the include/exclude
+  patterns, and writes them.
+
+Nothing here follows a symlink on the host: every path is resolved inside its root first, and each
+entry is written with ``lstat`` checks (an existing symlink at a target is replaced, never written
+through). Failures raise :class:`PathProblem` naming the container path; ``fileops`` adds the action.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import shutil
+import stat
+from dataclasses import dataclass, field
+
+from buildsvc.executors.paths import resolve_in_root
+from buildsvc.solver.contenthash import expand_path, resolve_path
+from buildsvc.solver.ops import CopyAction
+from buildsvc.solver.patterns import Selector, has_wildcards
+
+__all__ = [
+    "EntryWriter",
+    "Metadata",
+    "PathProblem",
+    "Unsupported",
+    "clean_path",
+    "collect",
+    "copy_action",
+    "mkdir_all",
+]
+
+_ARCHIVE_MAGIC = (
+    (0, b"\x1f\x8b"),  # gzip
+    (0, b"BZh"),  # bzip2
+    (0, b"\xfd7zXZ\x00"),  # xz
+    (0, b"\x28\xb5\x2f\xfd"),  # zstd
+    (257, b"ustar"),  # tar
+)
+
+
+class PathProblem(Exception):
+    """A path an action names cannot be used; ``path`` is the container path, never a host path."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class Unsupported(PathProblem):
+    """The action asks for something this implementation refuses (for example unpacking an archive)."""
+
+
+def clean_path(path: str) -> str:
+    """Clean ``path`` as an absolute container path, keeping a trailing ``/`` or ``/.``.
+
+    Like BuildKit's ``cleanPath``: ``..`` stops at ``/``, and the trailing marker survives because it
+    changes what a copy means ("into this directory", "the contents of this directory").
+    """
+    cleaned = posixpath.normpath("/" + path.lstrip("/"))
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    if path.endswith("/.") and cleaned != "/":
+        return cleaned + "/."
+    if path.endswith("/") and cleaned != "/":
+        return cleaned + "/"
+    return cleaned
+
+
+def _go_base(path: str) -> str:
+    """Go's ``filepath.Base``: the last element, trailing slashes ignored; ``/`` for the root."""
+    stripped = path.rstrip("/")
+    return posixpath.basename(stripped) if stripped else "/"
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _container(root: str, host: str) -> str:
+    rel = os.path.relpath(host, root)
+    return "/" if rel == "." else "/" + rel
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Metadata:
+    """What an action imposes on the entries it writes; ``None`` keeps the source's."""
+
+    owner: tuple[int, int] | None = None
+    mode: int | None = None
+    timestamp_ns: int | None = None
+
+
+def mkdir_all(root: str, host: str, *, mode: int, meta: Metadata) -> list[str]:
+    """Create ``host`` (a resolved path inside ``root``) and its missing parents; return those created.
+
+    New directories get ``mode`` exactly (no umask), the owner and the time in ``meta``; existing
+    ones are left alone. A non-directory on the way is an error.
+    """
+    rel = os.path.relpath(host, root)
+    if rel == ".":
+        return []
+    if rel.startswith(".."):
+        raise PathProblem(host, "outside the root")  # a caller bug: resolution keeps paths inside
+    created: list[str] = []
+    current = root
+    for part in rel.split(os.sep):
+        current = os.path.join(current, part)
+        st = _lstat(current)
+        if st is None:
+            os.mkdir(current, 0o700)
+            _apply(current, is_link=False, uid_gid=meta.owner, mode=mode, times=None)
+            created.append(current)
+        elif not stat.S_ISDIR(st.st_mode):
+            raise PathProblem(_container(root, current), "not a directory")
+    if meta.timestamp_ns is not None:
+        for path in created:
+            os.utime(path, ns=(meta.timestamp_ns, meta.timestamp_ns), follow_symlinks=False)
+    return created
+
+
+def _apply(
+    path: str,
+    *,
+    is_link: bool,
+    uid_gid: tuple[int, int] | None,
+    mode: int | None,
+    times: tuple[int, int] | None,
+) -> None:
+    # Order matters: chown clears setuid/setgid and file capabilities, so chmod and xattrs come after.
+    if uid_gid is not None:
+        os.chown(path, uid_gid[0], uid_gid[1], follow_symlinks=False)
+    if mode is not None and not is_link:
+        os.chmod(path, mode)
+    if times is not None:
+        os.utime(path, ns=times, follow_symlinks=False)
+
+
+def _copy_xattrs(src: str, dst: str) -> None:
+    # Best effort, as BuildKit's handler that only logs: a filesystem without xattrs is not an error.
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("trusted.overlay."):
+            continue  # overlayfs bookkeeping of the source's own layers, meaningless elsewhere
+        try:
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
+        except OSError:
+            continue
+
+
+def _copy_content(src: str, dst: str) -> None:
+    src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            _copy_fds(src_fd, dst_fd)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+
+
+def _copy_fds(src_fd: int, dst_fd: int) -> None:
+    try:
+        # copy_file_range shares extents on reflink filesystems and stays in the kernel elsewhere.
+        while os.copy_file_range(src_fd, dst_fd, 1 << 30):
+            pass
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    os.lseek(src_fd, 0, os.SEEK_SET)
+    os.lseek(dst_fd, 0, os.SEEK_SET)
+    os.ftruncate(dst_fd, 0)
+    while chunk := os.read(src_fd, 1 << 20):
+        os.write(dst_fd, chunk)
+
+
+@dataclass(slots=True)
+class EntryWriter:
+    """Writes entries with their metadata; call :meth:`finish` at the end to set directory times."""
+
+    root: str
+    """The destination root (for error messages in container paths)."""
+    meta: Metadata = field(default_factory=Metadata)
+    always_replace: bool = False
+    """Replace a directory by a file (or a file by a directory) instead of failing."""
+    _links: dict[tuple[int, int], str] = field(default_factory=dict)
+    _dir_times: list[tuple[str, tuple[int, int]]] = field(default_factory=list)
+
+    def write(self, src: str, st: os.stat_result, dst: str, *, overwrite_dir_metadata: bool = True) -> None:
+        """Copy the entry at host path ``src`` (stat ``st``) to host path ``dst``."""
+        mode = st.st_mode
+        if stat.S_ISSOCK(mode):
+            return  # Sockets are not content; recreating one would need a listener.
+        existing = _lstat(dst)
+        if stat.S_ISDIR(mode):
+            self._write_dir(st, dst, existing, overwrite_dir_metadata)
+            if existing is None or overwrite_dir_metadata:
+                _copy_xattrs(src, dst)
+            return
+        if existing is not None:
+            if stat.S_ISDIR(existing.st_mode):
+                if not self.always_replace:
+                    raise PathProblem(_container(self.root, dst), "cannot replace a directory with a file")
+                shutil.rmtree(dst)
+            elif (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino):
+                # Copying a file onto itself (same root): only the metadata can change.
+                self._set_metadata(dst, st)
+                return
+            else:
+                os.unlink(dst)
+        if st.st_nlink > 1:
+            first = self._links.get((st.st_dev, st.st_ino))
+            if first is not None:
+                os.link(first, dst, follow_symlinks=False)
+                return
+            self._links[(st.st_dev, st.st_ino)] = dst
+        if stat.S_ISREG(mode):
+            _copy_content(src, dst)
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(src), dst)
+        else:
+            os.mknod(dst, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+        self._set_metadata(dst, st)
+        _copy_xattrs(src, dst)
+
+    def _write_dir(
+        self, st: os.stat_result, dst: str, existing: os.stat_result | None, overwrite: bool
+    ) -> None:
+        if existing is not None and not stat.S_ISDIR(existing.st_mode):
+            if not self.always_replace:
+                raise PathProblem(
+                    _container(self.root, dst), "cannot replace a non-directory with a directory"
+                )
+            os.unlink(dst)
+            existing = None
+        if existing is None:
+            os.mkdir(dst, 0o700)
+        elif not overwrite:
+            return  # An existing destination directory keeps its own metadata (fsutil does the same).
+        self._set_metadata(dst, st, defer_times=True)
+
+    def _set_metadata(self, dst: str, st: os.stat_result, *, defer_times: bool = False) -> None:
+        is_link = stat.S_ISLNK(st.st_mode)
+        uid_gid = self.meta.owner if self.meta.owner is not None else (st.st_uid, st.st_gid)
+        mode = self.meta.mode if self.meta.mode is not None else stat.S_IMODE(st.st_mode)
+        if self.meta.timestamp_ns is not None:
+            times = (self.meta.timestamp_ns, self.meta.timestamp_ns)
+        else:
+            times = (st.st_atime_ns, st.st_mtime_ns)
+        _apply(dst, is_link=is_link, uid_gid=uid_gid, mode=mode, times=None if defer_times else times)
+        if defer_times:
+            self._dir_times.append((dst, times))
+
+    def finish(self) -> None:
+        """Set the deferred directory times, innermost first (writing into a directory changes its mtime)."""
+        for path, times in reversed(self._dir_times):
+            os.utime(path, ns=times, follow_symlinks=False)
+        self._dir_times.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    rel: str
+    host: str
+    st: os.stat_result
+
+
+def collect(host: str, selector: Selector) -> list[_Entry]:
+    """Entries under (and including) ``host`` that the patterns take, parents before children.
+
+    Collected before anything is written, so a copy within one root never sees its own output.
+    """
+    st = os.lstat(host)
+    out = [_Entry("", host, st)]
+    if stat.S_ISDIR(st.st_mode):
+        _collect_below(host, "", selector, out, parent_included=False)
+    return out
+
+
+def _collect_below(
+    host: str, rel: str, selector: Selector, out: list[_Entry], *, parent_included: bool
+) -> None:
+    for name in sorted(os.listdir(host), key=os.fsencode):
+        child = os.path.join(host, name)
+        child_rel = f"{rel}/{name}" if rel else name
+        st = os.lstat(child)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        verdict = selector.verdict(child_rel, is_dir=is_dir, parent_included=parent_included)
+        if not verdict.keep and not verdict.descend:
+            continue
+        if not verdict.descend:
+            out.append(_Entry(child_rel, child, st))
+            continue
+        below: list[_Entry] = []
+        _collect_below(child, child_rel, selector, below, parent_included=verdict.fully_included)
+        if verdict.keep or below:
+            out.append(_Entry(child_rel, child, st))
+            out.extend(below)
+
+
+def _looks_like_archive(host: str) -> bool:
+    try:
+        with open(host, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return any(head[offset : offset + len(magic)] == magic for offset, magic in _ARCHIVE_MAGIC)
+
+
+def copy_action(src_root: str, dst_root: str, action: CopyAction, meta: Metadata) -> None:
+    """Run the copy ``action`` from ``src_root`` onto ``dst_root`` (see the module docstring)."""
+    src = clean_path(action.src)
+    dest = clean_path(action.dest)
+    dest_plain = posixpath.normpath(dest) if dest != "/" else "/"
+    # Sources first: an empty wildcard that is allowed leaves the destination untouched.
+    if action.allow_wildcard and has_wildcards(src):
+        sources = expand_path(src_root, src, follow_links=action.follow_symlinks)
+        if not sources:
+            if action.allow_empty_wildcard:
+                return
+            raise PathProblem(src, "no such file or directory (the pattern matched nothing)")
+    else:
+        sources = [(src, resolve_path(src_root, src, follow_last=action.follow_symlinks or src == "/"))]
+
+    if not action.create_dest_path:
+        parent = os.path.dirname(resolve_in_root(dst_root, dest_plain))
+        if dest_plain != "/" and not os.path.isdir(parent):
+            raise PathProblem(_container(dst_root, parent), "no such directory (and create_dest_path is off)")
+    # A trailing '/' on dest means "this directory": create it; otherwise only its parent.
+    ensure = dest if dest.endswith(("/", "/.")) else posixpath.dirname(dest_plain)
+    mkdir_all(dst_root, resolve_in_root(dst_root, ensure), mode=0o755, meta=meta)
+    dst_host = resolve_in_root(dst_root, dest_plain)
+
+    selector = Selector(action.include_patterns, action.exclude_patterns)
+    writer = EntryWriter(dst_root, meta=meta, always_replace=action.always_replace_existing)
+    for container_src, src_host in sources:
+        st_src = _lstat(src_host)
+        if st_src is None:
+            raise PathProblem(container_src, "no such file or directory")
+        if action.attempt_unpack and stat.S_ISREG(st_src.st_mode) and _looks_like_archive(src_host):
+            raise Unsupported(container_src, "unpacking archives (attempt_unpack) is not supported")
+        target = _prepare_target(dst_root, src_host, st_src, container_src, dst_host, action, meta)
+        entries = collect(src_host, selector)
+        for entry in entries:
+            dst = os.path.join(target, entry.rel) if entry.rel else target
+            writer.write(entry.host, entry.st, dst, overwrite_dir_metadata=bool(entry.rel))
+    writer.finish()
+
+
+def _prepare_target(
+    dst_root: str,
+    src_host: str,
+    st_src: os.stat_result,
+    container_src: str,
+    dst_host: str,
+    action: CopyAction,
+    meta: Metadata,
+) -> str:
+    """Where the source goes: ``dest`` itself, or ``dest/<basename of src>`` (fsutil's rules)."""
+    src_is_dir = stat.S_ISDIR(st_src.st_mode)
+    try:
+        dest_is_dir: bool | None = stat.S_ISDIR(os.stat(dst_host).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        dest_is_dir = None
+    target = dst_host
+    if (src_is_dir and not action.dir_contents_only and dest_is_dir is not None) or (
+        not src_is_dir and dest_is_dir
+    ):
+        base = _go_base(container_src)
+        if base not in ("/", "."):
+            target = os.path.join(dst_host, base)
+    parent = (
+        target if action.dir_contents_only and src_is_dir and dest_is_dir is None else os.path.dirname(target)
+    )
+    mkdir_all(dst_root, parent, mode=0o755, meta=meta)
+    return target

@@ -1,0 +1,178 @@
+"""What an op handler gets while it runs one vertex: snapshots with their events, refs, logs, cancel.
+
+Every snapshot a vertex makes goes through here, so every one is announced (SnapshotCreated and a
+ref held by the vertex) before it exists and confirmed (SnapshotCommitted, or released and
+SnapshotRemoved) after; :meth:`VertexContext.cleanup` releases and removes whatever the handler did
+not commit, whether the step succeeded, failed or was cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from buildsvc.events import catalog as ev
+from buildsvc.solver.recording import HeldRef, LogWriter, StepRecorder
+from buildsvc.solver.worker import SnapshotMount, Worker
+
+__all__ = ["VertexContext"]
+
+
+class VertexContext:
+    """One vertex's run on one worker."""
+
+    def __init__(
+        self,
+        *,
+        step: StepRecorder,
+        worker: Worker,
+        build_ref: str,
+        vertex: str,
+        name: str,
+        cancel: threading.Event,
+        state_dir: Path,
+        local_dirs: Mapping[str, Path],
+        log: LogWriter,
+    ) -> None:
+        self.step = step
+        self.worker = worker
+        self.build_ref = build_ref
+        self.vertex = vertex
+        self.name = name
+        self.cancel = cancel
+        self.state_dir = state_dir
+        self.local_dirs = local_dirs
+        self.log = log
+        self._held: dict[str, HeldRef] = {}
+        self._mounted: list[str] = []
+        self._locks: list[int] = []
+        self._scratch_dirs: list[tempfile.TemporaryDirectory[str]] = []
+
+    @property
+    def snapshotter_name(self) -> str:
+        """The worker's snapshotter."""
+        return self.worker.snapshotter.name
+
+    def prepare(self, parent: str | None) -> str:
+        """A new writable snapshot on ``parent`` (announced before it is made)."""
+        key = f"active-{uuid.uuid4().hex}"
+        self.step.record(
+            ev.SnapshotCreated(
+                snapshot_id=key,
+                worker=self.worker.info.name,
+                snapshotter=self.snapshotter_name,
+                parent=parent,
+                kind="active",
+            )
+        )
+        self._held[key] = self.step.acquire(key, "vertex", self.vertex)
+        self.step.flush()
+        self.worker.snapshotter.prepare(key, parent)
+        return key
+
+    def view(self, committed: str) -> str:
+        """A read-only view of a committed snapshot, for reading an input."""
+        key = f"view-{uuid.uuid4().hex}"
+        self.step.record(
+            ev.SnapshotCreated(
+                snapshot_id=key,
+                worker=self.worker.info.name,
+                snapshotter=self.snapshotter_name,
+                parent=committed,
+                kind="view",
+            )
+        )
+        self._held[key] = self.step.acquire(key, "vertex", self.vertex)
+        self.step.flush()
+        self.worker.snapshotter.view(key, committed)
+        return key
+
+    def mount(self, key: str) -> SnapshotMount:
+        """Make a snapshot of this step visible on the host until the step ends."""
+        mounted = self.worker.snapshotter.mount(key)
+        self._mounted.append(key)
+        return mounted
+
+    def read_input(self, committed: str | None) -> Path | None:
+        """A mounted read-only view of an input (``None`` for scratch)."""
+        if committed is None:
+            return None
+        return Path(self.mount(self.view(committed)).path)
+
+    def commit(self, active: str) -> str:
+        """Turn a prepared snapshot into a committed layer; its ref is released, the result returned."""
+        self._unmount(active)
+        key = f"snap-{uuid.uuid4().hex}"
+        info = self.worker.snapshotter.commit(key, active)
+        self.step.record(ev.SnapshotCommitted(snapshot_id=key, from_active=active, parent=info.parent))
+        self.step.release(self._held.pop(active), reason="committed")
+        return key
+
+    def cache_mount_dir(self, cache_id: str, sharing: str) -> Path:
+        """The persistent directory of a cache mount (``shared``, ``locked`` or ``private``)."""
+        safe = hashlib.sha256(f"{self.worker.info.name}\0{cache_id}".encode()).hexdigest()[:32]
+        path = self.state_dir / "cache-mounts" / safe
+        path.mkdir(parents=True, exist_ok=True)
+        if sharing == "shared":
+            return path
+        fd = os.open(path, os.O_RDONLY)
+        if sharing == "locked":
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released in cleanup; waits for the other user
+            self._locks.append(fd)
+            return path
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # "private": a busy cache gives this step a fresh, throwaway directory instead of waiting.
+            os.close(fd)
+            scratch = tempfile.TemporaryDirectory(prefix="cache-private-", dir=self.state_dir)
+            self._scratch_dirs.append(scratch)
+            return Path(scratch.name)
+        self._locks.append(fd)
+        return path
+
+    def _unmount(self, key: str) -> None:
+        if key in self._mounted:
+            self.worker.snapshotter.unmount(key)
+            self._mounted.remove(key)
+
+    def cleanup(self) -> None:
+        """Unmount everything and remove (recorded) every snapshot that was not committed."""
+        errors: list[BaseException] = []
+        for key in list(reversed(self._mounted)):
+            try:
+                self._unmount(key)
+            except Exception as e:
+                errors.append(e)
+        for key, ref in list(self._held.items()):
+            self.step.release(ref, reason="step ended")
+            try:
+                self.worker.snapshotter.remove(key)
+            except Exception as e:
+                errors.append(e)
+                continue
+            self.step.record(ev.SnapshotRemoved(snapshot_id=key, reason="not committed"))
+            del self._held[key]
+        for fd in self._locks:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._locks.clear()
+        for scratch in self._scratch_dirs:
+            scratch.cleanup()
+        self._scratch_dirs.clear()
+        if errors:
+            raise errors[0]
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Flush what is announced, then run the block with output flushed as it comes."""
+        self.step.flush()
+        with self.log.ticking():
+            yield

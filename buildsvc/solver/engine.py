@@ -1,0 +1,552 @@
+"""The solver: walks a definition's graph, runs or reuses each vertex, and records all of it.
+
+One :class:`Solver` serves a daemon. Its graph is shared: when two solves reach a vertex with the
+same cache key on the same worker at the same time, one runs it and the other waits for that run
+and takes its result. Vertices run in parallel (up to ``max_parallel``) as soon as their inputs are
+ready; the first failure cancels the rest of the solve.
+
+Refs: each result a solve uses (built, cached or shared) gets a ref held by the solve, and each
+result built gets a ref held by its cache record. When the solve ends — completed, failed or
+cancelled — it releases every ref it holds in the same append as its final event, so the leak
+report is empty after any solve.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from buildsvc.errors import BuildsvcError, InvalidInput
+from buildsvc.events import catalog as ev
+from buildsvc.events.codec import Event
+from buildsvc.events.store import NO_STREAM, EventStore, StreamVersionConflict
+from buildsvc.solver.cachekeys import cache_key
+from buildsvc.solver.context import VertexContext
+from buildsvc.solver.definition import Definition
+from buildsvc.solver.errors import BuildRefInUse, SolveCancelled, SolveError
+from buildsvc.solver.handlers import Backends, OpHandler, handler_for
+from buildsvc.solver.ops import Op, OpMetadata, Vertex, output_count
+from buildsvc.solver.recording import BuildRecorder, HeldRef, LogWriter
+from buildsvc.solver.worker import Worker, select_worker
+
+__all__ = ["CacheIndex", "ResultRef", "SolveRequest", "SolveResult", "Solver"]
+
+
+class CacheIndex(Protocol):
+    """Where the solver finds earlier results (the cache-index projection)."""
+
+    def lookup(self, cache_key: str, worker: str) -> Mapping[int, str]:
+        """Output index -> snapshot id recorded for ``cache_key`` on ``worker`` (empty on a miss)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveRequest:
+    """One build to solve."""
+
+    definition: Definition
+    build_ref: str = field(default_factory=lambda: uuid.uuid4().hex[:25])
+    local_dirs: Mapping[str, Path] = field(default_factory=dict)
+    """Local source name -> directory holding what the client sent."""
+    actor: str = ""
+    trace_id: str = ""
+    frontend: str = ""
+    frontend_attrs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultRef:
+    """One result: a committed snapshot on a worker (``None`` for an empty filesystem)."""
+
+    worker: Worker
+    snapshot_id: str | None
+    cache_key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveResult:
+    """What a completed solve produced."""
+
+    build_ref: str
+    output: ResultRef | None
+    exporter_response: Mapping[str, str] = field(default_factory=dict)
+
+
+ExportFn = Callable[[ResultRef | None], Mapping[str, str]]
+"""Called with the result while the solve still holds it; returns the exporter response."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    key: str
+    worker: Worker
+    outputs: tuple[str | None, ...]
+
+
+class _VertexFailed(Exception):
+    def __init__(
+        self, vertex: str, name: str, error: BaseException, exit_code: int | None, tail: str
+    ) -> None:
+        super().__init__(str(error))
+        self.vertex = vertex
+        self.name = name
+        self.error = error
+        self.exit_code = exit_code
+        self.tail = tail
+
+
+class _SharedGraph:
+    """Runs in flight, by worker and cache key, so concurrent solves run a vertex once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Future[tuple[str | None, ...]]] = {}
+
+    def claim(self, key: str) -> tuple[Future[tuple[str | None, ...]], bool]:
+        with self._lock:
+            existing = self._inflight.get(key)
+            if existing is not None:
+                return existing, False
+            fut: Future[tuple[str | None, ...]] = Future()
+            self._inflight[key] = fut
+            return fut, True
+
+    def done(self, key: str) -> None:
+        with self._lock:
+            self._inflight.pop(key, None)
+
+
+class Solver:
+    """Solves definitions on workers, one shared graph per daemon."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        cache_index: CacheIndex,
+        workers: Sequence[Worker],
+        backends: Backends,
+        *,
+        state_dir: Path,
+        max_parallel: int = 4,
+        handler_factory: Callable[[Op, Backends], OpHandler] = handler_for,
+    ) -> None:
+        if not workers:
+            raise InvalidInput("the solver needs at least one worker")
+        self.store = store
+        self.cache_index = cache_index
+        self.workers = list(workers)
+        self.backends = backends
+        self.state_dir = state_dir
+        self.max_parallel = max_parallel
+        self.handler_factory = handler_factory
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="vertex")
+        self._graph = _SharedGraph()
+        self._cancels: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the vertex threads (running vertices finish first)."""
+        self._pool.shutdown(wait=True)
+
+    def cancel(self, build_ref: str) -> bool:
+        """Ask a running solve to stop; False when no such solve is running here."""
+        with self._lock:
+            event = self._cancels.get(build_ref)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def solve(
+        self,
+        request: SolveRequest,
+        *,
+        cancel: threading.Event | None = None,
+        export: ExportFn | None = None,
+    ) -> SolveResult:
+        """Solve ``request``; raises SolveError, SolveCancelled or InvalidInput, recorded either way."""
+        request.definition.validate()
+        cancel = cancel or threading.Event()
+        with self._lock:
+            if request.build_ref in self._cancels:
+                raise BuildRefInUse(request.build_ref)
+            self._cancels[request.build_ref] = cancel
+        try:
+            return _Solve(self, request, cancel).run(export)
+        finally:
+            with self._lock:
+                self._cancels.pop(request.build_ref, None)
+
+    def _select(self, metadata: OpMetadata) -> Worker:
+        constraints = metadata.constraints
+        if constraints is None:
+            return self.workers[0]
+        return select_worker(self.workers, constraints.worker, constraints.labels)
+
+
+class _Solve:
+    """The state of one solve while it runs."""
+
+    def __init__(self, solver: Solver, request: SolveRequest, cancel: threading.Event) -> None:
+        self.solver = solver
+        self.request = request
+        self.definition = request.definition
+        self.cancel = cancel
+        self.recorder = BuildRecorder(
+            solver.store, request.build_ref, actor=request.actor, trace_id=request.trace_id
+        )
+        self.results: dict[str, _Outcome] = {}
+        self.refs: list[HeldRef] = []
+        self.lock = threading.Lock()
+        self.failure: BaseException | None = None
+        # ``cancel`` is the caller's; ``abort`` also fires on the first failure, and is what running
+        # steps watch.
+        self.abort = threading.Event()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def run(self, export: ExportFn | None) -> SolveResult:
+        needed = self._needed()
+        d = self.definition
+        try:
+            self.recorder.append(
+                [
+                    ev.SolveRequested(
+                        build_ref=self.request.build_ref,
+                        frontend=self.request.frontend,
+                        frontend_attrs=dict(self.request.frontend_attrs),
+                        definition=d.to_dict(),
+                        definition_digest=d.output.digest if d.output else "",
+                        local_dirs={name: str(path) for name, path in self.request.local_dirs.items()},
+                    ),
+                    ev.SolveStarted(build_ref=self.request.build_ref, vertex_count=len(needed)),
+                ],
+                expected_version=NO_STREAM,
+            )
+        except StreamVersionConflict:
+            raise BuildRefInUse(self.request.build_ref) from None
+        output: ResultRef | None = None
+        response: dict[str, str] = {}
+        try:
+            self._walk(needed)
+            if self.failure is None:
+                output = self._output()
+                response = dict(export(output)) if export is not None else {}
+        except BaseException as e:
+            self.failure = self.failure or e
+        if self.failure is not None:
+            self._end_failed(self.failure)
+        self._end(
+            ev.SolveCompleted(
+                build_ref=self.request.build_ref,
+                result_snapshot=(output.snapshot_id or "") if output else "",
+                exporter_response=response,
+            )
+        )
+        return SolveResult(build_ref=self.request.build_ref, output=output, exporter_response=response)
+
+    def _needed(self) -> list[Vertex]:
+        d = self.definition
+        if d.output is None:
+            return []
+        wanted: set[str] = set()
+        stack = [d.output.digest]
+        while stack:
+            digest = stack.pop()
+            if digest not in wanted:
+                wanted.add(digest)
+                stack.extend(e.digest for e in d.vertices[digest].inputs)
+        return [v for v in d.topological_order() if v.digest in wanted]
+
+    def _output(self) -> ResultRef | None:
+        out = self.definition.output
+        if out is None:
+            return None
+        outcome = self.results[out.digest]
+        return ResultRef(worker=outcome.worker, snapshot_id=outcome.outputs[out.index], cache_key=outcome.key)
+
+    def _end(self, final: Event) -> None:
+        step = self.recorder.step()
+        for ref in self.refs:
+            step.release(ref, reason="solve ended")
+        step.record(final)
+        step.flush()
+
+    def _end_failed(self, failure: BaseException) -> None:
+        ref = self.request.build_ref
+        error = failure.error if isinstance(failure, _VertexFailed) else failure
+        if self.cancel.is_set() or isinstance(error, SolveCancelled | KeyboardInterrupt):
+            self._end(ev.SolveCancelled(build_ref=ref, reason="cancelled"))
+            raise SolveCancelled(ref, "cancelled") from failure
+        if isinstance(failure, _VertexFailed):
+            self._end(
+                ev.SolveFailed(
+                    build_ref=ref,
+                    error=f"{failure.name}: {failure.error}",
+                    vertex=failure.vertex,
+                    exit_code=failure.exit_code,
+                )
+            )
+            raise SolveError(
+                ref,
+                str(failure.error),
+                vertex=failure.vertex,
+                name=failure.name,
+                exit_code=failure.exit_code,
+                log_tail=failure.tail,
+            ) from failure.error
+        self._end(ev.SolveFailed(build_ref=ref, error=str(failure) or type(failure).__name__))
+        if isinstance(failure, BuildsvcError):
+            raise failure
+        raise SolveError(ref, str(failure) or type(failure).__name__) from failure
+
+    # --- scheduling ------------------------------------------------------------------------------
+
+    def _walk(self, order: list[Vertex]) -> None:
+        waiting = {v.digest: {e.digest for e in v.inputs} for v in order}
+        dependents: dict[str, list[str]] = {}
+        for v in order:
+            for e in v.inputs:
+                dependents.setdefault(e.digest, []).append(v.digest)
+        by_digest = {v.digest: v for v in order}
+        done = threading.Condition()
+        running = 0
+        finished: set[str] = set()
+
+        def submit(digest: str) -> None:
+            nonlocal running
+            running += 1
+            self.solver._pool.submit(task, by_digest[digest])
+
+        def task(vertex: Vertex) -> None:
+            nonlocal running
+            error: BaseException | None = None
+            try:
+                if self.abort.is_set():
+                    raise SolveCancelled(self.request.build_ref)
+                self._process(vertex)
+            except BaseException as e:
+                error = e
+            with done:
+                running -= 1
+                if error is not None:
+                    if self.failure is None:
+                        self.failure = error
+                    self.abort.set()  # the first failure stops the rest of the solve
+                else:
+                    finished.add(vertex.digest)
+                    for dep in dependents.get(vertex.digest, []):
+                        waiting[dep].discard(vertex.digest)
+                        if not waiting[dep] and not self.abort.is_set():
+                            submit(dep)
+                done.notify_all()
+
+        with done:
+            for digest, inputs in waiting.items():
+                if not inputs:
+                    submit(digest)
+            while running:
+                if self.cancel.is_set():
+                    self.abort.set()
+                done.wait(0.1)
+        if self.failure is None and len(finished) < len(order):
+            self.failure = SolveCancelled(self.request.build_ref)
+
+    # --- one vertex ------------------------------------------------------------------------------
+
+    def _process(self, vertex: Vertex) -> None:
+        d = self.definition
+        metadata = d.metadata.get(vertex.digest) or OpMetadata()
+        name = d.name_of(vertex.digest) or vertex.digest
+        inputs = [self.results[e.digest] for e in vertex.inputs]
+        worker = self.solver._select(metadata)
+        for edge, outcome in zip(vertex.inputs, inputs, strict=True):
+            if outcome.worker is not worker and outcome.outputs[edge.index] is not None:
+                raise InvalidInput(
+                    f"{name}: runs on worker {worker.info.name} but its input {edge.digest} was built on "
+                    f"{outcome.worker.info.name}; moving results between workers is not supported"
+                )
+        snapshots = [o.outputs[e.index] for o, e in zip(inputs, vertex.inputs, strict=True)]
+        handler = self.solver.handler_factory(vertex.op, self.solver.backends)
+        try:
+            content = handler.content_key(vertex, worker, self.request.local_dirs)
+        except BaseException as e:
+            raise _VertexFailed(vertex.digest, name, e, None, "") from e
+        key = cache_key(
+            vertex.digest, [f"{o.key}#{e.index}" for o, e in zip(inputs, vertex.inputs, strict=True)], content
+        )
+        shared_key = f"{worker.info.name}|{key}"
+        future, owner = self.solver._graph.claim(shared_key)
+        if not owner:
+            outputs = self._wait_shared(future, vertex, name)
+            self._use(vertex, name, key, worker, outputs)
+            return
+        try:
+            outputs = self._resolve(vertex, metadata, name, worker, key, snapshots)
+            future.set_result(outputs)
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+        finally:
+            self.solver._graph.done(shared_key)
+        with self.lock:
+            self.results[vertex.digest] = _Outcome(key=key, worker=worker, outputs=outputs)
+
+    def _wait_shared(
+        self, future: Future[tuple[str | None, ...]], vertex: Vertex, name: str
+    ) -> tuple[str | None, ...]:
+        while True:
+            if self.abort.is_set():
+                raise SolveCancelled(self.request.build_ref)
+            try:
+                return future.result(timeout=0.2)
+            except TimeoutError:
+                continue
+            except _VertexFailed:
+                raise
+            except BaseException as e:
+                raise _VertexFailed(vertex.digest, name, e, None, "") from e
+
+    def _use(
+        self,
+        vertex: Vertex,
+        name: str,
+        key: str,
+        worker: Worker,
+        outputs: tuple[str | None, ...],
+    ) -> None:
+        """Take a result made elsewhere (the cache, or another solve's run of the same vertex)."""
+        step = self.recorder.step()
+        step.record(
+            ev.VertexCached(
+                build_ref=self.request.build_ref,
+                vertex=vertex.digest,
+                name=name,
+                cache_key=key,
+                snapshot_id=next((s for s in outputs if s), ""),
+            )
+        )
+        held = [step.acquire(s, "solve", self.request.build_ref) for s in outputs if s is not None]
+        step.flush()
+        with self.lock:
+            self.refs.extend(held)
+            self.results[vertex.digest] = _Outcome(key=key, worker=worker, outputs=outputs)
+
+    def _resolve(
+        self,
+        vertex: Vertex,
+        metadata: OpMetadata,
+        name: str,
+        worker: Worker,
+        key: str,
+        inputs: list[str | None],
+    ) -> tuple[str | None, ...]:
+        expected = output_count(vertex.op)
+        step = self.recorder.step()
+        if not metadata.ignore_cache:
+            hit = self.solver.cache_index.lookup(key, worker.info.name)
+            if hit:
+                if len(hit) == expected and all(self._exists(worker, s) for s in hit.values()):
+                    cached: tuple[str | None, ...] = tuple(hit[i] for i in range(expected))
+                    self._use(vertex, name, key, worker, cached)
+                    return cached
+                # The record outlived its data: drop it and build again (never a wrong hit).
+                step.record(
+                    ev.CacheRecordRemoved(cache_key=key, reason=f"data missing on worker {worker.info.name}")
+                )
+        step.record(
+            ev.VertexStarted(
+                build_ref=self.request.build_ref,
+                vertex=vertex.digest,
+                name=name,
+                worker=worker.info.name,
+                cache_key=key,
+            )
+        )
+        log = LogWriter(self.recorder, vertex.digest)
+        ctx = VertexContext(
+            step=step,
+            worker=worker,
+            build_ref=self.request.build_ref,
+            vertex=vertex.digest,
+            name=name,
+            cancel=self.abort,
+            state_dir=self.solver.state_dir,
+            local_dirs=self.request.local_dirs,
+            log=log,
+        )
+        started = time.monotonic()
+        handler = self.solver.handler_factory(vertex.op, self.solver.backends)
+        try:
+            outputs = handler.run(vertex, inputs, ctx)
+        except BaseException as e:
+            failure: BaseException = e
+            try:
+                ctx.cleanup()
+            except BaseException as cleanup_error:  # the step's own error is the one to report
+                failure.__context__ = cleanup_error
+            exit_code = getattr(e, "exit_code", None)
+            cancelled = self.abort.is_set() or isinstance(e, KeyboardInterrupt | SolveCancelled)
+            if cancelled:
+                failure = SolveCancelled(self.request.build_ref)
+            step.record(
+                ev.VertexFailed(
+                    build_ref=self.request.build_ref,
+                    vertex=vertex.digest,
+                    error="cancelled" if cancelled else str(e) or type(e).__name__,
+                    worker=worker.info.name,
+                    duration_ms=int((time.monotonic() - started) * 1000),
+                    exit_code=exit_code if isinstance(exit_code, int) else None,
+                    log_tail=log.tail[-2048:],
+                )
+            )
+            step.flush()
+            raise _VertexFailed(
+                vertex.digest, name, failure, exit_code if isinstance(exit_code, int) else None, log.tail
+            ) from e
+        ctx.cleanup()
+        held: list[HeldRef] = []
+        for index, snapshot in enumerate(outputs):
+            if snapshot is None:
+                continue
+            step.record(
+                ev.CacheRecordAdded(
+                    cache_key=key,
+                    vertex=vertex.digest,
+                    snapshot_id=snapshot,
+                    output=index,
+                    worker=worker.info.name,
+                    build_ref=self.request.build_ref,
+                )
+            )
+            step.acquire(snapshot, "cache", key)
+            held.append(step.acquire(snapshot, "solve", self.request.build_ref))
+        step.record(
+            ev.VertexCompleted(
+                build_ref=self.request.build_ref,
+                vertex=vertex.digest,
+                worker=worker.info.name,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                exit_code=0 if vertex.op.kind == "exec" else None,
+                snapshot_id=next((s for s in outputs if s), ""),
+                cache_key=key,
+            )
+        )
+        step.flush()
+        with self.lock:
+            self.refs.extend(held)
+        return outputs
+
+    @staticmethod
+    def _exists(worker: Worker, snapshot_id: str) -> bool:
+        try:
+            worker.snapshotter.stat(snapshot_id)
+        except BuildsvcError:
+            return False
+        return True

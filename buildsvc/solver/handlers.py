@@ -1,0 +1,325 @@
+"""How each op kind runs on a worker, through the ports in ``worker.py`` only.
+
+A handler has two jobs: say what a vertex's result depends on beyond its inputs (``content_key``:
+the files a local source selects, the manifest an image tag points to) and make the result
+(``run``: committed snapshots, one per output, or ``None`` for an empty result).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from buildsvc.errors import InvalidInput
+from buildsvc.events import catalog as ev
+from buildsvc.solver import contenthash
+from buildsvc.solver.context import VertexContext
+from buildsvc.solver.ops import (
+    ATTR_LOCAL_EXCLUDE,
+    ATTR_LOCAL_INCLUDE,
+    CopyAction,
+    DiffOp,
+    ExecOp,
+    FileAction,
+    FileOp,
+    MergeOp,
+    MountType,
+    NetMode,
+    Op,
+    SourceOp,
+    Vertex,
+    output_count,
+)
+from buildsvc.solver.worker import (
+    ExecSpec,
+    FileBackend,
+    ImageSource,
+    LayerBackend,
+    Mount,
+    MountKind,
+    NetworkMode,
+    ProcessSpec,
+    SnapshotMount,
+    Worker,
+)
+
+__all__ = ["Backends", "OpHandler", "handler_for"]
+
+
+class OpHandler(Protocol):
+    """Runs one kind of op."""
+
+    def content_key(self, vertex: Vertex, worker: Worker, local_dirs: Mapping[str, Path]) -> str:
+        """What the result depends on besides the op and its inputs ("" when nothing)."""
+        ...
+
+    def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
+        """Make the vertex's results: one committed snapshot (or None) per output."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backends:
+    """The worker-side implementations the handlers call."""
+
+    files: FileBackend
+    layers: LayerBackend
+    images: ImageSource | None = None
+
+
+def handler_for(op: Op, backends: Backends) -> OpHandler:
+    """The handler of ``op``'s kind."""
+    match op:
+        case ExecOp():
+            return ExecHandler()
+        case FileOp():
+            return FileHandler(backends.files)
+        case MergeOp() | DiffOp():
+            return LayerHandler(backends.layers)
+        case SourceOp():
+            return SourceHandler(backends)
+
+
+# --- exec -----------------------------------------------------------------------------------------
+
+# BuildKit's "sandbox" network is a namespace with connectivity (CNI, or the host's network where no
+# CNI is set up). We have no CNI: a sandboxed step gets the host's network, as buildkitd's "auto" mode
+# does without CNI; "none" is a namespace with only loopback.
+_NETWORK = {NetMode.SANDBOX: NetworkMode.HOST, NetMode.HOST: NetworkMode.HOST, NetMode.NONE: NetworkMode.NONE}
+
+
+class ExecHandler:
+    """Runs a process over its mounts; writable mounts with an output become results."""
+
+    def content_key(self, vertex: Vertex, worker: Worker, local_dirs: Mapping[str, Path]) -> str:
+        """Nothing beyond the op and its inputs."""
+        return ""
+
+    def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
+        """Prepare the mounts, run the process, commit the outputs."""
+        op = vertex.op
+        assert isinstance(op, ExecOp)
+        outputs: dict[int, str] = {}
+        rootfs: SnapshotMount | None = None
+        readonly_root = False
+        mounts: list[Mount] = []
+        # Parents before children, so a mount inside another one's tree lands on top of it.
+        for m in sorted(op.mounts, key=lambda m: (m.dest.rstrip("/").count("/"), m.dest)):
+            source = inputs[m.input] if m.input is not None else None
+            if m.type == MountType.BIND:
+                if m.dest == "/" or m.output is not None or not m.readonly:
+                    # The root is always a writable snapshot, even when read-only in the container:
+                    # the runtime must be able to create mount points (/proc, /dev) in it.
+                    active = ctx.prepare(source)
+                    mounted = ctx.mount(active)
+                    if m.output is not None:
+                        outputs[m.output] = active
+                else:
+                    mounted = (
+                        ctx.mount(ctx.view(source)) if source is not None else ctx.mount(ctx.prepare(None))
+                    )
+                if m.dest == "/":
+                    rootfs, readonly_root = mounted, m.readonly
+                else:
+                    mounts.append(
+                        Mount(
+                            kind=MountKind.BIND,
+                            dest=m.dest,
+                            source=mounted,
+                            selector=m.selector or "/",
+                            readonly=m.readonly,
+                        )
+                    )
+            elif m.type == MountType.CACHE:
+                assert m.cache is not None
+                directory = ctx.cache_mount_dir(m.cache.id, m.cache.sharing.value)
+                mounts.append(
+                    Mount(kind=MountKind.CACHE, dest=m.dest, source=str(directory), readonly=m.readonly)
+                )
+            elif m.type == MountType.TMPFS:
+                size = m.tmpfs.size if m.tmpfs is not None and m.tmpfs.size else None
+                mounts.append(Mount(kind=MountKind.TMPFS, dest=m.dest, tmpfs_size=size))
+            else:
+                raise InvalidInput(
+                    f"{m.type.value} mounts are not supported by this daemon yet (mount at {m.dest})"
+                )
+        if rootfs is None:
+            raise InvalidInput("exec has no root mount (a mount at /)")
+        spec = ExecSpec(
+            process=ProcessSpec(
+                args=op.meta.args,
+                env=op.meta.env,
+                cwd=op.meta.cwd or "/",
+                user=op.meta.user,
+                valid_exit_codes=op.meta.valid_exit_codes or (0,),
+            ),
+            rootfs=rootfs,
+            mounts=tuple(mounts),
+            hostname=op.meta.hostname,
+            network=_NETWORK[op.network],
+            readonly_root=readonly_root,
+        )
+        with ctx.running():
+            ctx.worker.executor.run(spec, stdout=ctx.log.stdout, stderr=ctx.log.stderr, cancel=ctx.cancel)
+        results: list[str | None] = [None] * output_count(op)
+        for index, active in sorted(outputs.items()):
+            results[index] = ctx.commit(active)
+        return tuple(results)
+
+
+# --- file -----------------------------------------------------------------------------------------
+
+
+class FileHandler:
+    """Runs a chain of file actions; each output starts from its base input."""
+
+    def __init__(self, backend: FileBackend) -> None:
+        self.backend = backend
+
+    def content_key(self, vertex: Vertex, worker: Worker, local_dirs: Mapping[str, Path]) -> str:
+        """Nothing beyond the op and its inputs."""
+        return ""
+
+    def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
+        """Apply the actions onto a copy of each output's base."""
+        op = vertex.op
+        assert isinstance(op, FileOp)
+        bases = self.backend.output_bases(op, len(inputs))
+        readable = [ctx.read_input(s) for s in inputs]
+        results: list[str | None] = [None] * output_count(op)
+        with ctx.running():
+            for output, base in sorted(bases.items()):
+                active = ctx.prepare(inputs[base] if base is not None else None)
+                root = Path(ctx.mount(active).path)
+                self.backend.apply(op, output, root, readable)
+                results[output] = ctx.commit(active)
+        return tuple(results)
+
+
+# --- merge and diff -------------------------------------------------------------------------------
+
+
+class LayerHandler:
+    """MergeOp and DiffOp, materialized as a new layer."""
+
+    def __init__(self, backend: LayerBackend) -> None:
+        self.backend = backend
+
+    def content_key(self, vertex: Vertex, worker: Worker, local_dirs: Mapping[str, Path]) -> str:
+        """Nothing beyond the op and its inputs."""
+        return ""
+
+    def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
+        """Merge the inputs in order, or write the diff of two."""
+        op = vertex.op
+        with ctx.running():
+            if isinstance(op, MergeOp):
+                layers = [inputs[i] for i in op.inputs]
+                active = ctx.prepare(layers[0] if layers else None)
+                dest = Path(ctx.mount(active).path)
+                self.backend.merge_into(dest, [p for s in layers[1:] if (p := ctx.read_input(s)) is not None])
+            else:
+                assert isinstance(op, DiffOp)
+                active = ctx.prepare(None)
+                dest = Path(ctx.mount(active).path)
+                empty = Path(ctx.mount(ctx.prepare(None)).path)
+                lower = ctx.read_input(inputs[op.lower]) if op.lower is not None else None
+                upper = ctx.read_input(inputs[op.upper]) if op.upper is not None else None
+                self.backend.diff_into(dest, lower or empty, upper or empty)
+            return (ctx.commit(active),)
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+
+def _patterns(attrs: Mapping[str, str], name: str) -> tuple[str, ...]:
+    import json
+
+    raw = attrs.get(name)
+    if not raw:
+        return ()
+    value = json.loads(raw)
+    return tuple(value) if isinstance(value, list) else (str(value),)
+
+
+class SourceHandler:
+    """Local contexts, images and OCI layouts."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+
+    def _local_dir(self, op: SourceOp, local_dirs: Mapping[str, Path]) -> Path:
+        try:
+            return local_dirs[op.location]
+        except KeyError:
+            given = ", ".join(sorted(local_dirs)) or "none"
+            raise InvalidInput(
+                f"local source {op.location!r} was not sent with the build (sent: {given})"
+            ) from None
+
+    def _images(self, op: SourceOp) -> ImageSource:
+        if self.backends.images is None:
+            raise InvalidInput(f"{op.scheme} sources need an image store, and this solver has none")
+        return self.backends.images
+
+    def content_key(self, vertex: Vertex, worker: Worker, local_dirs: Mapping[str, Path]) -> str:
+        """The selected files' checksum for a local context; the manifest digest for an image."""
+        op = vertex.op
+        assert isinstance(op, SourceOp)
+        if op.scheme == "local":
+            return contenthash.checksum(
+                self._local_dir(op, local_dirs),
+                include=_patterns(op.attrs, ATTR_LOCAL_INCLUDE),
+                exclude=_patterns(op.attrs, ATTR_LOCAL_EXCLUDE),
+            )
+        if op.scheme in ("docker-image", "oci-layout"):
+            return self._images(op).resolve(op.identifier, worker.info.platform)
+        raise InvalidInput(f"{op.scheme}:// sources are not supported by this daemon yet ({op.identifier})")
+
+    def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
+        """Copy the local context in, or pull the image."""
+        op = vertex.op
+        assert isinstance(op, SourceOp)
+        if op.scheme == "local":
+            source = self._local_dir(op, ctx.local_dirs)
+            copy = FileOp(
+                actions=(
+                    FileAction(
+                        action=CopyAction(
+                            src="/",
+                            dest="/",
+                            dir_contents_only=True,
+                            include_patterns=_patterns(op.attrs, ATTR_LOCAL_INCLUDE),
+                            exclude_patterns=_patterns(op.attrs, ATTR_LOCAL_EXCLUDE),
+                            create_dest_path=True,
+                        ),
+                        input=None,
+                        secondary_input=0,
+                        output=0,
+                    ),
+                )
+            )
+            with ctx.running():
+                active = ctx.prepare(None)
+                self.backends.files.apply(copy, 0, Path(ctx.mount(active).path), [source])
+                return (ctx.commit(active),)
+        with ctx.running():
+            pulled = self._images(op).pull(op.identifier, ctx.worker.info.platform, ctx.worker.snapshotter)
+        for layer in pulled.layers:
+            if layer.created:
+                # Content-addressed layers are made, then recorded: remaking one is harmless.
+                ctx.step.record(
+                    ev.SnapshotCreated(
+                        snapshot_id=layer.key,
+                        worker=ctx.worker.info.name,
+                        snapshotter=ctx.snapshotter_name,
+                        parent=layer.parent,
+                        kind="committed",
+                    ),
+                    ev.SnapshotCommitted(
+                        snapshot_id=layer.key, size_bytes=layer.size_bytes, parent=layer.parent
+                    ),
+                )
+        return (pulled.top,)

@@ -1,0 +1,196 @@
+"""How the solver writes what it does: a build's events, batched per step, and the refs it holds.
+
+Invariant 2 of the design ("record, then act; act, then record") is kept by one rule: events that
+announce a side effect are flushed before the side effect starts, and events that confirm one are
+recorded after it ends. Everything between two side effects goes in one atomic append, so a vertex
+costs about two appends however many facts it records.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from buildsvc.events import catalog as ev
+from buildsvc.events.codec import Event
+from buildsvc.events.store import EventStore
+
+__all__ = ["BuildRecorder", "HeldRef", "LogWriter", "StepRecorder"]
+
+
+class BuildRecorder:
+    """Appends one build's events to its stream (``build-<ref>``)."""
+
+    def __init__(self, store: EventStore, build_ref: str, *, actor: str = "", trace_id: str = "") -> None:
+        self.store = store
+        self.build_ref = build_ref
+        self.stream = f"build-{build_ref}"
+        self.actor = actor
+        self.trace_id = trace_id
+
+    def append(self, events: Sequence[Event], *, expected_version: int | None = None) -> None:
+        """Append ``events`` atomically (nothing when empty)."""
+        if events:
+            self.store.append(
+                self.stream,
+                list(events),
+                expected_version=expected_version,
+                actor=self.actor,
+                trace_id=self.trace_id,
+            )
+
+    def step(self) -> StepRecorder:
+        """A buffer for the events of one step (a vertex, the solve's end)."""
+        return StepRecorder(self)
+
+
+class HeldRef:
+    """One acquisition of a snapshot, released exactly once."""
+
+    __slots__ = ("holder_id", "holder_kind", "ref_id", "released", "snapshot_id")
+
+    def __init__(self, snapshot_id: str, holder_kind: str, holder_id: str) -> None:
+        self.ref_id = f"ref-{uuid.uuid4().hex}"
+        self.snapshot_id = snapshot_id
+        self.holder_kind = holder_kind
+        self.holder_id = holder_id
+        self.released = False
+
+
+class StepRecorder:
+    """Events of one step, buffered until the next side effect (or the end of the step)."""
+
+    def __init__(self, build: BuildRecorder) -> None:
+        self.build = build
+        self.pending: list[Event] = []
+
+    def record(self, *events: Event) -> None:
+        """Buffer events (written at the next :meth:`flush`)."""
+        self.pending.extend(events)
+
+    def flush(self) -> None:
+        """Write what is buffered, atomically."""
+        if self.pending:
+            events, self.pending = self.pending, []
+            self.build.append(events)
+
+    def acquire(self, snapshot_id: str, holder_kind: str, holder_id: str) -> HeldRef:
+        """Record a new ref on ``snapshot_id`` (buffered)."""
+        ref = HeldRef(snapshot_id, holder_kind, holder_id)
+        self.record(
+            ev.RefAcquired(
+                ref_id=ref.ref_id,
+                snapshot_id=snapshot_id,
+                holder_kind=holder_kind,
+                holder_id=holder_id,
+                build_ref=self.build.build_ref,
+            )
+        )
+        return ref
+
+    def release(self, ref: HeldRef, reason: str = "") -> None:
+        """Record the release of ``ref`` (buffered); releasing twice is a no-op."""
+        if ref.released:
+            return
+        ref.released = True
+        self.record(ev.RefReleased(ref_id=ref.ref_id, snapshot_id=ref.snapshot_id, reason=reason))
+
+
+class LogWriter:
+    """Turns a process's output into VertexLogChunk events: batched, in order, flushed at least every
+    ``interval`` seconds while output keeps coming and once at the end; keeps a tail for errors.
+    """
+
+    def __init__(
+        self,
+        build: BuildRecorder,
+        vertex: str,
+        *,
+        interval: float = 0.25,
+        max_chunk: int = 32 * 1024,
+        tail_bytes: int = 4096,
+        on_chunk: Callable[[int, bytes], None] | None = None,
+    ) -> None:
+        self.build = build
+        self.vertex = vertex
+        self.interval = interval
+        self.max_chunk = max_chunk
+        self.tail_bytes = tail_bytes
+        self.on_chunk = on_chunk
+        self._lock = threading.Lock()
+        self._buffers: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        self._offsets = {1: 0, 2: 0}
+        self._last_flush = time.monotonic()
+        self._tail = bytearray()
+
+    def stdout(self, data: bytes) -> None:
+        """Output callback for stdout."""
+        self._write(1, data)
+
+    def stderr(self, data: bytes) -> None:
+        """Output callback for stderr."""
+        self._write(2, data)
+
+    def _write(self, stream: int, data: bytes) -> None:
+        with self._lock:
+            self._buffers[stream] += data
+            self._tail += data
+            del self._tail[: max(len(self._tail) - self.tail_bytes, 0)]
+            if self.on_chunk is not None:
+                self.on_chunk(stream, data)
+            if (
+                len(self._buffers[stream]) >= self.max_chunk
+                or time.monotonic() - self._last_flush >= self.interval
+            ):
+                self._flush_locked()
+
+    def flush(self) -> None:
+        """Write whatever output is buffered."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        events: list[Event] = []
+        for stream, buffer in self._buffers.items():
+            if buffer:
+                data = bytes(buffer)
+                buffer.clear()
+                events.append(
+                    ev.VertexLogChunk(
+                        build_ref=self.build.build_ref,
+                        vertex=self.vertex,
+                        data=data,
+                        stream=stream,
+                        offset=self._offsets[stream],
+                    )
+                )
+                self._offsets[stream] += len(data)
+        self._last_flush = time.monotonic()
+        self.build.append(events)
+
+    @contextmanager
+    def ticking(self) -> Iterator[None]:
+        """Flush every ``interval`` seconds while the block runs, so quiet processes still show output."""
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(self.interval):
+                self.flush()
+
+        ticker = threading.Thread(target=tick, name=f"log-{self.vertex[:19]}", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()
+            self.flush()
+
+    @property
+    def tail(self) -> str:
+        """The last few KiB of output (both streams, in arrival order), as text."""
+        with self._lock:
+            return bytes(self._tail).decode("utf-8", "replace")
