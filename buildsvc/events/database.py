@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.url import URL
 
 from buildsvc.errors import InvalidInput, StoreUnavailable
+from buildsvc.events.codec import canonical_json
 
 __all__ = ["Database", "InvalidDatabaseURL", "RetryPolicy", "is_transient", "open_database"]
 
@@ -127,6 +128,12 @@ class Database:
     def run(self, fn: Callable[[], T], *, what: str) -> T:
         """Run ``fn`` (which opens its own transactions), retrying transient failures."""
         try:
+            return fn()
+        except sa.exc.DBAPIError as e:
+            if not is_transient(e):
+                raise
+        # Only now pay for tenacity: most calls succeed at the first try.
+        try:
             return self._retrying.copy()(fn)
         except tenacity.RetryError as e:
             last = e.last_attempt.exception()
@@ -159,6 +166,7 @@ def open_database(url: str, *, retry: RetryPolicy | None = None, pool_size: int 
     else:
         engine = sa.create_engine(
             parsed,
+            json_serializer=canonical_json,
             pool_size=pool_size,
             max_overflow=10,
             connect_args={"connect_timeout": 5, "application_name": "buildsvc"},
@@ -170,7 +178,9 @@ def _sqlite_engine(url: URL) -> Engine:
     database = url.database or ""
     if database and database != ":memory:":
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = sa.create_engine(
+        url, json_serializer=canonical_json, connect_args={"timeout": 30, "check_same_thread": False}
+    )
 
     @sa_event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -11,12 +11,15 @@ that ``verify`` reports.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from buildsvc.events.codec import Event, canonical_json, decode_payload
+import orjson
+
+from buildsvc.events.codec import Event, EventSchemaError, decode_payload
 
 __all__ = ["GENESIS_HASH", "AppendResult", "NewEvent", "StoredEvent", "chain_hash", "format_time"]
 
@@ -43,11 +46,20 @@ class StoredEvent:
     """1 for a stream's first event."""
     type: str
     schema_version: int
-    payload: dict[str, Any]
+    payload_json: str
+    """The payload exactly as stored: its canonical JSON text (parsed only when asked for)."""
     recorded_at: datetime
     actor: str
     trace_id: str
     hash: bytes
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The payload as a JSON object (parsed on every call: keep the result if you need it twice)."""
+        value = orjson.loads(self.payload_json)
+        if not isinstance(value, dict):
+            raise EventSchemaError(self.type, "stored payload is not a JSON object")
+        return value
 
     def decode(self) -> Event:
         """The typed event, upcast to the current schema."""
@@ -61,7 +73,7 @@ class StoredEvent:
             stream_version=self.stream_version,
             type_name=self.type,
             schema_version=self.schema_version,
-            payload=self.payload,
+            payload_json=self.payload_json,
             recorded_at=self.recorded_at,
             actor=self.actor,
             trace_id=self.trace_id,
@@ -91,25 +103,27 @@ def canonical_bytes(
     stream_version: int,
     type_name: str,
     schema_version: int,
-    payload: dict[str, Any],
+    payload_json: str,
     recorded_at: datetime,
     actor: str,
     trace_id: str,
 ) -> bytes:
-    """The canonical bytes of an envelope (see the module docstring)."""
-    return canonical_json(
-        {
-            "event_id": str(event_id),
-            "stream_id": stream_id,
-            "stream_version": stream_version,
-            "type": type_name,
-            "schema_version": schema_version,
-            "payload": payload,
-            "recorded_at": format_time(recorded_at),
-            "actor": actor,
-            "trace_id": trace_id,
-        }
-    ).encode("utf-8")
+    """The canonical bytes of an envelope: ``canonical_json`` of its fields as one object.
+
+    ``payload_json`` must itself be canonical JSON (it is what the store writes), so it is spliced
+    in as it is instead of being parsed and written again; the result is byte for byte what
+    ``canonical_json`` gives for the whole object (keys sorted, no spaces, UTF-8).
+    """
+    return (
+        f'{{"actor":{_text(actor)},"event_id":"{event_id}","payload":{payload_json},'
+        f'"recorded_at":"{format_time(recorded_at)}","schema_version":{schema_version:d},'
+        f'"stream_id":{_text(stream_id)},"stream_version":{stream_version:d},'
+        f'"trace_id":{_text(trace_id)},"type":{_text(type_name)}}}'
+    ).encode()
+
+
+def _text(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def chain_hash(prev_hash: bytes, data: bytes) -> bytes:

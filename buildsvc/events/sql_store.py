@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from buildsvc.events.codec import Event, encode_payload
+from buildsvc.events.codec import Event, canonical_json, encode_payload
 from buildsvc.events.database import Database
 from buildsvc.events.envelope import (
     GENESIS_HASH,
@@ -42,6 +42,7 @@ from buildsvc.events.envelope import (
     canonical_bytes,
     chain_hash,
 )
+from buildsvc.events.rows import rows_for
 from buildsvc.events.schema import events as events_table
 from buildsvc.events.store import ANY, EventIdConflict, StreamVersionConflict
 
@@ -79,7 +80,7 @@ def _row_to_event(row: Any) -> StoredEvent:
         stream_version=row[3],
         type=row[4],
         schema_version=row[5],
-        payload=row[6],
+        payload_json=canonical_json(row[6]),
         recorded_at=row[7],
         actor=row[8],
         trace_id=row[9],
@@ -93,31 +94,10 @@ class SqlEventStore:
     def __init__(self, db: Database, *, hooks: Sequence[AppendHook] = ()) -> None:
         self.db = db
         self._hooks = list(hooks)
+        self._rows = rows_for(db.engine.dialect.name)
+        self._lock_params = (APPEND_LOCK_KEY, NOTIFY_CHANNEL)
         t = events_table
-        self._lock_sql = sa.text("SELECT pg_advisory_xact_lock(:key), pg_notify(:channel, '')")
         self._head_sql = sa.select(sa.func.coalesce(sa.func.max(t.c.position), 0))
-        last = (
-            sa.select(t.c.stream_version, t.c.hash)
-            .where(t.c.stream_id == sa.bindparam("stream_id"))
-            .order_by(t.c.stream_version.desc())
-            .limit(1)
-            .subquery()
-        )
-        self._state_sql = sa.select(
-            self._head_sql.scalar_subquery().label("head"),
-            sa.select(last.c.stream_version).scalar_subquery().label("version"),
-            sa.select(last.c.hash).scalar_subquery().label("hash"),
-            sa.select(t.c.position)
-            .where(t.c.event_id == sa.bindparam("first_id"))
-            .scalar_subquery()
-            .label("duplicate"),
-        )
-        self._read_all_sql = (
-            sa.select(*_COLUMNS)
-            .where(t.c.position > sa.bindparam("after"))
-            .order_by(t.c.position)
-            .limit(sa.bindparam("limit"))
-        )
         self._read_stream_sql = (
             sa.select(*_COLUMNS)
             .where(t.c.stream_id == sa.bindparam("stream_id"), t.c.stream_version > sa.bindparam("after"))
@@ -145,7 +125,12 @@ class SqlEventStore:
         new = [e if isinstance(e, NewEvent) else NewEvent(event=e) for e in events]
         # Encode (and so validate) before touching the database: bad input writes nothing.
         payloads = [
-            (n.event_id, type(n.event).type_name, n.event.schema_version, encode_payload(n.event))
+            (
+                n.event_id,
+                type(n.event).type_name,
+                n.event.schema_version,
+                canonical_json(encode_payload(n.event)),
+            )
             for n in new
         ]
         return self.db.run(
@@ -156,22 +141,20 @@ class SqlEventStore:
     def _append_once(
         self,
         stream_id: str,
-        payloads: list[tuple[uuid.UUID, str, int, dict[str, Any]]],
+        payloads: list[tuple[uuid.UUID, str, int, str]],
         expected_version: int | None,
         actor: str,
         trace_id: str,
     ) -> AppendResult:
         with self.db.write() as conn:
-            if self.db.is_postgres:
-                conn.execute(self._lock_sql, {"key": APPEND_LOCK_KEY, "channel": NOTIFY_CHANNEL})
-            state = conn.execute(self._state_sql, {"stream_id": stream_id, "first_id": payloads[0][0]}).one()
-            if state.duplicate is not None:
+            head_before, version, last_hash, duplicate = self._rows.state(
+                conn, self._lock_params, stream_id, payloads[0][0]
+            )
+            if duplicate is not None:
                 return self._existing(conn, stream_id, [p[0] for p in payloads])
-            version = state.version or 0
             if expected_version is not None and expected_version != version:
                 raise StreamVersionConflict(stream_id, expected_version, version)
-            prev_hash = bytes(state.hash) if state.hash is not None else GENESIS_HASH
-            head_before = state.head
+            prev_hash = last_hash if last_hash is not None else GENESIS_HASH
             now = datetime.now(UTC)
             stored: list[StoredEvent] = []
             for i, (event_id, type_name, schema_version, payload) in enumerate(payloads, start=1):
@@ -183,7 +166,7 @@ class SqlEventStore:
                         stream_version=version + i,
                         type_name=type_name,
                         schema_version=schema_version,
-                        payload=payload,
+                        payload_json=payload,
                         recorded_at=now,
                         actor=actor,
                         trace_id=trace_id,
@@ -197,7 +180,7 @@ class SqlEventStore:
                         stream_version=version + i,
                         type=type_name,
                         schema_version=schema_version,
-                        payload=payload,
+                        payload_json=payload,
                         recorded_at=now,
                         actor=actor,
                         trace_id=trace_id,
@@ -206,25 +189,7 @@ class SqlEventStore:
                 )
                 prev_hash = digest
             try:
-                conn.execute(
-                    events_table.insert(),
-                    [
-                        {
-                            "position": s.position,
-                            "event_id": s.event_id,
-                            "stream_id": s.stream_id,
-                            "stream_version": s.stream_version,
-                            "type": s.type,
-                            "schema_version": s.schema_version,
-                            "payload": s.payload,
-                            "recorded_at": s.recorded_at,
-                            "actor": s.actor,
-                            "trace_id": s.trace_id,
-                            "hash": s.hash,
-                        }
-                        for s in stored
-                    ],
-                )
+                self._rows.insert(conn, stored)
             except sa.exc.IntegrityError as e:
                 # Only a reused event id can collide: positions and versions are assigned under the lock.
                 raise EventIdConflict(_first_conflicting_id(conn, payloads), "in another append") from e
@@ -286,7 +251,7 @@ class SqlEventStore:
 
     def read_batch_in(self, conn: Connection, after: int, limit: int) -> list[StoredEvent]:
         """:meth:`read_batch` inside the caller's transaction."""
-        return [_row_to_event(r) for r in conn.execute(self._read_all_sql, {"after": after, "limit": limit})]
+        return self._rows.read_after(conn, after, limit)
 
     def head_in(self, conn: Connection) -> int:
         """:meth:`head` inside the caller's transaction."""
@@ -308,9 +273,7 @@ class SqlEventStore:
                 remaining -= len(batch)
 
 
-def _first_conflicting_id(
-    conn: Connection, payloads: list[tuple[uuid.UUID, str, int, dict[str, Any]]]
-) -> str:
+def _first_conflicting_id(conn: Connection, payloads: list[tuple[uuid.UUID, str, int, str]]) -> str:
     # The transaction is aborted on PostgreSQL; this lookup is best effort for the message.
     ids = [p[0] for p in payloads]
     try:

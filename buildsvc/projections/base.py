@@ -27,6 +27,11 @@ class Projection(Protocol):
         ...
 
     @property
+    def event_types(self) -> frozenset[str]:
+        """The event types it reads; all others leave its rows unchanged (and are skipped unread)."""
+        ...
+
+    @property
     def inline(self) -> bool:
         """Whether appends apply it in their own transaction (for read models the engine reads at once)."""
         ...

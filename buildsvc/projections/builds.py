@@ -37,6 +37,7 @@ class BuildHistoryProjection:
     name = "builds"
     tables: Sequence[sa.Table] = (builds, build_vertices)
     inline = False
+    event_types = frozenset(_SOLVE_TYPES | _VERTEX_TYPES)
 
     def apply(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """Fold a batch of events into the build rows."""

@@ -29,6 +29,7 @@ class CacheIndexProjection:
     name = "cache_index"
     tables: Sequence[sa.Table] = (cache_records,)
     inline = True
+    event_types = frozenset(_HANDLED)
 
     def apply(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """Fold a batch of cache record events into the index."""

@@ -78,6 +78,7 @@ class RefStateProjection:
     name = "refs"
     tables: Sequence[sa.Table] = (refs, ended_scopes, snapshots)
     inline = True
+    event_types = frozenset(_HANDLED)
 
     def apply(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """Fold a batch of events into the ref and snapshot rows."""

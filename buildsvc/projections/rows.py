@@ -1,7 +1,12 @@
 """A batch-sized cache of a table's rows, so a projection applies thousands of events per round trip.
 
-A projection loads the rows a batch of events touches (one SELECT ... IN), changes them as plain
-dicts, and writes back only what changed (one executemany INSERT and one executemany UPDATE).
+A projection loads the rows a batch of events touches (one SELECT by the first key column), changes
+them as plain dicts, and writes back only what changed: new rows in one COPY on PostgreSQL (one
+executemany on SQLite), changed rows in one executemany UPDATE.
+
+Loading by the first key column only (``= ANY(array)`` on PostgreSQL, ``IN`` on SQLite) keeps the
+statement text constant, so it is prepared once, and uses the primary key's index on both; a
+composite ``(a, b) IN (...)`` is a full scan on SQLite.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from collections.abc import Hashable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
+
+from buildsvc.events.rows import driver_errors
 
 __all__ = ["RowBuffer"]
 
@@ -28,6 +36,8 @@ class RowBuffer:
         self._new: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
         self._deleted: set[Hashable] = set()
+        # Key of each cached row by the row's identity, so ``changed`` costs one lookup.
+        self._key_of: dict[int, Hashable] = {}
 
     def _key(self, row: Row) -> Hashable:
         if len(self.key_columns) == 1:
@@ -42,16 +52,20 @@ class RowBuffer:
             return
         for k in wanted:
             self._rows[k] = None
-        cols = [self.table.c[c] for c in self.key_columns]
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            if len(cols) == 1:
-                cond = cols[0].in_(chunk)
-            else:
-                cond = sa.tuple_(*cols).in_([tuple(k) for k in chunk])  # type: ignore[arg-type]
-            for r in self.conn.execute(sa.select(self.table).where(cond)).mappings():
-                row = dict(r)
-                self._rows[self._key(row)] = row
+        composite = len(self.key_columns) > 1
+        firsts = list({k[0] for k in wanted}) if composite else wanted  # type: ignore[index]
+        for r in self.conn.execute(self._load_statement(), {"keys": firsts}).mappings():
+            row = dict(r)
+            key = self._key(row)
+            self._rows[key] = row
+            self._key_of[id(row)] = key
+
+    def _load_statement(self) -> sa.Select[Any]:
+        first = self.table.c[self.key_columns[0]]
+        if self.conn.dialect.name == "postgresql":
+            keys = sa.bindparam("keys", type_=postgresql.ARRAY(first.type))
+            return sa.select(self.table).where(first == sa.any_(keys))
+        return sa.select(self.table).where(first.in_(sa.bindparam("keys", expanding=True)))
 
     def get(self, key: Hashable) -> Row | None:
         """The row for ``key`` (load it first), or None."""
@@ -63,6 +77,7 @@ class RowBuffer:
         """Add a new row (its key must not exist)."""
         key = self._key(row)
         self._rows[key] = row
+        self._key_of[id(row)] = key
         self._new.add(key)
         return row
 
@@ -79,7 +94,7 @@ class RowBuffer:
 
     def changed(self, row: Row) -> None:
         """Mark ``row`` (a dict this buffer returned) as modified."""
-        key = self._key(row)
+        key = self._key_of[id(row)]
         if key not in self._new:
             self._dirty.add(key)
 
@@ -93,7 +108,7 @@ class RowBuffer:
                 delete, [{f"_k_{c}": v for c, v in zip(self.key_columns, k, strict=True)} for k in keys]
             )
         if self._new:
-            self.conn.execute(self.table.insert(), [self._rows[k] or {} for k in self._new])
+            self._insert([self._rows[k] or {} for k in self._new])
         if self._dirty:
             params = []
             for k in self._dirty:
@@ -116,3 +131,18 @@ class RowBuffer:
         self._new.clear()
         self._dirty.clear()
         self._deleted.clear()
+
+    def _insert(self, rows: list[Row]) -> None:
+        columns = [c.name for c in self.table.columns]
+        if self.conn.dialect.name != "postgresql":
+            self.conn.execute(self.table.insert(), rows)
+            return
+        names = ", ".join(f'"{c}"' for c in columns)
+        with driver_errors(self.conn):
+            cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                with cursor.copy(f'COPY "{self.table.name}" ({names}) FROM STDIN') as copy:
+                    for row in rows:
+                        copy.write_row([row[c] for c in columns])
+            finally:
+                cursor.close()

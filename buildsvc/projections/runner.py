@@ -11,8 +11,12 @@ on a projection (``owner``, ``lease_until`` in its checkpoint row) and renew it 
 runner that finds the lease held by a live owner stands by, and takes over once the lease expires.
 
 Inline projections (the ones the solver must read at once, such as the ref state) are applied in
-the append's own transaction when they are caught up (their position is the head the append saw);
-when they lag (after a rebuild began), appends leave them to a runner until it catches up.
+the append's own transaction while they are ``live``: every append that carries an event type the
+projection reads applies it there, under the checkpoint row's lock, and appends of other types cost
+it nothing (its rows could not change). So a live inline projection is always at the head. While it
+is ``rebuilding``, appends leave it alone and a runner catches it up; the runner's batches take the
+append lock, so the step back to ``live`` happens with no append in flight and no event falls
+between the runner and the appends.
 
 Rebuild: one transaction empties the projection's tables and sets its checkpoint to position 0 with
 status ``rebuilding``; runners then catch it up in batches. A rebuild that is killed stays
@@ -37,7 +41,7 @@ from sqlalchemy.engine import Connection
 
 from buildsvc.errors import NotFound
 from buildsvc.events.envelope import StoredEvent, format_time
-from buildsvc.events.sql_store import SqlEventStore
+from buildsvc.events.sql_store import APPEND_LOCK_KEY, SqlEventStore
 from buildsvc.events.subscription import Subscription
 from buildsvc.projections.base import Projection
 from buildsvc.projections.schema import projection_checkpoints as checkpoints
@@ -96,15 +100,10 @@ def ensure_checkpoints(conn: Connection, names: Sequence[str]) -> None:
 
 
 class InlineProjections:
-    """An append hook that applies caught-up inline projections in the append's transaction."""
+    """An append hook that applies live inline projections in the append's transaction."""
 
     def __init__(self, projections: Sequence[Projection]) -> None:
         self.projections = [p for p in projections if p.inline]
-        self._select = (
-            sa.select(checkpoints.c.name, checkpoints.c.position, checkpoints.c.status)
-            .where(checkpoints.c.name.in_([p.name for p in self.projections]))
-            .with_for_update()
-        )
         self._advance = (
             checkpoints.update()
             .where(checkpoints.c.name == sa.bindparam("_name"))
@@ -112,13 +111,21 @@ class InlineProjections:
         )
 
     def __call__(self, conn: Connection, appended: Sequence[StoredEvent], head_before: int) -> None:
-        if not self.projections:
+        types = {e.type for e in appended}
+        wanted = [p for p in self.projections if not p.event_types.isdisjoint(types)]
+        if not wanted:
             return
-        state = {r.name: (r.position, r.status) for r in conn.execute(self._select)}
+        state = {
+            r.name: r.status
+            for r in conn.execute(
+                sa.select(checkpoints.c.name, checkpoints.c.status)
+                .where(checkpoints.c.name.in_([p.name for p in wanted]))
+                .with_for_update()
+            )
+        }
         advanced = []
-        for p in self.projections:
-            position, status = state.get(p.name, (None, None))
-            if position == head_before and status == LIVE:
+        for p in wanted:
+            if state.get(p.name) == LIVE:
                 p.apply(conn, appended)
                 advanced.append({"_name": p.name, "position": appended[-1].position})
         if advanced:
@@ -208,40 +215,43 @@ class ProjectionRunner:
 
     # --- applying ----------------------------------------------------------------------------------
 
-    def apply_batch(self, name: str) -> int:
+    def apply_batch(self, name: str, *, limit: int | None = None) -> int:
         """Apply the next batch of events to ``name`` under the lock; returns how many were applied.
 
         The caller should hold the lease; this checks it again inside the transaction, so a runner
         whose lease was taken over stops instead of racing the new owner.
         """
+        return self._apply_batch(name, limit or self.batch_size)[0]
+
+    def _apply_batch(self, name: str, limit: int) -> tuple[int, str, bool]:
+        """(events applied, status afterwards, whether this runner still owns the lease)."""
         projection = self.projection(name)
 
-        def once() -> int:
+        def once() -> tuple[int, str, bool]:
             with self.db.write() as conn:
+                if projection.inline and self.db.is_postgres:
+                    # No append may be in flight while an inline projection's runner decides.
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPEND_LOCK_KEY})
                 row = conn.execute(
                     sa.select(checkpoints.c.position, checkpoints.c.status, checkpoints.c.owner)
                     .where(checkpoints.c.name == name)
                     .with_for_update()
                 ).one()
                 if row.owner != self.owner:
-                    return 0
-                batch = self._read(conn, row.position)
+                    return 0, row.status, False
+                if projection.inline and row.status == LIVE:
+                    return 0, LIVE, True  # appends keep it at the head
+                batch = self.store.read_batch_in(conn, row.position, limit)
+                values: dict[str, Any] = {"lease_until": _now() + self.lease, "updated_at": _now()}
                 if batch:
                     projection.apply(conn, batch)
-                    values: dict[str, Any] = {"position": batch[-1].position}
-                elif row.status == REBUILDING:
-                    values = {"status": LIVE}
-                else:
-                    values = {}
-                values |= {"lease_until": _now() + self.lease, "updated_at": _now()}
+                    values["position"] = batch[-1].position
+                status = LIVE if len(batch) < limit else row.status
+                values["status"] = status
                 conn.execute(checkpoints.update().where(checkpoints.c.name == name).values(values))
-                return len(batch)
+                return len(batch), status, True
 
         return self.db.run(once, what=f"apply projection {name}")
-
-    def _read(self, conn: Connection, after: int) -> list[StoredEvent]:
-        # Read in the same transaction: with serialized appends nothing can commit below what we see.
-        return self.store.read_batch_in(conn, after, self.batch_size)
 
     def catch_up(self, name: str, *, stop: Callable[[], bool] = lambda: False) -> int:
         """Apply batches to ``name`` until it reaches the head; returns events applied (0 without lease)."""
@@ -249,12 +259,10 @@ class ProjectionRunner:
         if not self.try_lease(name):
             return 0
         while not stop():
-            applied = self.apply_batch(name)
+            applied, status, owner = self._apply_batch(name, self.batch_size)
             total += applied
-            if applied == 0:
-                current = self.status(name)
-                if current.status == LIVE or current.owner != self.owner:
-                    break
+            if not owner or (status == LIVE and applied < self.batch_size):
+                break
         return total
 
     def run_once(self) -> dict[str, int]:
@@ -316,19 +324,29 @@ class ProjectionRunner:
         return self.db.run(once, what=f"start rebuilding {name}")
 
     def rebuild(
-        self, name: str, *, progress: Callable[[int], None] = lambda _: None, wait_seconds: float = 60.0
+        self,
+        name: str,
+        *,
+        progress: Callable[[int], None] = lambda _: None,
+        wait_seconds: float = 60.0,
+        batch_size: int = 10_000,
     ) -> None:
         """Rebuild ``name`` from the log (or continue a rebuild that was interrupted)."""
         self.start_rebuild(name)
         deadline = time.monotonic() + wait_seconds
-        while self.status(name).status == REBUILDING:
-            if self.try_lease(name):
-                progress(self.apply_batch(name))
+        owner = self.try_lease(name)
+        status = REBUILDING
+        while status == REBUILDING:
+            if owner:
+                applied, status, owner = self._apply_batch(name, batch_size)
+                progress(applied)
                 deadline = time.monotonic() + wait_seconds
             elif time.monotonic() > deadline:
                 raise TimeoutError(f"projection {name} is held by another runner that made no progress")
             else:
                 time.sleep(0.2)  # another runner holds the lease and is doing the work
+                owner = self.try_lease(name)
+                status = self.status(name).status
         self.release_lease(name)
 
     # --- reading -----------------------------------------------------------------------------------
@@ -352,7 +370,8 @@ class ProjectionRunner:
             return [
                 ProjectionStatus(
                     name=name,
-                    position=rows[name].position,
+                    # A live inline projection is at the head by construction (see the docstring).
+                    position=head if p.inline and rows[name].status == LIVE else rows[name].position,
                     head=head,
                     status=rows[name].status,
                     owner=rows[name].owner,
