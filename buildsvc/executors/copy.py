@@ -389,8 +389,11 @@ def _prepare_target(
         base = _go_base(container_src)
         if base not in ("/", "."):
             target = os.path.join(dst_host, base)
+    at_root = os.path.normpath(target) == os.path.normpath(dst_root)  # nothing above the root to make
     parent = (
-        target if action.dir_contents_only and src_is_dir and dest_is_dir is None else os.path.dirname(target)
+        target
+        if at_root or (action.dir_contents_only and src_is_dir and dest_is_dir is None)
+        else os.path.dirname(target)
     )
     mkdir_all(dst_root, parent, mode=0o755, meta=meta)
     return target

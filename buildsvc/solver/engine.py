@@ -32,7 +32,7 @@ from buildsvc.solver.definition import Definition
 from buildsvc.solver.errors import BuildRefInUse, SolveCancelled, SolveError
 from buildsvc.solver.handlers import Backends, OpHandler, handler_for
 from buildsvc.solver.ops import Op, OpMetadata, Vertex, output_count
-from buildsvc.solver.recording import BuildRecorder, HeldRef, LogWriter
+from buildsvc.solver.recording import BuildRecorder, HeldRef, LogWriter, StepRecorder
 from buildsvc.solver.worker import Worker, select_worker
 
 __all__ = ["CacheIndex", "ResultRef", "SolveRequest", "SolveResult", "Solver"]
@@ -147,6 +147,8 @@ class Solver:
         self.handler_factory = handler_factory
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="vertex")
         self._graph = _SharedGraph()
+        # Content checksums by (worker, snapshot, selection): snapshots never change once committed.
+        self._content_memo: dict[tuple[str, str, str], str] = {}
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -378,9 +380,11 @@ class _Solve:
             content = handler.content_key(vertex, worker, self.request.local_dirs)
         except BaseException as e:
             raise _VertexFailed(vertex.digest, name, e, None, "") from e
-        key = cache_key(
-            vertex.digest, [f"{o.key}#{e.index}" for o, e in zip(inputs, vertex.inputs, strict=True)], content
-        )
+        try:
+            input_keys = self._input_keys(vertex, handler, worker, inputs, snapshots)
+        except BaseException as e:
+            raise _VertexFailed(vertex.digest, name, e, None, "") from e
+        key = cache_key(vertex.digest, input_keys, content)
         shared_key = f"{worker.info.name}|{key}"
         future, owner = self.solver._graph.claim(shared_key)
         if not owner:
@@ -397,6 +401,60 @@ class _Solve:
             self.solver._graph.done(shared_key)
         with self.lock:
             self.results[vertex.digest] = _Outcome(key=key, worker=worker, outputs=outputs)
+
+    def _input_keys(
+        self,
+        vertex: Vertex,
+        handler: OpHandler,
+        worker: Worker,
+        inputs: list[_Outcome],
+        snapshots: list[str | None],
+    ) -> list[str | None]:
+        """Each input's part of the key; reading an input's content mounts a view (recorded)."""
+        defaults: list[str | None] = [
+            f"{o.key}#{e.index}" if s is not None else None
+            for o, e, s in zip(inputs, vertex.inputs, snapshots, strict=True)
+        ]
+        step = self.recorder.step()
+        ctx: VertexContext | None = None
+        memo = self.solver._content_memo
+
+        def read(index: int, selection: str, compute: Callable[[Path], str]) -> str:
+            nonlocal ctx
+            snapshot = snapshots[index]
+            assert snapshot is not None
+            remembered = memo.get((worker.info.name, snapshot, selection))
+            if remembered is not None:
+                return remembered
+            if ctx is None:
+                ctx = self._context(vertex, worker, step, LogWriter(self.recorder, vertex.digest))
+            root = ctx.read_input(snapshot)
+            assert root is not None
+            value = compute(root)
+            if len(memo) > 100_000:
+                memo.clear()
+            memo[(worker.info.name, snapshot, selection)] = value
+            return value
+
+        try:
+            return handler.input_keys(vertex, defaults, read)
+        finally:
+            if ctx is not None:
+                ctx.cleanup()
+            step.flush()
+
+    def _context(self, vertex: Vertex, worker: Worker, step: StepRecorder, log: LogWriter) -> VertexContext:
+        return VertexContext(
+            step=step,
+            worker=worker,
+            build_ref=self.request.build_ref,
+            vertex=vertex.digest,
+            name=self.definition.name_of(vertex.digest) or vertex.digest,
+            cancel=self.abort,
+            state_dir=self.solver.state_dir,
+            local_dirs=self.request.local_dirs,
+            log=log,
+        )
 
     def _wait_shared(
         self, future: Future[tuple[str | None, ...]], vertex: Vertex, name: str
@@ -470,17 +528,7 @@ class _Solve:
             )
         )
         log = LogWriter(self.recorder, vertex.digest)
-        ctx = VertexContext(
-            step=step,
-            worker=worker,
-            build_ref=self.request.build_ref,
-            vertex=vertex.digest,
-            name=name,
-            cancel=self.abort,
-            state_dir=self.solver.state_dir,
-            local_dirs=self.request.local_dirs,
-            log=log,
-        )
+        ctx = self._context(vertex, worker, step, log)
         started = time.monotonic()
         handler = self.solver.handler_factory(vertex.op, self.solver.backends)
         try:

@@ -7,7 +7,10 @@ the files a local source selects, the manifest an image tag points to) and make 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -48,11 +51,20 @@ from buildsvc.solver.worker import (
 __all__ = ["Backends", "OpHandler", "handler_for"]
 
 
+ContentReader = Callable[[int, str, Callable[[Path], str]], str]
+"""``(input index, selection, compute) -> checksum``: runs ``compute`` on input ``index``'s tree
+(mounted read-only), remembering the result per snapshot and ``selection``."""
+
+
 class OpHandler(Protocol):
     """Runs one kind of op."""
 
     def content_key(self, vertex: Vertex, worker: Worker, local_dirs: Mapping[str, Path]) -> str:
         """What the result depends on besides the op and its inputs ("" when nothing)."""
+        ...
+
+    def input_keys(self, vertex: Vertex, keys: list[str | None], read: ContentReader) -> list[str | None]:
+        """The inputs' part of the cache key: by default their own keys (``keys``), unchanged."""
         ...
 
     def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
@@ -96,6 +108,10 @@ class ExecHandler:
     def content_key(self, vertex: Vertex, worker: Worker, local_dirs: Mapping[str, Path]) -> str:
         """Nothing beyond the op and its inputs."""
         return ""
+
+    def input_keys(self, vertex: Vertex, keys: list[str | None], read: ContentReader) -> list[str | None]:
+        """The inputs' own keys."""
+        return keys
 
     def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
         """Prepare the mounts, run the process, commit the outputs."""
@@ -182,6 +198,33 @@ class FileHandler:
         """Nothing beyond the op and its inputs."""
         return ""
 
+    def input_keys(self, vertex: Vertex, keys: list[str | None], read: ContentReader) -> list[str | None]:
+        """An input that is only a copy source counts by the content the copies select, not its key.
+
+        So a copy of one file out of a context stays cached when other files of the context change.
+        """
+        op = vertex.op
+        assert isinstance(op, FileOp)
+        n = len(vertex.inputs)
+        bases = {a.input for a in op.actions if a.input is not None and a.input < n}
+        copies: dict[int, list[CopyAction]] = {}
+        for a in op.actions:
+            source = a.secondary_input
+            if isinstance(a.action, CopyAction) and source is not None and source < n and source not in bases:
+                copies.setdefault(source, []).append(a.action)
+        result = list(keys)
+        for index, actions in copies.items():
+            if keys[index] is None:
+                continue  # scratch has no content to select
+            parts = []
+            for c in actions:
+                selection = json.dumps(
+                    [c.src, c.follow_symlinks, c.allow_wildcard, c.include_patterns, c.exclude_patterns]
+                )
+                parts.append(read(index, selection, functools.partial(_copy_checksum, copy=c)))
+            result[index] = "content:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
+        return result
+
     def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
         """Apply the actions onto a copy of each output's base."""
         op = vertex.op
@@ -198,6 +241,20 @@ class FileHandler:
         return tuple(results)
 
 
+def _copy_checksum(root: Path, copy: CopyAction) -> str:
+    try:
+        return contenthash.checksum(
+            root,
+            (copy.src,),
+            include=copy.include_patterns,
+            exclude=copy.exclude_patterns,
+            follow_links=copy.follow_symlinks,
+        )
+    except contenthash.ContentNotFound:
+        # The copy itself will fail and say so; the key only has to differ from any real content.
+        return f"missing:{copy.src}"
+
+
 # --- merge and diff -------------------------------------------------------------------------------
 
 
@@ -210,6 +267,10 @@ class LayerHandler:
     def content_key(self, vertex: Vertex, worker: Worker, local_dirs: Mapping[str, Path]) -> str:
         """Nothing beyond the op and its inputs."""
         return ""
+
+    def input_keys(self, vertex: Vertex, keys: list[str | None], read: ContentReader) -> list[str | None]:
+        """The inputs' own keys."""
+        return keys
 
     def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
         """Merge the inputs in order, or write the diff of two."""
@@ -235,8 +296,6 @@ class LayerHandler:
 
 
 def _patterns(attrs: Mapping[str, str], name: str) -> tuple[str, ...]:
-    import json
-
     raw = attrs.get(name)
     if not raw:
         return ()
@@ -277,6 +336,10 @@ class SourceHandler:
         if op.scheme in ("docker-image", "oci-layout"):
             return self._images(op).resolve(op.identifier, worker.info.platform)
         raise InvalidInput(f"{op.scheme}:// sources are not supported by this daemon yet ({op.identifier})")
+
+    def input_keys(self, vertex: Vertex, keys: list[str | None], read: ContentReader) -> list[str | None]:
+        """Sources have no inputs."""
+        return keys
 
     def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
         """Copy the local context in, or pull the image."""

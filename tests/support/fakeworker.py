@@ -17,7 +17,7 @@ from pathlib import Path
 
 from buildsvc.errors import ExecutionError, NotFound
 from buildsvc.solver.context import VertexContext
-from buildsvc.solver.handlers import Backends, OpHandler
+from buildsvc.solver.handlers import Backends, ContentReader, OpHandler
 from buildsvc.solver.ops import ExecOp, Op, Vertex, output_count
 from buildsvc.solver.worker import (
     Change,
@@ -146,6 +146,9 @@ class _CountingHandler:
 
     def content_key(self, vertex: Vertex, worker: object, local_dirs: Mapping[str, Path]) -> str:
         return ""
+
+    def input_keys(self, vertex: Vertex, keys: list[str | None], read: ContentReader) -> list[str | None]:
+        return keys
 
     def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
         ops = self.ops
