@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from buildsvc.events import catalog as ev
@@ -102,9 +102,36 @@ class VertexContext:
 
     def read_input(self, committed: str | None) -> Path | None:
         """A mounted read-only view of an input (``None`` for scratch)."""
-        if committed is None:
-            return None
-        return Path(self.mount(self.view(committed)).path)
+        return self.read_inputs([committed])[0]
+
+    def read_inputs(self, committed: Sequence[str | None]) -> list[Path | None]:
+        """Mounted read-only views of several inputs, announced in one append."""
+        keys: list[str | None] = []
+        for parent in committed:
+            if parent is None:
+                keys.append(None)
+                continue
+            key = f"view-{uuid.uuid4().hex}"
+            self.step.record(
+                ev.SnapshotCreated(
+                    snapshot_id=key,
+                    worker=self.worker.info.name,
+                    snapshotter=self.snapshotter_name,
+                    parent=parent,
+                    kind="view",
+                )
+            )
+            self._held[key] = self.step.acquire(key, "vertex", self.vertex)
+            keys.append(key)
+        self.step.flush()
+        paths: list[Path | None] = []
+        for key, parent in zip(keys, committed, strict=True):
+            if key is None or parent is None:
+                paths.append(None)
+                continue
+            self.worker.snapshotter.view(key, parent)
+            paths.append(Path(self.mount(key).path))
+        return paths
 
     def commit(self, active: str) -> str:
         """Turn a prepared snapshot into a committed layer; its ref is released, the result returned."""

@@ -491,7 +491,7 @@ class _Solve:
             )
         )
         held = [step.acquire(s, "solve", self.request.build_ref) for s in outputs if s is not None]
-        step.flush()
+        step.defer()  # a cache hit starts nothing: it is written with the next append
         with self.lock:
             self.refs.extend(held)
             self.results[vertex.digest] = _Outcome(key=key, worker=worker, outputs=outputs)

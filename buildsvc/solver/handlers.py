@@ -230,7 +230,7 @@ class FileHandler:
         op = vertex.op
         assert isinstance(op, FileOp)
         bases = self.backend.output_bases(op, len(inputs))
-        readable = [ctx.read_input(s) for s in inputs]
+        readable = ctx.read_inputs(inputs)
         results: list[str | None] = [None] * output_count(op)
         with ctx.running():
             for output, base in sorted(bases.items()):
@@ -280,7 +280,7 @@ class LayerHandler:
                 layers = [inputs[i] for i in op.inputs]
                 active = ctx.prepare(layers[0] if layers else None)
                 dest = Path(ctx.mount(active).path)
-                self.backend.merge_into(dest, [p for s in layers[1:] if (p := ctx.read_input(s)) is not None])
+                self.backend.merge_into(dest, [p for p in ctx.read_inputs(layers[1:]) if p is not None])
             else:
                 assert isinstance(op, DiffOp)
                 active = ctx.prepare(None)

@@ -30,17 +30,28 @@ class BuildRecorder:
         self.stream = f"build-{build_ref}"
         self.actor = actor
         self.trace_id = trace_id
+        self._lock = threading.Lock()
+        self._deferred: list[Event] = []
 
     def append(self, events: Sequence[Event], *, expected_version: int | None = None) -> None:
-        """Append ``events`` atomically (nothing when empty)."""
-        if events:
+        """Append the deferred events and ``events`` atomically (nothing when both are empty)."""
+        with self._lock:
+            batch, self._deferred = [*self._deferred, *events], []
+        if batch:
             self.store.append(
                 self.stream,
-                list(events),
+                batch,
                 expected_version=expected_version,
                 actor=self.actor,
                 trace_id=self.trace_id,
             )
+
+    def defer(self, events: Sequence[Event]) -> None:
+        """Keep facts that announce no side effect (a cache hit, a ref on a cached result) for the
+        next append, so a build that is all cache hits costs one append instead of one per vertex.
+        """
+        with self._lock:
+            self._deferred.extend(events)
 
     def step(self) -> StepRecorder:
         """A buffer for the events of one step (a vertex, the solve's end)."""
@@ -72,10 +83,14 @@ class StepRecorder:
         self.pending.extend(events)
 
     def flush(self) -> None:
-        """Write what is buffered, atomically."""
-        if self.pending:
-            events, self.pending = self.pending, []
-            self.build.append(events)
+        """Write what is buffered (and the build's deferred facts), atomically."""
+        events, self.pending = self.pending, []
+        self.build.append(events)
+
+    def defer(self) -> None:
+        """Hand what is buffered to the build's deferred facts instead of writing it now."""
+        events, self.pending = self.pending, []
+        self.build.defer(events)
 
     def acquire(self, snapshot_id: str, holder_kind: str, holder_id: str) -> HeldRef:
         """Record a new ref on ``snapshot_id`` (buffered)."""
