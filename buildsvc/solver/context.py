@@ -125,12 +125,12 @@ class VertexContext:
             keys.append(key)
         self.step.flush()
         paths: list[Path | None] = []
-        for key, parent in zip(keys, committed, strict=True):
-            if key is None or parent is None:
+        for view, source in zip(keys, committed, strict=True):
+            if view is None or source is None:
                 paths.append(None)
                 continue
-            self.worker.snapshotter.view(key, parent)
-            paths.append(Path(self.mount(key).path))
+            self.worker.snapshotter.view(view, source)
+            paths.append(Path(self.mount(view).path))
         return paths
 
     def commit(self, active: str) -> str:
