@@ -1,89 +1,80 @@
-"""``buildsvc demo``: the state store at work on the embedded default, with no server.
+"""``buildsvc demo``: a real build on the embedded default, then what the log says about it.
 
-Until the build engine lands, the demo records the events a two-step build and its fully cached
-rebuild produce (clearly labelled as simulated), then shows what the log gives back: the build
+It makes a busybox root filesystem (from Debian's busybox-static), builds a small definition on it
+with the default worker (runc on overlayfs), rebuilds it (every step cached), and shows the build
 history, the leak report, the verified hash chains and the projection digests before and after a
-rebuild from the log.
+rebuild from the log. Nothing but this machine is needed: no server, no registry, no network.
 """
 
 from __future__ import annotations
 
-import getpass
-import os
-import uuid
+import shutil
+import tempfile
+from pathlib import Path
 
 import click
 
+from buildsvc.cli.build_cmd import run_build
 from buildsvc.cli.common import console, open_from, print_table
-from buildsvc.events import catalog as ev
-from buildsvc.events.codec import Event
-from buildsvc.events.sql_store import SqlEventStore
+from buildsvc.daemon.engine import open_engine
 from buildsvc.events.verify import verify_events
+from buildsvc.executors.rootfs import make_busybox_rootfs
 from buildsvc.projections import find_leaks
 from buildsvc.projections.builds import get_build
+from buildsvc.solver import llb
+from buildsvc.solver.definition import Definition
 
 __all__ = ["COMMANDS"]
 
-_STEPS = [("sha256:" + "1" * 64, "[1/2] RUN apk add gcc"), ("sha256:" + "2" * 64, "[2/2] COPY . /src")]
 
-
-def _record_build(store: SqlEventStore, actor: str, cached: bool) -> str:
-    build = uuid.uuid4().hex[:12]
-    stream = f"build-{build}"
-
-    def emit(*events: Event) -> None:
-        store.append(stream, list(events), actor=actor)
-
-    emit(ev.SolveRequested(build_ref=build, frontend="dockerfile.v0", client="buildsvc demo"))
-    emit(ev.SolveStarted(build_ref=build, vertex_count=len(_STEPS)))
-    for vertex, name in _STEPS:
-        key = "cachekey-" + vertex[-8:]
-        if cached:
-            emit(
-                ev.VertexCached(
-                    build_ref=build, vertex=vertex, name=name, cache_key=key, snapshot_id=f"snap-{key}"
-                )
-            )
-            continue
-        snap, ref = f"snap-{key}", f"ref-{uuid.uuid4().hex[:8]}"
-        emit(
-            ev.SnapshotCreated(snapshot_id=snap, worker="runc-overlay", snapshotter="overlayfs"),
-            ev.RefAcquired(
-                ref_id=ref, snapshot_id=snap, holder_kind="vertex", holder_id=vertex, build_ref=build
-            ),
-            ev.VertexStarted(build_ref=build, vertex=vertex, name=name, worker="runc-overlay", cache_key=key),
-        )
-        emit(ev.VertexLogChunk(build_ref=build, vertex=vertex, data=f"running {name}\n".encode()))
-        emit(
-            ev.SnapshotCommitted(snapshot_id=snap, size_bytes=4096),
-            ev.VertexCompleted(
-                build_ref=build, vertex=vertex, worker="runc-overlay", duration_ms=42, exit_code=0
-            ),
-            ev.CacheRecordAdded(cache_key=key, vertex=vertex, snapshot_id=snap, build_ref=build),
-            ev.RefAcquired(ref_id=f"{ref}-cache", snapshot_id=snap, holder_kind="cache", holder_id=key),
-            ev.RefReleased(ref_id=ref, snapshot_id=snap, reason="vertex done"),
-        )
-    emit(ev.SolveCompleted(build_ref=build))
-    return build
+def demo_definition() -> Definition:
+    """Three steps on a local busybox root: a command, a file written by the engine, a copy."""
+    base = llb.local("rootfs")
+    built = base.run(
+        ["sh", "-c", "echo compiling...; mkdir -p /app && echo 'hello from buildsvc' > /app/greeting"],
+        name="[1/3] RUN build the app",
+    ).root()
+    configured = built.file(llb.mkfile("/app/config", b"mode=demo\n", 0o644), name="[2/3] write config")
+    final = configured.run(["sh", "-c", "cat /app/greeting /app/config"], name="[3/3] RUN check").root()
+    return final.marshal()
 
 
 @click.command("demo")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), help="Also export the result here.")
 @click.pass_context
-def demo(ctx: click.Context) -> None:
-    """Record a simulated build and its cached rebuild, then read them back from the log."""
+def demo(ctx: click.Context, keep: Path | None) -> None:
+    """Run a real build and its cached rebuild, then read them back from the log."""
+    if shutil.which("busybox") is None:
+        raise click.UsageError("the demo needs busybox (Debian: busybox-static); ./scripts/demo installs it")
     state = open_from(ctx)
-    console.print(f"[bold]state store:[/] {state.db.safe_url}")
-    console.print("[dim]simulated build events (the build engine is not in this version yet)[/]")
-    actor = os.environ.get("USER") or getpass.getuser()
-    first = _record_build(state.store, actor, cached=False)
-    second = _record_build(state.store, actor, cached=True)
+    console.print(f"[bold]state store:[/] {state.db.safe_url}   [bold]root:[/] {state.root}")
+    rootfs = state.root / "demo" / "rootfs"
+    if not (rootfs / "bin" / "busybox").exists():
+        make_busybox_rootfs(str(rootfs))
+    definition = demo_definition()
+    refs = []
+    with open_engine(state) as engine, tempfile.TemporaryDirectory() as scratch:
+        console.print(f"[bold]workers:[/] {', '.join(w.info.name for w in engine.workers)}")
+        for attempt in ("first build", "rebuild (every step cached)"):
+            console.print(f"\n[bold]{attempt}[/]")
+            out = keep if keep is not None and attempt == "first build" else Path(scratch) / "out"
+            result = run_build(
+                state,
+                engine,
+                definition,
+                local_dirs={"rootfs": rootfs},
+                outputs=[{"type": "local", "dest": str(out)}],
+                progress="plain",
+            )
+            refs.append(result.build_ref)
+            console.print(f"result: {(out / 'app' / 'greeting').read_text().strip()!r} in {out}")
     state.runner.run_once()
     with state.db.read() as conn:
-        builds = [get_build(conn, first), get_build(conn, second)]
+        builds = [get_build(conn, ref) for ref in refs]
         leaks = find_leaks(conn)
     print_table(
-        "build history (from the builds projection)",
-        ["REF", "STATUS", "BY", "VERTICES", "COMPLETED", "CACHED"],
+        "\nbuild history (from the builds projection)",
+        ["REF", "STATUS", "BY", "VERTICES", "RAN", "CACHED"],
         [
             [
                 b["build_ref"],
@@ -102,13 +93,21 @@ def demo(ctx: click.Context) -> None:
     console.print(
         f"verify: {report.events} events in {report.streams} streams, {len(report.problems)} problems"
     )
+    same = True
     for name in state.runner.projections:
         before = state.runner.digest(name)
         state.runner.rebuild(name)
         after = state.runner.digest(name)
-        same = "same" if before == after else "DIFFERENT"
-        console.print(f"projection {name}: digest {before[:16]} before rebuild, {after[:16]} after ({same})")
-    if not report.ok or before != after:
+        same = same and before == after
+        label = "same" if before == after else "DIFFERENT"
+        console.print(
+            f"projection {name}: digest {before[:16]} before a rebuild from the log, "
+            f"{after[:16]} after ({label})"
+        )
+    console.print(
+        "\ntry: buildsvc history ls | buildsvc history inspect REF | buildsvc events tail --no-follow"
+    )
+    if not report.ok or not same or not leaks.empty:
         raise SystemExit(1)
 
 

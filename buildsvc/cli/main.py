@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from buildsvc.cli import db_cmd, demo_cmd, events_cmd, history_cmd, projections_cmd
+from buildsvc.cli import build_cmd, db_cmd, demo_cmd, events_cmd, history_cmd, projections_cmd
 from buildsvc.cli.common import Options
 from buildsvc.errors import BuildsvcError, InvalidInput
 
@@ -40,7 +40,7 @@ def cli(ctx: click.Context, root: Path | None, db_url: str | None, db_timeout: f
     ctx.obj = Options(root=root, db_url=db_url, db_timeout=db_timeout)
 
 
-for module in (db_cmd, events_cmd, projections_cmd, history_cmd, demo_cmd):
+for module in (build_cmd, db_cmd, events_cmd, projections_cmd, history_cmd, demo_cmd):
     for command in module.COMMANDS:
         cli.add_command(command)
 

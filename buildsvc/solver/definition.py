@@ -375,6 +375,8 @@ def _check_abs_path(path: str, what: str) -> None:
 
 
 def _check_mode(mode: int | None, what: str) -> None:
+    if mode is not None and (not isinstance(mode, int) or isinstance(mode, bool)):
+        raise _Invalid(f"{what} must be an integer, got {type(mode).__name__}")
     if mode is not None and not 0 <= mode <= 0o7777:
         raise _Invalid(f"{what} {mode!r} is not permission bits (0..0o7777)")
 

@@ -1,0 +1,164 @@
+"""``buildsvc build``: solve a definition (``--llb FILE``) with the embedded engine.
+
+Until the daemon and its gRPC API exist, builds run in this process on the default root and
+database, exactly as the daemon will run them: the same solver, workers and events.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import click
+
+from buildsvc.cli.common import open_from
+from buildsvc.cli.progress import PlainProgress, RawJsonProgress
+from buildsvc.daemon.engine import Engine, open_engine
+from buildsvc.daemon.state import State
+from buildsvc.errors import InvalidInput
+from buildsvc.events.subscription import Subscription
+from buildsvc.solver.definition import Definition
+from buildsvc.solver.engine import ResultRef, SolveRequest, SolveResult
+
+__all__ = ["COMMANDS", "parse_kv", "run_build"]
+
+
+def parse_kv(text: str, what: str) -> dict[str, str]:
+    """``a=b,c=d`` as a dict; a malformed pair is an error naming ``what``."""
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"{what}: expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _locals(pairs: Sequence[str]) -> dict[str, Path]:
+    dirs: dict[str, Path] = {}
+    for pair in pairs:
+        name, sep, directory = pair.partition("=")
+        if not sep or not name:
+            raise InvalidInput(f"--local: expected NAME=DIR, got {pair!r}")
+        path = Path(directory).resolve()
+        if not path.is_dir():
+            raise InvalidInput(f"--local {name}: {directory} is not a directory")
+        dirs[name] = path
+    return dirs
+
+
+def _outputs(specs: Sequence[str]) -> list[dict[str, str]]:
+    outputs = []
+    for spec in specs:
+        attrs = parse_kv(spec, "--output")
+        kind = attrs.get("type")
+        if kind not in ("local", "tar"):
+            raise InvalidInput(
+                f"--output: type must be local or tar (others come with the daemon), got {kind!r}"
+            )
+        if not attrs.get("dest"):
+            raise InvalidInput(f"--output type={kind}: dest= is required")
+        outputs.append(attrs)
+    return outputs
+
+
+def run_build(
+    state: State,
+    engine: Engine,
+    definition: Definition,
+    *,
+    local_dirs: Mapping[str, Path],
+    outputs: Sequence[Mapping[str, str]],
+    progress: str,
+    build_ref: str | None = None,
+) -> SolveResult:
+    """Solve ``definition``, print progress from its events, and export its result."""
+    ref = build_ref or uuid.uuid4().hex[:25]
+    printer = RawJsonProgress() if progress == "rawjson" else PlainProgress() if progress != "quiet" else None
+    follow = Subscription(state.store, after=state.store.head(), poll_interval=0.05)
+    stream = f"build-{ref}"
+
+    def show() -> None:
+        for stored in follow:
+            if stored.stream_id == stream and printer is not None:
+                printer.feed(stored)
+
+    watcher = threading.Thread(target=show, name="progress", daemon=True)
+    watcher.start()
+
+    def export(result: ResultRef | None) -> Mapping[str, str]:
+        response: dict[str, str] = {}
+        for out in outputs:
+            dest = Path(out["dest"])
+            if out["type"] == "local":
+                engine.export_local(result, dest, build_ref=ref)
+            else:
+                engine.export_tar(result, dest, build_ref=ref)
+            response[f"{out['type']}.dest"] = str(dest)
+        return response
+
+    request = SolveRequest(
+        definition=definition,
+        build_ref=ref,
+        local_dirs=local_dirs,
+        actor=os.environ.get("USER") or getpass.getuser(),
+    )
+    try:
+        return engine.solver.solve(request, export=export)
+    finally:
+        # Print everything the build recorded before returning (or raising).
+        last = state.store.head()
+        deadline = time.monotonic() + 10
+        while follow.position < last and watcher.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        follow.close()
+        watcher.join(5)
+
+
+@click.command("build")
+@click.option(
+    "--llb",
+    "llb_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="A definition in its JSON form (see buildsvc.solver.definition).",
+)
+@click.option("--local", "locals_", multiple=True, metavar="NAME=DIR", help="A local source's directory.")
+@click.option("--output", "-o", "outputs", multiple=True, metavar="type=local|tar,dest=PATH")
+@click.option("--progress", type=click.Choice(["auto", "plain", "rawjson", "quiet"]), default="auto")
+@click.option("--ref", "build_ref", help="The build ref to use (default: a new one).")
+@click.option("--worker", "workers", multiple=True, help="Enable only these workers (default: all found).")
+@click.pass_context
+def build(
+    ctx: click.Context,
+    llb_file: Path,
+    locals_: tuple[str, ...],
+    outputs: tuple[str, ...],
+    progress: str,
+    build_ref: str | None,
+    workers: tuple[str, ...],
+) -> None:
+    """Build a definition with the embedded engine; exit 1 when the build fails."""
+    definition = Definition.from_json(llb_file.read_text())
+    local_dirs = _locals(locals_)
+    parsed_outputs = _outputs(outputs)
+    state = open_from(ctx)
+    with open_engine(state, worker_names=list(workers) or None) as engine:
+        result = run_build(
+            state,
+            engine,
+            definition,
+            local_dirs=local_dirs,
+            outputs=parsed_outputs,
+            progress=progress,
+            build_ref=build_ref,
+        )
+    click.echo(f"build {result.build_ref} completed", err=True)
+
+
+COMMANDS = [build]
