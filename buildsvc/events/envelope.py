@@ -10,6 +10,7 @@ that ``verify`` reports.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -114,12 +115,52 @@ def canonical_bytes(
     in as it is instead of being parsed and written again; the result is byte for byte what
     ``canonical_json`` gives for the whole object (keys sorted, no spaces, UTF-8).
     """
-    return (
-        f'{{"actor":{_text(actor)},"event_id":"{event_id}","payload":{payload_json},'
-        f'"recorded_at":"{format_time(recorded_at)}","schema_version":{schema_version:d},'
-        f'"stream_id":{_text(stream_id)},"stream_version":{stream_version:d},'
-        f'"trace_id":{_text(trace_id)},"type":{_text(type_name)}}}'
-    ).encode()
+    return CanonicalEncoder(stream_id=stream_id, recorded_at=recorded_at, actor=actor, trace_id=trace_id)(
+        event_id=event_id,
+        stream_version=stream_version,
+        type_name=type_name,
+        schema_version=schema_version,
+        payload_json=payload_json,
+    )
+
+
+class CanonicalEncoder:
+    """Canonical bytes for the events of one append, which share stream, time, actor and trace id.
+
+    The shared fields are encoded once per append instead of once per event.
+    """
+
+    __slots__ = ("_head", "_middle", "_tail")
+
+    def __init__(self, *, stream_id: str, recorded_at: datetime, actor: str, trace_id: str) -> None:
+        self._head = '{"actor":' + _text(actor) + ',"event_id":"'
+        self._middle = '","schema_version":'
+        self._tail = (
+            f'"recorded_at":"{format_time(recorded_at)}",',
+            f',"stream_id":{_text(stream_id)},"stream_version":',
+            f',"trace_id":{_text(trace_id)},"type":',
+        )
+
+    def __call__(
+        self,
+        *,
+        event_id: uuid.UUID,
+        stream_version: int,
+        type_name: str,
+        schema_version: int,
+        payload_json: str,
+    ) -> bytes:
+        """The canonical bytes of one event of the append."""
+        recorded, stream, trace = self._tail
+        return (
+            f'{self._head}{event_id}","payload":{payload_json},{recorded}"schema_version":{schema_version:d}'
+            f"{stream}{stream_version:d}{trace}{_type_text(type_name)}}}"
+        ).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _type_text(type_name: str) -> str:
+    return _text(type_name)
 
 
 def _text(value: str) -> str:

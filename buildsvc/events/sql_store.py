@@ -37,9 +37,9 @@ from buildsvc.events.database import Database
 from buildsvc.events.envelope import (
     GENESIS_HASH,
     AppendResult,
+    CanonicalEncoder,
     NewEvent,
     StoredEvent,
-    canonical_bytes,
     chain_hash,
 )
 from buildsvc.events.rows import rows_for
@@ -156,20 +156,17 @@ class SqlEventStore:
                 raise StreamVersionConflict(stream_id, expected_version, version)
             prev_hash = last_hash if last_hash is not None else GENESIS_HASH
             now = datetime.now(UTC)
+            encode = CanonicalEncoder(stream_id=stream_id, recorded_at=now, actor=actor, trace_id=trace_id)
             stored: list[StoredEvent] = []
             for i, (event_id, type_name, schema_version, payload) in enumerate(payloads, start=1):
                 digest = chain_hash(
                     prev_hash,
-                    canonical_bytes(
+                    encode(
                         event_id=event_id,
-                        stream_id=stream_id,
                         stream_version=version + i,
                         type_name=type_name,
                         schema_version=schema_version,
                         payload_json=payload,
-                        recorded_at=now,
-                        actor=actor,
-                        trace_id=trace_id,
                     ),
                 )
                 stored.append(
