@@ -34,6 +34,9 @@ StreamState = tuple[int, int, bytes | None, int | None]
 class EventRows:
     """What differs between backends on the hot paths."""
 
+    optimistic = False
+    """Whether appends may skip the state read when the store knows the state (round trips cost)."""
+
     lock_sql: str | None = None
     state_sql: str
     insert_sql: str
@@ -51,6 +54,10 @@ class EventRows:
         self, conn: Connection, lock: tuple[Any, ...], stream_id: str, first_id: uuid.UUID
     ) -> StreamState:
         """Take the append lock (where there is one) and read the stream's state."""
+        raise NotImplementedError
+
+    def lock_and_insert(self, conn: Connection, lock: tuple[Any, ...], events: Sequence[StoredEvent]) -> None:
+        """Take the append lock and insert without reading the state first (see ``SqlEventStore``)."""
         raise NotImplementedError
 
     def insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
@@ -88,6 +95,8 @@ class EventRows:
 class PostgresRows(EventRows):
     """psycopg 3: the lock and the state query share one round trip (pipeline mode)."""
 
+    optimistic = True
+
     lock_sql = "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')"
     state_sql = (
         "SELECT (SELECT coalesce(max(position), 0) FROM events), last.stream_version, last.hash, "
@@ -119,6 +128,22 @@ class PostgresRows(EventRows):
             cur.execute(self.state_sql, (first_id, stream_id))
             head, version, last_hash, duplicate = cur.fetchone()
         return head, version or 0, bytes(last_hash) if last_hash is not None else None, duplicate
+
+    def lock_and_insert(self, conn: Connection, lock: tuple[Any, ...], events: Sequence[StoredEvent]) -> None:
+        """Take the append lock and insert, with no state read in between (the optimistic append).
+
+        A single event goes in the same round trip as the lock (pipeline mode); a batch is copied
+        after it (COPY cannot run in a pipeline).
+        """
+        pg = self.driver(conn)
+        if len(events) == 1:
+            with self.translated(conn), pg.pipeline(), pg.cursor() as cur:
+                cur.execute(self.lock_sql, lock)
+                cur.execute(self.insert_sql, self.row(events[0]))
+            return
+        with self.translated(conn), pg.cursor() as cur:
+            cur.execute(self.lock_sql, lock)
+        self.insert(conn, events)
 
     def insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """One INSERT for a single event; COPY for a batch (the fastest path into PostgreSQL)."""

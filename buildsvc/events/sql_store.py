@@ -20,11 +20,22 @@ transaction anyway. A build service appends a few thousand events a second at mo
 time takes ~0.3 ms of lock each, and the simple rule is easy to prove: we took the lock.
 ``tests/contract/test_ordering.py`` holds a writer's transaction open while another commits, and
 races concurrent writers against a following reader.
+
+The optimistic append
+---------------------
+Reading the state (head, the stream's version and last hash) costs a round trip on PostgreSQL. A
+store remembers the state its own last appends left; when it knows a stream, it takes the lock and
+inserts at once with the positions, versions and hashes that state implies. If anything was
+appended since (by any writer), the position it chose is taken and the insert fails on the primary
+key: the transaction rolls back and the append is done the careful way. Positions only ever come
+from appends, so a free position proves the remembered state was current.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -95,6 +106,7 @@ class SqlEventStore:
         self.db = db
         self._hooks = list(hooks)
         self._rows = rows_for(db.engine.dialect.name)
+        self._known = _KnownStreams()
         self._lock_params = (APPEND_LOCK_KEY, NOTIFY_CHANNEL)
         t = events_table
         self._head_sql = sa.select(sa.func.coalesce(sa.func.max(t.c.position), 0))
@@ -146,55 +158,96 @@ class SqlEventStore:
         actor: str,
         trace_id: str,
     ) -> AppendResult:
-        with self.db.write() as conn:
-            head_before, version, last_hash, duplicate = self._rows.state(
-                conn, self._lock_params, stream_id, payloads[0][0]
-            )
-            if duplicate is not None:
-                return self._existing(conn, stream_id, [p[0] for p in payloads])
-            if expected_version is not None and expected_version != version:
-                raise StreamVersionConflict(stream_id, expected_version, version)
-            prev_hash = last_hash if last_hash is not None else GENESIS_HASH
-            now = datetime.now(UTC)
-            encode = CanonicalEncoder(stream_id=stream_id, recorded_at=now, actor=actor, trace_id=trace_id)
-            stored: list[StoredEvent] = []
-            for i, (event_id, type_name, schema_version, payload) in enumerate(payloads, start=1):
-                digest = chain_hash(
-                    prev_hash,
-                    encode(
-                        event_id=event_id,
-                        stream_version=version + i,
-                        type_name=type_name,
-                        schema_version=schema_version,
-                        payload_json=payload,
-                    ),
-                )
-                stored.append(
-                    StoredEvent(
-                        position=head_before + i,
-                        event_id=event_id,
-                        stream_id=stream_id,
-                        stream_version=version + i,
-                        type=type_name,
-                        schema_version=schema_version,
-                        payload_json=payload,
-                        recorded_at=now,
-                        actor=actor,
-                        trace_id=trace_id,
-                        hash=digest,
-                    )
-                )
-                prev_hash = digest
+        known = self._known.get(stream_id) if self._rows.optimistic else None
+        if known is not None and expected_version in (None, known[1]):
             try:
-                self._rows.insert(conn, stored)
-            except sa.exc.IntegrityError as e:
-                # Only a reused event id can collide: positions and versions are assigned under the lock.
-                raise EventIdConflict(_first_conflicting_id(conn, payloads), "in another append") from e
+                return self._append_with(stream_id, payloads, known, actor, trace_id, optimistic=True)
+            except sa.exc.IntegrityError:
+                pass  # someone appended since, or this is a retried event id: read the state
+        return self._append_with(
+            stream_id, payloads, None, actor, trace_id, expected_version=expected_version
+        )
+
+    def _append_with(
+        self,
+        stream_id: str,
+        payloads: list[tuple[uuid.UUID, str, int, str]],
+        known: tuple[int, int, bytes] | None,
+        actor: str,
+        trace_id: str,
+        *,
+        optimistic: bool = False,
+        expected_version: int | None = None,
+    ) -> AppendResult:
+        with self.db.write() as conn:
+            if known is not None:
+                head_before, version, prev_hash = known
+            else:
+                head_before, version, last_hash, duplicate = self._rows.state(
+                    conn, self._lock_params, stream_id, payloads[0][0]
+                )
+                if duplicate is not None:
+                    return self._existing(conn, stream_id, [p[0] for p in payloads])
+                if expected_version is not None and expected_version != version:
+                    raise StreamVersionConflict(stream_id, expected_version, version)
+                prev_hash = last_hash if last_hash is not None else GENESIS_HASH
+            stored = self._seal(stream_id, payloads, head_before, version, prev_hash, actor, trace_id)
+            if optimistic:
+                self._rows.lock_and_insert(conn, self._lock_params, stored)
+            else:
+                try:
+                    self._rows.insert(conn, stored)
+                except sa.exc.IntegrityError as e:
+                    # Only a reused event id can collide: positions and versions are assigned under the lock.
+                    raise EventIdConflict(_first_conflicting_id(conn, payloads), "in another append") from e
             for hook in self._hooks:
                 hook(conn, stored, head_before)
-            return AppendResult(
-                positions=tuple(s.position for s in stored), stream_version=version + len(stored)
+        last = stored[-1]
+        self._known.put(stream_id, (last.position, last.stream_version, last.hash))
+        return AppendResult(positions=tuple(s.position for s in stored), stream_version=last.stream_version)
+
+    @staticmethod
+    def _seal(
+        stream_id: str,
+        payloads: list[tuple[uuid.UUID, str, int, str]],
+        head_before: int,
+        version: int,
+        prev_hash: bytes,
+        actor: str,
+        trace_id: str,
+    ) -> list[StoredEvent]:
+        """Positions, versions and the hash chain for the new events."""
+        now = datetime.now(UTC)
+        encode = CanonicalEncoder(stream_id=stream_id, recorded_at=now, actor=actor, trace_id=trace_id)
+        stored: list[StoredEvent] = []
+        for i, (event_id, type_name, schema_version, payload) in enumerate(payloads, start=1):
+            digest = chain_hash(
+                prev_hash,
+                encode(
+                    event_id=event_id,
+                    stream_version=version + i,
+                    type_name=type_name,
+                    schema_version=schema_version,
+                    payload_json=payload,
+                ),
             )
+            stored.append(
+                StoredEvent(
+                    position=head_before + i,
+                    event_id=event_id,
+                    stream_id=stream_id,
+                    stream_version=version + i,
+                    type=type_name,
+                    schema_version=schema_version,
+                    payload_json=payload,
+                    recorded_at=now,
+                    actor=actor,
+                    trace_id=trace_id,
+                    hash=digest,
+                )
+            )
+            prev_hash = digest
+        return stored
 
     def _existing(self, conn: Connection, stream_id: str, event_ids: list[uuid.UUID]) -> AppendResult:
         t = events_table
@@ -281,3 +334,31 @@ def _first_conflicting_id(conn: Connection, payloads: list[tuple[uuid.UUID, str,
         return str(row.event_id) if row is not None else str(ids[0])
     except sa.exc.SQLAlchemyError:
         return str(ids[0])
+
+
+class _KnownStreams:
+    """The state this store's own appends left, per stream (bounded): ``(head, version, last hash)``.
+
+    Only the head of the newest append is a usable guess: an older entry's head is behind the log
+    by construction, so a guess for a stream is the stream's version and hash with the latest head.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._lock = threading.Lock()
+        self._head = 0
+        self._streams: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, stream_id: str) -> tuple[int, int, bytes] | None:
+        with self._lock:
+            entry = self._streams.get(stream_id)
+            return None if entry is None else (self._head, entry[0], entry[1])
+
+    def put(self, stream_id: str, state: tuple[int, int, bytes]) -> None:
+        head, version, last_hash = state
+        with self._lock:
+            self._head = max(self._head, head)
+            self._streams[stream_id] = (version, last_hash)
+            self._streams.move_to_end(stream_id)
+            while len(self._streams) > self._capacity:
+                self._streams.popitem(last=False)

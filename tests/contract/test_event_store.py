@@ -250,3 +250,20 @@ def test_postgres_subscribers_wake_on_notify_not_on_the_poll(pg_templates: Postg
         assert got.wait(10)
         t.join(70)
         db.dispose()
+
+
+def test_stores_that_remember_state_never_write_over_each_other(db: Database) -> None:
+    # Each store remembers what its own appends left and inserts without reading when it can; the
+    # other store's appends make that memory stale, which must be detected every time.
+    first, second = SqlEventStore(db), SqlEventStore(db)
+    for i in range(10):
+        (first if i % 2 == 0 else second).append("shared", [SolveStarted(build_ref="a", vertex_count=i)])
+        (second if i % 2 == 0 else first).append(f"other-{i % 3}", [SolveStarted(build_ref="b")])
+    stream = first.read_stream("shared")
+    assert [e.stream_version for e in stream] == list(range(1, 11))
+    assert [e.decode().vertex_count for e in stream] == list(range(10))  # type: ignore[attr-defined]
+    assert verify_events(first.read_all()).ok
+    # A stale memory of the version is not trusted for the optimistic check either.
+    with pytest.raises(StreamVersionConflict) as info:
+        first.append("shared", [SolveStarted(build_ref="a")], expected_version=9)
+    assert info.value.actual == 10
