@@ -38,6 +38,7 @@ class RowBuffer:
         self._deleted: set[Hashable] = set()
         # Key of each cached row by the row's identity, so ``changed`` costs one lookup.
         self._key_of: dict[int, Hashable] = {}
+        self._complete_prefixes: set[Hashable] = set()
 
     def _key(self, row: Row) -> Hashable:
         if len(self.key_columns) == 1:
@@ -60,6 +61,19 @@ class RowBuffer:
             self._rows[key] = row
             self._key_of[id(row)] = key
 
+    def load_by_first(self, values: Iterable[Hashable]) -> None:
+        """Fetch every row whose first key column is one of ``values`` (a composite key's prefix)."""
+        wanted = list(set(values))
+        if not wanted:
+            return
+        for r in self.conn.execute(self._load_statement(), {"keys": wanted}).mappings():
+            row = dict(r)
+            key = self._key(row)
+            if key not in self._rows or self._rows[key] is None:
+                self._rows[key] = row
+                self._key_of[id(row)] = key
+        self._complete_prefixes.update(wanted)
+
     def _load_statement(self) -> sa.Select[Any]:
         first = self.table.c[self.key_columns[0]]
         if self.conn.dialect.name == "postgresql":
@@ -70,6 +84,8 @@ class RowBuffer:
     def get(self, key: Hashable) -> Row | None:
         """The row for ``key`` (load it first), or None."""
         if key not in self._rows:
+            if isinstance(key, tuple) and key[0] in self._complete_prefixes:
+                return None  # load_by_first fetched every row with this prefix
             self.load([key])
         return self._rows[key]
 

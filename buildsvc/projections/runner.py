@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import socket
 import threading
 import time
@@ -223,7 +224,7 @@ class ProjectionRunner:
         """
         return self._apply_batch(name, limit or self.batch_size)[0]
 
-    def _apply_batch(self, name: str, limit: int) -> tuple[int, str, bool]:
+    def _apply_batch(self, name: str, limit: int, ahead: _ReadAhead | None = None) -> tuple[int, str, bool]:
         """(events applied, status afterwards, whether this runner still owns the lease)."""
         projection = self.projection(name)
 
@@ -241,7 +242,9 @@ class ProjectionRunner:
                     return 0, row.status, False
                 if projection.inline and row.status == LIVE:
                     return 0, LIVE, True  # appends keep it at the head
-                batch = self.store.read_batch_in(conn, row.position, limit)
+                batch = ahead.take(row.position) if ahead is not None else None
+                if batch is None:
+                    batch = self.store.read_batch_in(conn, row.position, limit)
                 values: dict[str, Any] = {"lease_until": _now() + self.lease, "updated_at": _now()}
                 if batch:
                     projection.apply(conn, batch)
@@ -336,17 +339,21 @@ class ProjectionRunner:
         deadline = time.monotonic() + wait_seconds
         owner = self.try_lease(name)
         status = REBUILDING
-        while status == REBUILDING:
-            if owner:
-                applied, status, owner = self._apply_batch(name, batch_size)
-                progress(applied)
-                deadline = time.monotonic() + wait_seconds
-            elif time.monotonic() > deadline:
-                raise TimeoutError(f"projection {name} is held by another runner that made no progress")
-            else:
-                time.sleep(0.2)  # another runner holds the lease and is doing the work
-                owner = self.try_lease(name)
-                status = self.status(name).status
+        ahead = _ReadAhead(self.store, self.status(name).position, batch_size)
+        try:
+            while status == REBUILDING:
+                if owner:
+                    applied, status, owner = self._apply_batch(name, batch_size, ahead)
+                    progress(applied)
+                    deadline = time.monotonic() + wait_seconds
+                elif time.monotonic() > deadline:
+                    raise TimeoutError(f"projection {name} is held by another runner that made no progress")
+                else:
+                    time.sleep(0.2)  # another runner holds the lease and is doing the work
+                    owner = self.try_lease(name)
+                    status = self.status(name).status
+        finally:
+            ahead.close()
         self.release_lease(name)
 
     # --- reading -----------------------------------------------------------------------------------
@@ -411,3 +418,62 @@ def _canonical_row(row: Any) -> str:
         else:
             parts.append(repr(value))
     return "\x1f".join(parts)
+
+
+class _ReadAhead:
+    """Reads the next batches of the log on its own connection while the current one is applied.
+
+    A rebuild alternates Python work (decoding, folding) with waits on the database (reading,
+    copying rows in); reading ahead in a thread fills those waits. Events are immutable and appends
+    are serialized, so a batch read outside the applying transaction is the same batch; ``take``
+    hands one over only if it starts right after the checkpoint the transaction holds, and the
+    caller reads the batch itself otherwise.
+    """
+
+    def __init__(self, store: SqlEventStore, after: int, limit: int, depth: int = 2) -> None:
+        self._queue: queue.Queue[list[StoredEvent] | None] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(store, after, limit), name="projection-read-ahead", daemon=True
+        )
+        self._thread.start()
+        self._done = False
+
+    def _run(self, store: SqlEventStore, after: int, limit: int) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = store.read_batch(after, limit)
+                self._put(batch)
+                if len(batch) < limit:
+                    break
+                after = batch[-1].position
+        except Exception:
+            pass  # the applier falls back to reading in its own transaction
+        self._put(None)
+
+    def _put(self, item: list[StoredEvent] | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def take(self, after: int) -> list[StoredEvent] | None:
+        """The batch right after ``after``, or None when the read-ahead cannot supply it."""
+        if self._done:
+            return None
+        batch = self._queue.get()
+        if batch is None:
+            self._done = True
+            return None
+        if batch and batch[0].position != after + 1:
+            self.close()  # someone else moved the checkpoint: stop guessing
+            return None
+        return batch
+
+    def close(self) -> None:
+        """Stop reading ahead."""
+        self._done = True
+        self._stop.set()
+        self._thread.join(timeout=5)
