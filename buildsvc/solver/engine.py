@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
+
 from buildsvc.errors import BuildsvcError, InvalidInput
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
@@ -36,6 +39,8 @@ from buildsvc.solver.recording import BuildRecorder, HeldRef, LogWriter, StepRec
 from buildsvc.solver.worker import Worker, select_worker
 
 __all__ = ["CacheIndex", "ResultRef", "SolveRequest", "SolveResult", "Solver"]
+
+_tracer = trace.get_tracer("buildsvc.solver")
 
 
 class CacheIndex(Protocol):
@@ -180,7 +185,15 @@ class Solver:
                 raise BuildRefInUse(request.build_ref)
             self._cancels[request.build_ref] = cancel
         try:
-            return _Solve(self, request, cancel).run(export)
+            with _tracer.start_as_current_span(
+                "solve", attributes={"buildsvc.build_ref": request.build_ref}
+            ) as span:
+                solve = _Solve(self, request, cancel, span)
+                try:
+                    return solve.run(export)
+                except BaseException as e:
+                    span.set_status(StatusCode.ERROR, str(e))
+                    raise
         finally:
             with self._lock:
                 self._cancels.pop(request.build_ref, None)
@@ -195,14 +208,18 @@ class Solver:
 class _Solve:
     """The state of one solve while it runs."""
 
-    def __init__(self, solver: Solver, request: SolveRequest, cancel: threading.Event) -> None:
+    def __init__(self, solver: Solver, request: SolveRequest, cancel: threading.Event, span: Span) -> None:
         self.solver = solver
         self.request = request
         self.definition = request.definition
         self.cancel = cancel
-        self.recorder = BuildRecorder(
-            solver.store, request.build_ref, actor=request.actor, trace_id=request.trace_id
+        # Vertex spans run on pool threads: they name the solve's span as their parent explicitly.
+        self.trace_context = trace.set_span_in_context(span)
+        span_context = span.get_span_context()
+        trace_id = request.trace_id or (
+            format(span_context.trace_id, "032x") if span_context.is_valid else ""
         )
+        self.recorder = BuildRecorder(solver.store, request.build_ref, actor=request.actor, trace_id=trace_id)
         self.results: dict[str, _Outcome] = {}
         self.refs: list[HeldRef] = []
         self.lock = threading.Lock()
@@ -531,8 +548,18 @@ class _Solve:
         ctx = self._context(vertex, worker, step, log)
         started = time.monotonic()
         handler = self.solver.handler_factory(vertex.op, self.solver.backends)
+        span = _tracer.start_span(
+            f"vertex {name}",
+            context=self.trace_context,
+            attributes={
+                "buildsvc.vertex": vertex.digest,
+                "buildsvc.worker": worker.info.name,
+                "buildsvc.cache_key": key,
+            },
+        )
         try:
-            outputs = handler.run(vertex, inputs, ctx)
+            with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
+                outputs = handler.run(vertex, inputs, ctx)
         except BaseException as e:
             failure: BaseException = e
             try:

@@ -184,3 +184,21 @@ def test_a_constraint_no_worker_meets_lists_the_workers(harness: Harness) -> Non
     with pytest.raises(NoMatchingWorker, match="workers available: fake"):
         harness.solver.solve(SolveRequest(definition=state.marshal(), build_ref="picky"))
     assert isinstance(harness.events("picky")[-1], SolveFailed)
+
+
+def test_solves_and_vertices_are_spans_whose_trace_id_is_in_the_events(harness: Harness) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from buildsvc.daemon.telemetry import configure_tracing
+
+    exporter = InMemorySpanExporter()
+    configure_tracing().add_span_processor(SimpleSpanProcessor(exporter))
+    harness.solver.solve(SolveRequest(definition=chain("true a", "true b").marshal(), build_ref="traced"))
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert {"solve", "vertex true a", "vertex true b"} <= set(spans)
+    trace_id = format(spans["solve"].context.trace_id, "032x")
+    assert spans["vertex true a"].context.trace_id == spans["solve"].context.trace_id
+    assert spans["vertex true a"].parent is not None
+    assert spans["vertex true a"].parent.span_id == spans["solve"].context.span_id
+    assert {e.trace_id for e in harness.store.read_stream("build-traced")} == {trace_id}
