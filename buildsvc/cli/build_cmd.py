@@ -1,7 +1,9 @@
-"""``buildsvc build``: solve a definition (``--llb FILE``) with the embedded engine.
+"""``buildsvc build``: solve a definition (``--llb FILE``) on a daemon or with the embedded engine.
 
-Until the daemon and its gRPC API exist, builds run in this process on the default root and
-database, exactly as the daemon will run them: the same solver, workers and events.
+With a daemon (``--addr``, or one answering at the default socket) the build runs there and its
+progress comes from the Status stream; otherwise it runs in this process on the default root and
+database, exactly as the daemon runs it: the same solver, workers and events. Either way the
+progress printers read the same updates, made from the build's events.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from pathlib import Path
 
 import click
 
+from buildsvc.api.client import Client
+from buildsvc.api.model import SolveOptions, status_update
 from buildsvc.cli.common import open_from
-from buildsvc.cli.progress import PlainProgress, RawJsonProgress
+from buildsvc.cli.progress import make_printer
+from buildsvc.cli.remote import connect_from
 from buildsvc.daemon.engine import Engine, open_engine
 from buildsvc.daemon.state import State
 from buildsvc.errors import InvalidInput
@@ -25,7 +30,7 @@ from buildsvc.events.subscription import Subscription
 from buildsvc.solver.definition import Definition
 from buildsvc.solver.engine import ResultRef, SolveRequest, SolveResult
 
-__all__ = ["COMMANDS", "parse_kv", "run_build"]
+__all__ = ["COMMANDS", "parse_kv", "run_build", "run_remote_build"]
 
 
 def parse_kv(text: str, what: str) -> dict[str, str]:
@@ -79,14 +84,14 @@ def run_build(
 ) -> SolveResult:
     """Solve ``definition``, print progress from its events, and export its result."""
     ref = build_ref or uuid.uuid4().hex[:25]
-    printer = RawJsonProgress() if progress == "rawjson" else PlainProgress() if progress != "quiet" else None
+    printer = make_printer(progress)
     follow = Subscription(state.store, after=state.store.head(), poll_interval=0.05)
     stream = f"build-{ref}"
 
     def show() -> None:
         for stored in follow:
             if stored.stream_id == stream and printer is not None:
-                printer.feed(stored)
+                printer.feed(status_update(stored))
 
     watcher = threading.Thread(target=show, name="progress", daemon=True)
     watcher.start()
@@ -106,7 +111,7 @@ def run_build(
         definition=definition,
         build_ref=ref,
         local_dirs=local_dirs,
-        actor=os.environ.get("USER") or getpass.getuser(),
+        actor=_actor(),
     )
     try:
         return engine.solver.solve(request, export=export)
@@ -118,6 +123,58 @@ def run_build(
             time.sleep(0.01)
         follow.close()
         watcher.join(5)
+
+
+def _actor() -> str:
+    return os.environ.get("USER") or getpass.getuser()
+
+
+def run_remote_build(
+    client: Client,
+    definition: Definition,
+    *,
+    local_dirs: Mapping[str, Path],
+    outputs: Sequence[Mapping[str, str]],
+    progress: str,
+    build_ref: str | None = None,
+) -> tuple[str, Mapping[str, str]]:
+    """Solve ``definition`` on a daemon, printing progress from its Status stream.
+
+    Returns the build ref and the exporters' response. Local dirs and destinations are paths on the
+    daemon host (the content-transfer protocol comes later), made absolute here because the
+    daemon's working directory is not ours.
+    """
+    ref = build_ref or uuid.uuid4().hex[:25]
+    printer = make_printer(progress)
+    # Asked for before the Solve: the daemon waits for the build to appear, then sends it all.
+    stream = client.status(ref)
+    first = threading.Event()
+
+    def show() -> None:
+        for update in stream:
+            first.set()
+            if printer is not None:
+                printer.feed(update)
+
+    watcher = threading.Thread(target=show, name="status", daemon=True)
+    watcher.start()
+    options = SolveOptions(
+        build_ref=ref,
+        definition_json=definition.to_json(indent=None).encode(),
+        exporters=tuple({**out, "dest": os.path.abspath(out["dest"])} for out in outputs),
+        local_dirs={name: path.resolve() for name, path in local_dirs.items()},
+        actor=_actor(),
+    )
+    try:
+        response = client.solve(options)
+    finally:
+        # A build that was recorded ends its stream with its last event: wait for every line. One
+        # refused before it began (a bad definition) has no stream to end: stop waiting for it.
+        if first.wait(0.5):
+            watcher.join(30)
+        stream.cancel()
+        watcher.join(5)
+    return ref, response
 
 
 @click.command("build")
@@ -143,10 +200,24 @@ def build(
     build_ref: str | None,
     workers: tuple[str, ...],
 ) -> None:
-    """Build a definition with the embedded engine; exit 1 when the build fails."""
+    """Build a definition on a daemon or with the embedded engine; exit 1 when the build fails."""
     definition = Definition.from_json(llb_file.read_text())
     local_dirs = _locals(locals_)
     parsed_outputs = _outputs(outputs)
+    client = connect_from(ctx)
+    if client is not None:
+        if workers:
+            raise click.UsageError("--worker chooses the embedded engine's workers; a daemon has its own")
+        ref, _ = run_remote_build(
+            client,
+            definition,
+            local_dirs=local_dirs,
+            outputs=parsed_outputs,
+            progress=progress,
+            build_ref=build_ref,
+        )
+        click.echo(f"build {ref} completed", err=True)
+        return
     state = open_from(ctx)
     with open_engine(state, worker_names=list(workers) or None) as engine:
         result = run_build(

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import click
 
+from buildsvc.api.model import status_update
 from buildsvc.cli.common import FORMAT_OPTION, echo_json, open_from, print_table
+from buildsvc.cli.progress import PlainProgress
+from buildsvc.daemon.state import State
 from buildsvc.errors import NotFound
+from buildsvc.events.envelope import StoredEvent
 from buildsvc.projections import find_leaks
 from buildsvc.projections.builds import get_build, list_builds
+from buildsvc.projections.timeline import build_spans
 
 __all__ = ["COMMANDS"]
 
@@ -108,6 +114,59 @@ def inspect(ctx: click.Context, ref: str, fmt: str) -> None:
             for v in build["vertices"]
         ],
     )
+
+
+def _stream(state: State, ref: str) -> list[StoredEvent]:
+    events = state.store.read_stream(f"build-{ref}")
+    if not events:
+        raise NotFound(f"no build {ref!r} in the log")
+    return events
+
+
+@history_group.command("trace")
+@click.argument("ref")
+@FORMAT_OPTION
+@click.pass_context
+def trace(ctx: click.Context, ref: str, fmt: str) -> None:
+    """Print the spans of a build (the solve and each vertex), rebuilt from its events."""
+    state = open_from(ctx)
+    spans = build_spans(_stream(state, ref))
+    if fmt == "json":
+        echo_json(
+            [
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "trace_id": s.trace_id,
+                    "start": s.start,
+                    "end": s.end,
+                    "duration_ms": s.duration_ms,
+                    "status": s.status,
+                    "vertex": s.vertex,
+                    "worker": s.worker,
+                }
+                for s in spans
+            ]
+        )
+        return
+    if spans and spans[0].trace_id:
+        click.echo(f"trace {spans[0].trace_id}")
+    for s in spans:
+        indent = "" if s.kind == "solve" else "  "
+        took = f"{s.duration_ms:.1f} ms" if s.duration_ms is not None else "running"
+        where = f" on {s.worker}" if s.worker else ""
+        click.echo(f"{indent}{s.name}  [{s.status}] {took}{where}")
+
+
+@history_group.command("logs")
+@click.argument("ref")
+@click.pass_context
+def logs(ctx: click.Context, ref: str) -> None:
+    """Print a build's output as it printed it, each line under its vertex's ``#N`` number."""
+    state = open_from(ctx)
+    printer = PlainProgress(out=sys.stdout)
+    for stored in _stream(state, ref):
+        printer.feed(status_update(stored))
 
 
 @click.command("leaks")

@@ -7,8 +7,18 @@ from pathlib import Path
 
 import click
 
-from buildsvc.cli import build_cmd, db_cmd, demo_cmd, events_cmd, history_cmd, projections_cmd
+from buildsvc.cli import (
+    build_cmd,
+    daemon_cmd,
+    db_cmd,
+    demo_cmd,
+    events_cmd,
+    history_cmd,
+    projections_cmd,
+    workers_cmd,
+)
 from buildsvc.cli.common import Options
+from buildsvc.cli.remote import ADDR_KEY
 from buildsvc.errors import BuildsvcError, InvalidInput
 
 __all__ = ["cli", "main"]
@@ -34,13 +44,31 @@ __all__ = ["cli", "main"]
     show_default=True,
     help="Seconds to keep retrying an unreachable database before failing.",
 )
+@click.option(
+    "--addr",
+    envvar="BUILDSVC_ADDR",
+    help="The daemon: unix:///PATH or tcp://HOST:PORT [env BUILDSVC_ADDR; default: the default "
+    "socket if a daemon answers there, else the engine runs in this process].",
+)
 @click.pass_context
-def cli(ctx: click.Context, root: Path | None, db_url: str | None, db_timeout: float) -> None:
+def cli(
+    ctx: click.Context, root: Path | None, db_url: str | None, db_timeout: float, addr: str | None
+) -> None:
     """buildsvc: builds whose whole history is an event log."""
     ctx.obj = Options(root=root, db_url=db_url, db_timeout=db_timeout)
+    ctx.meta[ADDR_KEY] = addr
 
 
-for module in (build_cmd, db_cmd, events_cmd, projections_cmd, history_cmd, demo_cmd):
+for module in (
+    build_cmd,
+    daemon_cmd,
+    db_cmd,
+    events_cmd,
+    projections_cmd,
+    history_cmd,
+    demo_cmd,
+    workers_cmd,
+):
     for command in module.COMMANDS:
         cli.add_command(command)
 

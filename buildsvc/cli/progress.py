@@ -1,7 +1,9 @@
-"""Build progress for people (``plain``, BuildKit's ``#N`` lines) and tools (``rawjson``), from events.
+"""Build progress for people (``plain``, BuildKit's ``#N`` lines) and tools (``rawjson``).
 
-The printers read a build's events, the same ones the log keeps, so what a client shows while a
-build runs is what ``history logs`` shows years later.
+The printers read :class:`~buildsvc.api.model.StatusUpdate` objects: made from the build's events
+in this process by the embedded engine, or received from a daemon's Status stream. Both come from
+the same events the log keeps, so what a client shows while a build runs is what ``history logs``
+shows years later, with or without a daemon.
 """
 
 from __future__ import annotations
@@ -9,13 +11,20 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
-from typing import TextIO
+from typing import Protocol, TextIO
 
-from buildsvc.events import catalog as ev
-from buildsvc.events.codec import Event, encode_payload
-from buildsvc.events.envelope import StoredEvent, format_time
+from buildsvc.api.model import StatusUpdate
+from buildsvc.events.envelope import format_time
 
-__all__ = ["PlainProgress", "RawJsonProgress"]
+__all__ = ["PlainProgress", "ProgressPrinter", "RawJsonProgress", "make_printer"]
+
+
+class ProgressPrinter(Protocol):
+    """Shows a build's updates as they arrive."""
+
+    def feed(self, update: StatusUpdate) -> None:
+        """Show one update."""
+        ...
 
 
 class PlainProgress:
@@ -25,44 +34,43 @@ class PlainProgress:
         self.out = out or sys.stderr
         self._numbers: dict[str, int] = {}
         self._started: dict[str, datetime] = {}
-        self._names: dict[str, str] = {}
 
-    def _number(self, vertex: str, name: str = "") -> int:
+    def _number(self, vertex: str) -> int:
         if vertex not in self._numbers:
             self._numbers[vertex] = len(self._numbers) + 1
-        if name:
-            self._names[vertex] = name
         return self._numbers[vertex]
 
     def _line(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
 
-    def feed(self, stored: StoredEvent) -> None:
-        """Print what one event says, if anything."""
-        event = stored.decode()
-        match event:
-            case ev.VertexStarted(vertex=v, name=name):
-                n = self._number(v, name)
-                self._started[v] = stored.recorded_at
-                self._line(f"#{n} {name or v}")
-            case ev.VertexCached(vertex=v, name=name):
-                n = self._number(v, name)
-                self._line(f"#{n} {name or v}")
+    def feed(self, update: StatusUpdate) -> None:
+        """Print what one update says, if anything."""
+        if update.log is not None:
+            n = self._number(update.log.vertex)
+            since = self._since(update.log.vertex, update.time)
+            for line in update.log.data.decode("utf-8", "replace").splitlines():
+                self._line(f"#{n} {since:.3f} {line}")
+            return
+        v = update.vertex
+        if v is None:
+            return
+        n = self._number(v.digest)
+        match v.state:
+            case "started":
+                self._started[v.digest] = update.time
+                self._line(f"#{n} {v.name or v.digest}")
+            case "cached":
+                self._line(f"#{n} {v.name or v.digest}")
                 self._line(f"#{n} CACHED")
-            case ev.VertexLogChunk(vertex=v, data=data):
-                n = self._number(v)
-                since = self._since(v, stored.recorded_at)
-                for line in data.decode("utf-8", "replace").splitlines():
-                    self._line(f"#{n} {since:.3f} {line}")
-            case ev.VertexCompleted(vertex=v):
-                self._line(f"#{self._number(v)} DONE {self._since(v, stored.recorded_at):.1f}s")
-            case ev.VertexFailed(vertex=v, error=error):
-                self._line(f"#{self._number(v)} ERROR: {error}")
-            case ev.VertexInterrupted(vertex=v, reason=reason):
-                self._line(f"#{self._number(v)} INTERRUPTED: {reason}")
-            case _:
-                pass
+            case "completed":
+                # The solver's own measure of the run; event times include the recording.
+                took = v.duration_ms / 1000 if v.duration_ms else self._since(v.digest, update.time)
+                self._line(f"#{n} DONE {took:.1f}s")
+            case "failed":
+                self._line(f"#{n} ERROR: {v.error}")
+            case "interrupted":
+                self._line(f"#{n} INTERRUPTED: {v.error}")
 
     def _since(self, vertex: str, now: datetime) -> float:
         started = self._started.get(vertex)
@@ -70,23 +78,29 @@ class PlainProgress:
 
 
 class RawJsonProgress:
-    """One JSON object per event: its type, time and payload (``--progress rawjson``)."""
+    """One JSON object per event: its position, type, time and payload (``--progress rawjson``)."""
 
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
 
-    def feed(self, stored: StoredEvent) -> None:
-        """Print one event."""
-        event: Event = stored.decode()
+    def feed(self, update: StatusUpdate) -> None:
+        """Print one update."""
         self.out.write(
             json.dumps(
                 {
-                    "position": stored.position,
-                    "time": format_time(stored.recorded_at),
-                    "type": stored.type,
-                    "payload": encode_payload(event),
+                    "position": update.position,
+                    "time": format_time(update.time),
+                    "type": update.type,
+                    "payload": update.payload,
                 }
             )
             + "\n"
         )
         self.out.flush()
+
+
+def make_printer(progress: str) -> ProgressPrinter | None:
+    """The printer for a ``--progress`` choice (None for ``quiet``)."""
+    if progress == "quiet":
+        return None
+    return RawJsonProgress() if progress == "rawjson" else PlainProgress()

@@ -1,0 +1,141 @@
+"""A small typed client of the Control service (what the command line uses to talk to a daemon).
+
+Every call returns the API's model objects and raises the same buildsvc errors the daemon raised
+(see :mod:`buildsvc.api.errors`), so callers never see gRPC or protobuf types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from buildsvc.api import convert
+from buildsvc.api.errors import DaemonUnavailable, error_from_rpc
+from buildsvc.api.gen import control_pb2 as pb
+from buildsvc.api.gen import control_pb2_grpc as pb_grpc
+from buildsvc.api.model import DaemonInfo, HistoryEvent, SolveOptions, StatusUpdate, UsageRecord, WorkerRecord
+from buildsvc.api.serve import TlsFiles, parse_address
+from buildsvc.errors import InvalidInput
+
+__all__ = ["Client", "StatusStream", "connect"]
+
+
+class StatusStream:
+    """A build's status updates; :meth:`cancel` stops it from another thread."""
+
+    def __init__(self, call: Any, addr: str) -> None:
+        self._call = call
+        self._addr = addr
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Stop the stream (the iteration ends quietly)."""
+        self._cancelled = True
+        self._call.cancel()
+
+    def __iter__(self) -> Iterator[StatusUpdate]:
+        try:
+            for response in self._call:
+                for update in response.updates:
+                    yield convert.status_from_pb(update)
+        except grpc.RpcError as e:
+            if self._cancelled and e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise error_from_rpc(e, addr=self._addr) from None
+
+
+class Client:
+    """A connection to a daemon at ``addr`` (``unix:///path`` or ``tcp://host:port``)."""
+
+    def __init__(self, addr: str, *, tls: TlsFiles | None = None) -> None:
+        address = parse_address(addr)
+        self.addr = addr
+        if tls is not None:
+            ca, cert, key = tls.read()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert
+            )
+            self._channel = grpc.secure_channel(address.target, credentials)
+        elif address.scheme == "tcp" and not address.loopback:
+            raise InvalidInput(f"{addr}: a remote daemon needs TLS (--tlscacert, --tlscert, --tlskey)")
+        else:
+            self._channel = grpc.insecure_channel(address.target)
+        self._stub = pb_grpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]  # generated
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ready(self, timeout: float) -> bool:
+        """Whether the daemon answers within ``timeout`` seconds."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
+    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout, wait_for_ready=False)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e, addr=self.addr) from None
+
+    def solve(self, options: SolveOptions) -> dict[str, str]:
+        """Run a build to its end; returns the exporters' response (raises SolveError and the like)."""
+        response: pb.SolveResponse = self._call("Solve", convert.solve_to_pb(options))
+        return dict(response.exporter_response)
+
+    def status(self, build_ref: str, *, after_position: int = 0) -> StatusStream:
+        """The build's updates from its start (or after ``after_position``) until it ends."""
+        call = self._stub.Status(pb.StatusRequest(ref=build_ref, after_position=after_position))
+        return StatusStream(call, self.addr)
+
+    def cancel(self, build_ref: str) -> None:
+        """Cancel a running build (NotFound when it is not running there)."""
+        self._call("Cancel", pb.CancelRequest(ref=build_ref), timeout=30)
+
+    def list_workers(self) -> list[WorkerRecord]:
+        """The daemon's workers."""
+        response: pb.ListWorkersResponse = self._call("ListWorkers", pb.ListWorkersRequest(), timeout=30)
+        return [convert.worker_from_pb(w) for w in response.workers]
+
+    def info(self) -> DaemonInfo:
+        """The daemon's version, id, root and database."""
+        response: pb.InfoResponse = self._call("Info", pb.InfoRequest(), timeout=30)
+        return convert.info_from_pb(response)
+
+    def disk_usage(self) -> list[UsageRecord]:
+        """The snapshots on the daemon's disk."""
+        response: pb.DiskUsageResponse = self._call("DiskUsage", pb.DiskUsageRequest(), timeout=60)
+        return [convert.usage_from_pb(r) for r in response.records]
+
+    def build_history(
+        self, *, build_ref: str = "", active_only: bool = False, follow: bool = False
+    ) -> Iterator[HistoryEvent]:
+        """The builds in the history; with ``follow``, then each build that starts or ends."""
+        request = pb.BuildHistoryRequest(ref=build_ref, active_only=active_only, early_exit=not follow)
+        call = self._stub.ListenBuildHistory(request)
+        try:
+            for event in call:
+                yield convert.history_event_from_pb(event)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e, addr=self.addr) from None
+        finally:
+            call.cancel()
+
+
+def connect(addr: str, *, tls: TlsFiles | None = None, timeout: float = 5.0) -> Client:
+    """A client whose daemon answered within ``timeout`` (else DaemonUnavailable)."""
+    client = Client(addr, tls=tls)
+    if not client.ready(timeout):
+        client.close()
+        raise DaemonUnavailable(f"no daemon answers at {addr}")
+    return client

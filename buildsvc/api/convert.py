@@ -1,0 +1,325 @@
+"""Protobuf messages <-> the API's model (:mod:`buildsvc.api.model`), both ways.
+
+The only module besides the servicers and the client that touches generated types: everything
+outside ``buildsvc.api`` sees the model's dataclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from buildsvc.api.gen import control_pb2 as pb
+from buildsvc.api.model import (
+    BuildRecord,
+    BuildUpdate,
+    DaemonInfo,
+    HistoryEvent,
+    SolveOptions,
+    StatusUpdate,
+    UsageRecord,
+    VertexLog,
+    VertexUpdate,
+    WorkerRecord,
+)
+
+__all__ = [
+    "build_record_from_pb",
+    "build_record_to_pb",
+    "history_event_from_pb",
+    "history_event_to_pb",
+    "info_from_pb",
+    "info_to_pb",
+    "solve_from_pb",
+    "solve_to_pb",
+    "status_from_pb",
+    "status_to_pb",
+    "usage_from_pb",
+    "usage_to_pb",
+    "worker_from_pb",
+    "worker_to_pb",
+]
+
+_VERTEX_STATES = {
+    "started": pb.VERTEX_STATE_STARTED,
+    "cached": pb.VERTEX_STATE_CACHED,
+    "completed": pb.VERTEX_STATE_COMPLETED,
+    "failed": pb.VERTEX_STATE_FAILED,
+    "interrupted": pb.VERTEX_STATE_INTERRUPTED,
+}
+_BUILD_STATUSES = {
+    "requested": pb.BUILD_STATUS_REQUESTED,
+    "running": pb.BUILD_STATUS_RUNNING,
+    "completed": pb.BUILD_STATUS_COMPLETED,
+    "failed": pb.BUILD_STATUS_FAILED,
+    "cancelled": pb.BUILD_STATUS_CANCELLED,
+}
+_HISTORY_TYPES = {
+    "started": pb.BUILD_HISTORY_EVENT_TYPE_STARTED,
+    "complete": pb.BUILD_HISTORY_EVENT_TYPE_COMPLETE,
+}
+
+
+def _reverse(table: Mapping[str, int]) -> dict[int, str]:
+    return {v: k for k, v in table.items()}
+
+
+_VERTEX_STATE_NAMES = _reverse(_VERTEX_STATES)
+_BUILD_STATUS_NAMES = _reverse(_BUILD_STATUSES)
+_HISTORY_TYPE_NAMES = _reverse(_HISTORY_TYPES)
+
+
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(moment.astimezone(UTC))
+    return ts
+
+
+def _datetime(ts: Timestamp) -> datetime:
+    moment: datetime = ts.ToDatetime(tzinfo=UTC)
+    return moment
+
+
+# --- Solve ----------------------------------------------------------------------------------------
+
+
+def solve_to_pb(options: SolveOptions) -> pb.SolveRequest:
+    """The request a client sends."""
+    return pb.SolveRequest(
+        ref=options.build_ref,
+        definition=options.definition_json,
+        frontend=options.frontend,
+        frontend_attrs=dict(options.frontend_attrs),
+        exporters=[
+            pb.Exporter(type=e.get("type", ""), attrs={k: v for k, v in e.items() if k != "type"})
+            for e in options.exporters
+        ],
+        local_dirs={name: str(path) for name, path in options.local_dirs.items()},
+        actor=options.actor,
+    )
+
+
+def solve_from_pb(request: pb.SolveRequest) -> SolveOptions:
+    """The request as the daemon handles it."""
+    return SolveOptions(
+        build_ref=request.ref,
+        definition_json=request.definition,
+        frontend=request.frontend,
+        frontend_attrs=dict(request.frontend_attrs),
+        exporters=tuple({"type": e.type, **dict(e.attrs)} for e in request.exporters),
+        local_dirs={name: Path(path) for name, path in request.local_dirs.items()},
+        actor=request.actor,
+    )
+
+
+# --- Status ---------------------------------------------------------------------------------------
+
+
+def status_to_pb(update: StatusUpdate) -> pb.StatusUpdate:
+    """One update on the wire."""
+    message = pb.StatusUpdate(
+        position=update.position,
+        time=_timestamp(update.time),
+        type=update.type,
+        payload_json=update.payload_json,
+    )
+    if update.vertex is not None:
+        v = update.vertex
+        message.vertex.CopyFrom(
+            pb.VertexUpdate(
+                digest=v.digest,
+                name=v.name,
+                state=_VERTEX_STATES[v.state],
+                worker=v.worker,
+                error=v.error,
+                exit_code=v.exit_code,
+                duration_ms=v.duration_ms,
+            )
+        )
+    elif update.log is not None:
+        message.log.CopyFrom(
+            pb.VertexLog(vertex=update.log.vertex, stream=update.log.stream, data=update.log.data)
+        )
+    elif update.build is not None:
+        b = update.build
+        message.build.CopyFrom(
+            pb.BuildUpdate(
+                status=_BUILD_STATUSES[b.status],
+                error=b.error,
+                vertex=b.vertex,
+                exit_code=b.exit_code,
+                source_location=b.source_location,
+            )
+        )
+    return message
+
+
+def status_from_pb(message: pb.StatusUpdate) -> StatusUpdate:
+    """One update as the client's progress display reads it."""
+    vertex = log = build = None
+    kind = message.WhichOneof("update")
+    if kind == "vertex":
+        v = message.vertex
+        vertex = VertexUpdate(
+            digest=v.digest,
+            state=_VERTEX_STATE_NAMES.get(v.state, "unknown"),
+            name=v.name,
+            worker=v.worker,
+            error=v.error,
+            exit_code=v.exit_code if v.HasField("exit_code") else None,
+            duration_ms=v.duration_ms,
+        )
+    elif kind == "log":
+        log = VertexLog(vertex=message.log.vertex, stream=message.log.stream, data=message.log.data)
+    elif kind == "build":
+        b = message.build
+        build = BuildUpdate(
+            status=_BUILD_STATUS_NAMES.get(b.status, "unknown"),
+            error=b.error,
+            vertex=b.vertex,
+            exit_code=b.exit_code if b.HasField("exit_code") else None,
+            source_location=b.source_location,
+        )
+    return StatusUpdate(
+        position=message.position,
+        time=_datetime(message.time),
+        type=message.type,
+        payload_json=message.payload_json,
+        vertex=vertex,
+        log=log,
+        build=build,
+    )
+
+
+# --- Workers, info, disk usage --------------------------------------------------------------------
+
+
+def worker_to_pb(worker: WorkerRecord) -> pb.WorkerRecord:
+    """A worker on the wire."""
+    return pb.WorkerRecord(
+        name=worker.name,
+        executor=worker.executor,
+        snapshotter=worker.snapshotter,
+        labels=dict(worker.labels),
+        platforms=list(worker.platforms),
+    )
+
+
+def worker_from_pb(message: pb.WorkerRecord) -> WorkerRecord:
+    """A worker as the client sees it."""
+    return WorkerRecord(
+        name=message.name,
+        executor=message.executor,
+        snapshotter=message.snapshotter,
+        labels=dict(message.labels),
+        platforms=tuple(message.platforms),
+    )
+
+
+def info_to_pb(info: DaemonInfo) -> pb.InfoResponse:
+    """The daemon's info on the wire."""
+    return pb.InfoResponse(
+        version=info.version,
+        daemon_id=info.daemon_id,
+        root=info.root,
+        hostname=info.hostname,
+        pid=info.pid,
+        database=info.database,
+    )
+
+
+def info_from_pb(message: pb.InfoResponse) -> DaemonInfo:
+    """The daemon's info as the client sees it."""
+    return DaemonInfo(
+        version=message.version,
+        daemon_id=message.daemon_id,
+        root=message.root,
+        hostname=message.hostname,
+        pid=message.pid,
+        database=message.database,
+    )
+
+
+def usage_to_pb(record: UsageRecord) -> pb.UsageRecord:
+    """A snapshot's usage on the wire."""
+    return pb.UsageRecord(
+        snapshot_id=record.snapshot_id,
+        worker=record.worker,
+        snapshotter=record.snapshotter,
+        parent=record.parent,
+        kind=record.kind,
+        state=record.state,
+        size_bytes=record.size_bytes,
+        in_use=record.in_use,
+        active_refs=record.active_refs,
+    )
+
+
+def usage_from_pb(message: pb.UsageRecord) -> UsageRecord:
+    """A snapshot's usage as the client sees it."""
+    return UsageRecord(
+        snapshot_id=message.snapshot_id,
+        worker=message.worker,
+        snapshotter=message.snapshotter,
+        parent=message.parent,
+        kind=message.kind,
+        state=message.state,
+        size_bytes=message.size_bytes,
+        active_refs=message.active_refs,
+    )
+
+
+# --- Build history --------------------------------------------------------------------------------
+
+
+def build_record_to_pb(record: BuildRecord) -> pb.BuildHistoryRecord:
+    """A build's record on the wire."""
+    return pb.BuildHistoryRecord(
+        ref=record.build_ref,
+        status=_BUILD_STATUSES.get(record.status, pb.BUILD_STATUS_UNSPECIFIED),
+        frontend=record.frontend,
+        actor=record.actor,
+        requested_at=_timestamp(record.requested_at),
+        ended_at=_timestamp(record.ended_at),
+        vertices_total=record.vertices_total,
+        vertices_completed=record.vertices_completed,
+        vertices_cached=record.vertices_cached,
+        error=record.error,
+        error_vertex=record.error_vertex,
+        exit_code=record.exit_code,
+    )
+
+
+def build_record_from_pb(message: pb.BuildHistoryRecord) -> BuildRecord:
+    """A build's record as the client sees it."""
+    return BuildRecord(
+        build_ref=message.ref,
+        status=_BUILD_STATUS_NAMES.get(message.status, "unknown"),
+        frontend=message.frontend,
+        actor=message.actor,
+        requested_at=_datetime(message.requested_at) if message.HasField("requested_at") else None,
+        ended_at=_datetime(message.ended_at) if message.HasField("ended_at") else None,
+        vertices_total=message.vertices_total,
+        vertices_completed=message.vertices_completed,
+        vertices_cached=message.vertices_cached,
+        error=message.error,
+        error_vertex=message.error_vertex,
+        exit_code=message.exit_code if message.HasField("exit_code") else None,
+    )
+
+
+def history_event_to_pb(event: HistoryEvent) -> pb.BuildHistoryEvent:
+    """A history event on the wire."""
+    return pb.BuildHistoryEvent(type=_HISTORY_TYPES[event.type], record=build_record_to_pb(event.record))
+
+
+def history_event_from_pb(message: pb.BuildHistoryEvent) -> HistoryEvent:
+    """A history event as the client sees it."""
+    return HistoryEvent(
+        type=_HISTORY_TYPE_NAMES.get(message.type, "unknown"), record=build_record_from_pb(message.record)
+    )

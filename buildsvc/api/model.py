@@ -1,0 +1,238 @@
+"""What the API speaks in, as plain Python: the shapes both sides of the wire share.
+
+The servicers turn engine objects and events into these and :mod:`buildsvc.api.convert` turns
+these into protobuf messages and back, so the command line sees the same objects whether it runs
+the engine in its own process or talks to a daemon. No protobuf type appears here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from buildsvc.events import catalog as ev
+from buildsvc.events.codec import encode_payload
+from buildsvc.events.envelope import StoredEvent
+from buildsvc.executors import Worker
+
+__all__ = [
+    "FINAL_EVENT_TYPES",
+    "BuildRecord",
+    "BuildUpdate",
+    "DaemonInfo",
+    "HistoryEvent",
+    "SolveOptions",
+    "StatusUpdate",
+    "UsageRecord",
+    "VertexLog",
+    "VertexUpdate",
+    "WorkerRecord",
+    "status_update",
+    "worker_record",
+]
+
+FINAL_EVENT_TYPES = frozenset(
+    {ev.SolveCompleted.type_name, ev.SolveFailed.type_name, ev.SolveCancelled.type_name}
+)
+"""The events that end a build (and with it a Status stream)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveOptions:
+    """A Solve as the daemon receives it (the definition stays JSON: the solver validates it)."""
+
+    build_ref: str
+    definition_json: bytes
+    frontend: str = ""
+    frontend_attrs: Mapping[str, str] = field(default_factory=dict)
+    exporters: tuple[Mapping[str, str], ...] = ()
+    """Each exporter's attrs with its ``type`` among them (``type=local,dest=DIR``)."""
+    local_dirs: Mapping[str, Path] = field(default_factory=dict)
+    actor: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VertexUpdate:
+    """A vertex changed state: ``started``, ``cached``, ``completed``, ``failed`` or ``interrupted``."""
+
+    digest: str
+    state: str
+    name: str = ""
+    worker: str = ""
+    error: str = ""
+    exit_code: int | None = None
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VertexLog:
+    """A piece of a vertex's output."""
+
+    vertex: str
+    data: bytes
+    stream: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildUpdate:
+    """The build changed state: ``requested``, ``running``, ``completed``, ``failed``, ``cancelled``."""
+
+    status: str
+    error: str = ""
+    vertex: str = ""
+    exit_code: int | None = None
+    source_location: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusUpdate:
+    """One event of a build, with the typed update progress displays use (if it has one)."""
+
+    position: int
+    time: datetime
+    type: str
+    payload_json: str
+    vertex: VertexUpdate | None = None
+    log: VertexLog | None = None
+    build: BuildUpdate | None = None
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The event's payload as a JSON object."""
+        value: dict[str, Any] = json.loads(self.payload_json)
+        return value
+
+    @property
+    def final(self) -> bool:
+        """Whether this update ends the build."""
+        return self.type in FINAL_EVENT_TYPES
+
+
+def _update_of(event: object) -> VertexUpdate | VertexLog | BuildUpdate | None:
+    match event:
+        case ev.VertexStarted(vertex=v, name=name, worker=worker):
+            return VertexUpdate(digest=v, state="started", name=name, worker=worker)
+        case ev.VertexCached(vertex=v, name=name):
+            return VertexUpdate(digest=v, state="cached", name=name)
+        case ev.VertexCompleted(vertex=v, worker=worker, duration_ms=ms, exit_code=code):
+            return VertexUpdate(digest=v, state="completed", worker=worker, duration_ms=ms, exit_code=code)
+        case ev.VertexFailed(vertex=v, error=error, worker=worker, duration_ms=ms, exit_code=code):
+            return VertexUpdate(
+                digest=v, state="failed", error=error, worker=worker, duration_ms=ms, exit_code=code
+            )
+        case ev.VertexInterrupted(vertex=v, reason=reason):
+            return VertexUpdate(digest=v, state="interrupted", error=reason)
+        case ev.VertexLogChunk(vertex=v, data=data, stream=stream):
+            return VertexLog(vertex=v, data=data, stream=stream)
+        case ev.SolveRequested():
+            return BuildUpdate(status="requested")
+        case ev.SolveStarted():
+            return BuildUpdate(status="running")
+        case ev.SolveCompleted():
+            return BuildUpdate(status="completed")
+        case ev.SolveFailed(error=error, vertex=vertex, exit_code=code, source_location=where):
+            return BuildUpdate(
+                status="failed", error=error, vertex=vertex or "", exit_code=code, source_location=where
+            )
+        case ev.SolveCancelled(reason=reason):
+            return BuildUpdate(status="cancelled", error=reason)
+    return None
+
+
+def status_update(stored: StoredEvent) -> StatusUpdate:
+    """The update a build's event makes (every event makes one; rawjson progress prints them all)."""
+    event = stored.decode()
+    update = _update_of(event)
+    return StatusUpdate(
+        position=stored.position,
+        time=stored.recorded_at,
+        type=stored.type,
+        payload_json=json.dumps(encode_payload(event), sort_keys=True),
+        vertex=update if isinstance(update, VertexUpdate) else None,
+        log=update if isinstance(update, VertexLog) else None,
+        build=update if isinstance(update, BuildUpdate) else None,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRecord:
+    """A worker as ``ListWorkers`` describes it."""
+
+    name: str
+    executor: str
+    snapshotter: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    platforms: tuple[str, ...] = ()
+
+
+def worker_record(worker: Worker) -> WorkerRecord:
+    """The record of an enabled worker."""
+    info = worker.info
+    return WorkerRecord(
+        name=info.name,
+        executor=info.executor,
+        snapshotter=info.snapshotter,
+        labels=dict(info.labels),
+        platforms=(f"{info.platform.os}/{info.platform.architecture}",),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonInfo:
+    """What ``Info`` says about the daemon."""
+
+    version: str
+    daemon_id: str
+    root: str
+    hostname: str
+    pid: int
+    database: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageRecord:
+    """A snapshot on disk (``DiskUsage``), from the snapshots projection."""
+
+    snapshot_id: str
+    worker: str
+    snapshotter: str
+    parent: str
+    kind: str
+    state: str
+    size_bytes: int
+    active_refs: int
+
+    @property
+    def in_use(self) -> bool:
+        """Whether something holds a ref on it."""
+        return self.active_refs > 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildRecord:
+    """A build in the history (the builds projection, or the event that just changed it)."""
+
+    build_ref: str
+    status: str
+    frontend: str = ""
+    actor: str = ""
+    requested_at: datetime | None = None
+    ended_at: datetime | None = None
+    vertices_total: int = 0
+    vertices_completed: int = 0
+    vertices_cached: int = 0
+    error: str = ""
+    error_vertex: str = ""
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryEvent:
+    """``started`` or ``complete``, with the build's record."""
+
+    type: str
+    record: BuildRecord

@@ -1,0 +1,195 @@
+"""Listen on an address: a unix socket (mode 0660) or TCP, which needs TLS with client certificates.
+
+As buildkitd: a TCP listener without mutual TLS would let anyone who reaches the port run builds
+as the daemon's user (root), so plaintext TCP is refused unless the host is a loopback address and
+``--insecure-loopback`` says so explicitly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
+
+from buildsvc.api.gen import control_pb2_grpc as pb_grpc
+from buildsvc.api.server import ControlServicer
+from buildsvc.errors import InvalidInput
+
+__all__ = ["Address", "TlsFiles", "check_listen", "default_address", "parse_address", "start_server"]
+
+SOCKET_MODE = 0o660
+
+
+def default_address() -> str:
+    """``unix:///run/buildsvc/buildsvcd.sock`` as root, else under ``$XDG_RUNTIME_DIR``."""
+    if os.geteuid() == 0:
+        return "unix:///run/buildsvc/buildsvcd.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"
+    return f"unix://{runtime}/buildsvc/buildsvcd.sock"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Address:
+    """A parsed ``unix:///path`` or ``tcp://host:port``."""
+
+    scheme: str
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    @property
+    def target(self) -> str:
+        """The target string gRPC takes."""
+        if self.scheme == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        """Whether a TCP host only reaches this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsFiles:
+    """PEM files for mutual TLS: the CA that signs the peers, and this side's certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_options(cls, ca: Path | None, cert: Path | None, key: Path | None) -> TlsFiles | None:
+        """All three or none: a partial set is an error that names what is missing."""
+        given = {"--tlscacert": ca, "--tlscert": cert, "--tlskey": key}
+        if all(v is None for v in given.values()):
+            return None
+        if ca is None or cert is None or key is None:
+            missing = ", ".join(k for k, v in given.items() if v is None)
+            raise InvalidInput(f"TLS needs --tlscacert, --tlscert and --tlskey; missing {missing}")
+        return cls(ca=ca, cert=cert, key=key)
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(ca, cert, key) bytes."""
+        try:
+            return self.ca.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
+        except OSError as e:
+            raise InvalidInput(f"cannot read a TLS file: {e}") from e
+
+
+def parse_address(text: str) -> Address:
+    """``unix:///abs/path`` or ``tcp://host:port``; anything else is an error naming the forms."""
+    parts = urlsplit(text)
+    if parts.scheme == "unix":
+        path = parts.path if not parts.netloc else f"/{parts.netloc}{parts.path}"
+        if not path.startswith("/"):
+            raise InvalidInput(f"address {text!r}: a unix socket path must be absolute (unix:///path)")
+        return Address(scheme="unix", path=path)
+    if parts.scheme == "tcp":
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None:
+            raise InvalidInput(f"address {text!r}: expected tcp://HOST:PORT")
+        return Address(scheme="tcp", host=parts.hostname, port=port)
+    raise InvalidInput(f"address {text!r}: expected unix:///PATH or tcp://HOST:PORT")
+
+
+def _unix_listen(server: grpc.Server, address: Address) -> None:
+    path = Path(address.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # left by a daemon that died: nobody listens on it
+        else:
+            raise InvalidInput(f"another daemon is listening on {path}")
+        finally:
+            probe.close()
+    # The umask makes the socket 0660 from the moment it exists, not after a chmod.
+    old = os.umask(0o117)
+    try:
+        _bind(lambda: int(server.add_insecure_port(address.target)), str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, SOCKET_MODE)
+
+
+def check_listen(address: Address, tls: TlsFiles | None, insecure_loopback: bool) -> None:
+    """Refuse a listener the policy forbids (called before anything is opened, and again to bind)."""
+    if address.scheme == "unix":
+        if tls is not None:
+            raise InvalidInput("TLS is for tcp:// addresses; a unix socket is protected by its mode (0660)")
+        return
+    if tls is not None or (insecure_loopback and address.loopback):
+        return
+    hint = (
+        "--insecure-loopback allows plaintext only on a loopback host (127.0.0.1, ::1, localhost)"
+        if insecure_loopback
+        else "plaintext TCP is allowed only on a loopback host with --insecure-loopback"
+    )
+    raise InvalidInput(
+        f"refusing to listen on tcp://{address.host}:{address.port} without TLS: give --tlscacert, "
+        f"--tlscert and --tlskey (clients must then present a certificate the CA signed); {hint}"
+    )
+
+
+def _bind(add_port: Callable[[], int], what: str) -> None:
+    try:
+        bound = add_port()
+    except RuntimeError as e:  # grpc raises on a bind failure (older versions returned 0)
+        raise InvalidInput(f"cannot listen on {what}: {e}") from e
+    if not bound:
+        raise InvalidInput(f"cannot listen on {what}")
+
+
+def _tcp_listen(server: grpc.Server, address: Address, tls: TlsFiles | None) -> None:
+    what = f"tcp://{address.host}:{address.port}"
+    if tls is not None:
+        ca, cert, key = tls.read()
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+        _bind(lambda: int(server.add_secure_port(address.target, credentials)), what)
+    else:
+        _bind(lambda: int(server.add_insecure_port(address.target)), what)
+
+
+def start_server(
+    servicer: ControlServicer,
+    address: Address,
+    *,
+    tls: TlsFiles | None = None,
+    insecure_loopback: bool = False,
+    max_workers: int = 64,
+) -> grpc.Server:
+    """Listen on ``address`` and start serving (each stream holds a thread: size the pool for them)."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"))
+    pb_grpc.add_ControlServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # generated
+    try:
+        check_listen(address, tls, insecure_loopback)
+        if address.scheme == "unix":
+            _unix_listen(server, address)
+        else:
+            _tcp_listen(server, address, tls)
+    except BaseException:
+        server.stop(None)
+        raise
+    server.start()
+    return server

@@ -1,0 +1,395 @@
+"""The Control servicer: Solve, Status, Cancel, ListWorkers, Info, DiskUsage, ListenBuildHistory.
+
+Solve runs the engine as ``buildsvc build`` does in-process. Status never keeps progress in
+memory: it reads the build's stream from the log and then follows it, so a client that connects
+late, or again after losing its connection, sees the whole build. :class:`SolveGate` is how a
+shutdown stops new solves and lets the running ones finish (see ``buildsvc daemon``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+
+from buildsvc.api import convert
+from buildsvc.api.errors import DaemonUnavailable, abort_with
+from buildsvc.api.gen import control_pb2 as pb
+from buildsvc.api.gen import control_pb2_grpc as pb_grpc
+from buildsvc.api.model import (
+    FINAL_EVENT_TYPES,
+    BuildRecord,
+    DaemonInfo,
+    HistoryEvent,
+    SolveOptions,
+    UsageRecord,
+    status_update,
+    worker_record,
+)
+from buildsvc.daemon.engine import Engine
+from buildsvc.errors import InvalidInput, NotFound
+from buildsvc.events import catalog as ev
+from buildsvc.events.envelope import StoredEvent
+from buildsvc.events.subscription import Subscription
+from buildsvc.projections.builds import get_build, list_builds
+from buildsvc.projections.schema import projection_checkpoints, snapshots
+from buildsvc.solver.definition import Definition
+from buildsvc.solver.engine import ResultRef, SolveRequest
+from buildsvc.solver.errors import BuildRefInUse
+
+__all__ = ["ControlServicer", "SolveGate"]
+
+EXPORTERS = ("local", "tar")
+_ENDED = {"completed", "failed", "cancelled"}
+
+
+class SolveGate:
+    """The solves running in this daemon, and whether it takes new ones."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._active: dict[str, threading.Event] = {}
+
+    @contextmanager
+    def admit(self, build_ref: str) -> Iterator[threading.Event]:
+        """Hold a slot for ``build_ref``; yields the event that cancels it."""
+        with self._cond:
+            if not self._accepting:
+                raise DaemonUnavailable("daemon is shutting down")
+            if build_ref in self._active:
+                raise BuildRefInUse(build_ref)
+            cancel = threading.Event()
+            self._active[build_ref] = cancel
+        try:
+            yield cancel
+        finally:
+            with self._cond:
+                del self._active[build_ref]
+                self._cond.notify_all()
+
+    def is_active(self, build_ref: str) -> bool:
+        """Whether ``build_ref`` is being solved here."""
+        with self._cond:
+            return build_ref in self._active
+
+    def stop_accepting(self) -> None:
+        """Refuse every Solve from now on."""
+        with self._cond:
+            self._accepting = False
+
+    def wait_idle(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` seconds for the running solves to end; returns those still running."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._active and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            return sorted(self._active)
+
+    def cancel_all(self) -> list[str]:
+        """Cancel every running solve (the solver records each as cancelled)."""
+        with self._cond:
+            for cancel in self._active.values():
+                cancel.set()
+            return sorted(self._active)
+
+
+def _package_version() -> str:
+    try:
+        return version("buildsvc")
+    except PackageNotFoundError:
+        return ""
+
+
+def _exporters(specs: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
+    for spec in specs:
+        kind = spec.get("type", "")
+        if kind not in EXPORTERS:
+            raise InvalidInput(f"exporter type must be one of {', '.join(EXPORTERS)}, got {kind!r}")
+        dest = spec.get("dest", "")
+        # The daemon's working directory means nothing to the client: only absolute paths.
+        if not dest or not Path(dest).is_absolute():
+            raise InvalidInput(
+                f"exporter {kind}: dest= must be an absolute path on the daemon host, got {dest!r}"
+            )
+    return list(specs)
+
+
+def _local_dirs(dirs: Mapping[str, Path]) -> dict[str, Path]:
+    for name, path in dirs.items():
+        if not path.is_absolute() or not path.is_dir():
+            raise InvalidInput(f"local {name}: {path} is not a directory on the daemon host (absolute path)")
+    return dict(dirs)
+
+
+class ControlServicer(pb_grpc.ControlServicer):
+    """The daemon's Control service over one engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        gate: SolveGate,
+        *,
+        poll_interval: float = 0.05,
+        status_wait: float = 10.0,
+    ) -> None:
+        self.engine = engine
+        self.state = engine.state
+        self.gate = gate
+        self.poll_interval = poll_interval
+        self.status_wait = status_wait
+        """How long Status waits for a build that is neither in the log nor running here."""
+
+    # --- Solve, Cancel ------------------------------------------------------------------------------
+
+    def Solve(self, request: pb.SolveRequest, context: grpc.ServicerContext) -> pb.SolveResponse:
+        """Run a build to its end (exporting on the daemon host)."""
+        try:
+            return self._solve(convert.solve_from_pb(request), context)
+        except BaseException as e:
+            abort_with(context, e)
+
+    def _solve(self, options: SolveOptions, context: grpc.ServicerContext) -> pb.SolveResponse:
+        if options.frontend:
+            raise InvalidInput(f"frontend {options.frontend!r} is not supported yet: send a definition")
+        definition = Definition.from_json(options.definition_json)
+        exporters = _exporters(options.exporters)
+        local_dirs = _local_dirs(options.local_dirs)
+        ref = options.build_ref or uuid.uuid4().hex[:25]
+        with self.gate.admit(ref) as cancel:
+            # A client that goes away takes its build with it, as in BuildKit; after a normal end
+            # setting the event changes nothing.
+            context.add_callback(cancel.set)
+
+            def export(result: ResultRef | None) -> Mapping[str, str]:
+                response: dict[str, str] = {}
+                for spec in exporters:
+                    dest = Path(spec["dest"])
+                    if spec["type"] == "local":
+                        self.engine.export_local(result, dest, build_ref=ref)
+                    else:
+                        self.engine.export_tar(result, dest, build_ref=ref)
+                    response[f"{spec['type']}.dest"] = str(dest)
+                return response
+
+            result = self.engine.solver.solve(
+                SolveRequest(
+                    definition=definition,
+                    build_ref=ref,
+                    local_dirs=local_dirs,
+                    actor=options.actor,
+                    frontend=options.frontend,
+                    frontend_attrs=options.frontend_attrs,
+                ),
+                cancel=cancel,
+                export=export,
+            )
+        return pb.SolveResponse(ref=result.build_ref, exporter_response=dict(result.exporter_response))
+
+    def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CancelResponse:
+        """Ask a running build to stop."""
+        try:
+            if not self.engine.solver.cancel(request.ref):
+                raise NotFound(f"no build {request.ref!r} is running on this daemon")
+        except BaseException as e:
+            abort_with(context, e)
+        return pb.CancelResponse()
+
+    # --- Status -------------------------------------------------------------------------------------
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> Iterator[pb.StatusResponse]:
+        """The build's events from the log, then as they are recorded, until the build ends."""
+        try:
+            yield from self._status(request.ref, request.after_position, context)
+        except BaseException as e:
+            abort_with(context, e)
+
+    def _status(
+        self, ref: str, after_position: int, context: grpc.ServicerContext
+    ) -> Iterator[pb.StatusResponse]:
+        if not ref:
+            raise InvalidInput("Status needs a build ref")
+        stream = f"build-{ref}"
+        seen_version = 0
+        began = time.monotonic()
+        # Polling the stream by version is an indexed read of only this build's events; a client per
+        # build costs one such read per interval.
+        while context.is_active():
+            batch = self.state.store.read_stream(stream, after_version=seen_version)
+            if batch:
+                seen_version = batch[-1].stream_version
+                updates = [
+                    convert.status_to_pb(status_update(s)) for s in batch if s.position > after_position
+                ]
+                if updates:
+                    yield pb.StatusResponse(updates=updates)
+                if any(s.type in FINAL_EVENT_TYPES for s in batch):
+                    return
+            elif (
+                seen_version == 0
+                and not self.gate.is_active(ref)
+                and time.monotonic() - began > self.status_wait
+            ):
+                raise NotFound(f"no build {ref!r}")
+            time.sleep(self.poll_interval)
+
+    # --- Workers, Info, DiskUsage -------------------------------------------------------------------
+
+    def ListWorkers(
+        self, request: pb.ListWorkersRequest, context: grpc.ServicerContext
+    ) -> pb.ListWorkersResponse:
+        """The workers this daemon enabled."""
+        return pb.ListWorkersResponse(
+            workers=[convert.worker_to_pb(worker_record(w)) for w in self.engine.workers]
+        )
+
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
+        """The daemon's version, id, root and database."""
+        return convert.info_to_pb(
+            DaemonInfo(
+                version=_package_version(),
+                daemon_id=self.engine.daemon_id,
+                root=str(self.state.root),
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                database=self.state.db.safe_url,
+            )
+        )
+
+    def DiskUsage(self, request: pb.DiskUsageRequest, context: grpc.ServicerContext) -> pb.DiskUsageResponse:
+        """The snapshots on disk, from the snapshots projection (kept inside appends, so current)."""
+        try:
+            with self.state.db.read() as conn:
+                rows = conn.execute(
+                    sa.select(snapshots)
+                    .where(snapshots.c.state != "removed")
+                    .order_by(snapshots.c.created_position)
+                ).mappings()
+                records = [
+                    UsageRecord(
+                        snapshot_id=r["snapshot_id"],
+                        worker=r["worker"],
+                        snapshotter=r["snapshotter"],
+                        parent=r["parent"] or "",
+                        kind=r["kind"],
+                        state=r["state"],
+                        size_bytes=r["size_bytes"],
+                        active_refs=r["active_refs"],
+                    )
+                    for r in rows
+                ]
+        except BaseException as e:
+            abort_with(context, e)
+        return pb.DiskUsageResponse(records=[convert.usage_to_pb(r) for r in records])
+
+    # --- Build history ------------------------------------------------------------------------------
+
+    def ListenBuildHistory(
+        self, request: pb.BuildHistoryRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BuildHistoryEvent]:
+        """The builds in the history, then (unless early_exit) each one that starts or ends."""
+        try:
+            for event in self._history(request, context):
+                yield convert.history_event_to_pb(event)
+        except BaseException as e:
+            abort_with(context, e)
+
+    def _history(
+        self, request: pb.BuildHistoryRequest, context: grpc.ServicerContext
+    ) -> Iterator[HistoryEvent]:
+        # The projection's rows and its checkpoint are read in one snapshot, so following the log
+        # from the checkpoint misses nothing and repeats nothing.
+        with self.state.db.read() as conn:
+            position = conn.execute(
+                sa.select(projection_checkpoints.c.position).where(projection_checkpoints.c.name == "builds")
+            ).scalar_one_or_none()
+            if request.ref:
+                one = get_build(conn, request.ref)
+                rows = [one] if one is not None else []
+            else:
+                rows = list_builds(conn, limit=1000)
+        for row in reversed(rows):
+            record = _record_of_row(row)
+            if request.active_only and record.status in _ENDED:
+                continue
+            yield HistoryEvent(type="complete" if record.status in _ENDED else "started", record=record)
+        if request.early_exit:
+            return
+        follow = Subscription(self.state.store, after=position or 0, poll_interval=0.2)
+        context.add_callback(follow.close)
+        for stored in follow:
+            event = _history_event(stored)
+            if event is None or (request.ref and event.record.build_ref != request.ref):
+                continue
+            if request.active_only and event.type == "complete":
+                continue
+            yield event
+
+
+def _record_of_row(row: Mapping[str, Any]) -> BuildRecord:
+    return BuildRecord(
+        build_ref=row["build_ref"],
+        status=row["status"],
+        frontend=row["frontend"],
+        actor=row["actor"],
+        requested_at=row["requested_at"],
+        ended_at=row["ended_at"],
+        vertices_total=row["vertices_total"],
+        vertices_completed=row["vertices_completed"],
+        vertices_cached=row["vertices_cached"],
+        error=row["error"],
+        error_vertex=row["error_vertex"],
+        exit_code=row["exit_code"],
+    )
+
+
+def _history_event(stored: StoredEvent) -> HistoryEvent | None:
+    """A build starting or ending, told from its event (the projection may not have it yet)."""
+    if stored.type != ev.SolveStarted.type_name and stored.type not in FINAL_EVENT_TYPES:
+        return None
+    event = stored.decode()
+    match event:
+        case ev.SolveStarted(build_ref=ref, vertex_count=count):
+            record = BuildRecord(
+                build_ref=ref,
+                status="running",
+                actor=stored.actor,
+                requested_at=stored.recorded_at,
+                vertices_total=count,
+            )
+            return HistoryEvent(type="started", record=record)
+        case ev.SolveCompleted(build_ref=ref):
+            record = BuildRecord(
+                build_ref=ref, status="completed", actor=stored.actor, ended_at=stored.recorded_at
+            )
+        case ev.SolveFailed(build_ref=ref, error=error, vertex=vertex, exit_code=code):
+            record = BuildRecord(
+                build_ref=ref,
+                status="failed",
+                actor=stored.actor,
+                ended_at=stored.recorded_at,
+                error=error,
+                error_vertex=vertex or "",
+                exit_code=code,
+            )
+        case ev.SolveCancelled(build_ref=ref, reason=reason):
+            record = BuildRecord(
+                build_ref=ref,
+                status="cancelled",
+                actor=stored.actor,
+                ended_at=stored.recorded_at,
+                error=reason,
+            )
+        case _:
+            return None
+    return HistoryEvent(type="complete", record=record)

@@ -1,0 +1,117 @@
+"""``buildsvc daemon``: serve the Control API on a unix socket or on TCP with mutual TLS.
+
+Shutdown on SIGTERM (or SIGINT): new solves are refused at once (UNAVAILABLE, "daemon is shutting
+down"), running ones get ``--shutdown-grace`` seconds to finish, what is left is cancelled (the
+solver records each as cancelled), then ``DaemonStopped`` is recorded and the process exits 0. A
+SIGKILL records nothing: the next start finds the unfinished builds in the log.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from buildsvc.api.serve import TlsFiles, check_listen, default_address, parse_address, start_server
+from buildsvc.api.server import ControlServicer, SolveGate
+from buildsvc.cli.common import Options
+from buildsvc.cli.remote import ADDR_KEY
+from buildsvc.daemon.engine import open_engine
+from buildsvc.daemon.state import open_state
+from buildsvc.events.database import RetryPolicy
+
+__all__ = ["COMMANDS"]
+
+# After the grace period, cancelled steps still need their containers killed and their end recorded.
+_CANCEL_WAIT = 60.0
+
+
+@click.command("daemon")
+@click.option(
+    "--root", type=click.Path(path_type=Path, file_okay=False), help="State directory (or global --root)."
+)
+@click.option("--db", "db_url", help="SQLAlchemy database URL (or global --db).")
+@click.option(
+    "--addr", help="unix:///PATH or tcp://HOST:PORT [default: unix:///run/buildsvc/buildsvcd.sock]."
+)
+@click.option("--worker", "workers", multiple=True, help="Enable only these workers (default: all found).")
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds running builds get to finish after SIGTERM before they are cancelled.",
+)
+@click.option(
+    "--tlscacert", type=click.Path(path_type=Path, dir_okay=False), help="CA that signs client certs."
+)
+@click.option("--tlscert", type=click.Path(path_type=Path, dir_okay=False), help="The daemon's certificate.")
+@click.option("--tlskey", type=click.Path(path_type=Path, dir_okay=False), help="The daemon's key.")
+@click.option("--insecure-loopback", is_flag=True, help="Allow plaintext TCP on a loopback host.")
+@click.pass_context
+def daemon(
+    ctx: click.Context,
+    root: Path | None,
+    db_url: str | None,
+    addr: str | None,
+    workers: tuple[str, ...],
+    shutdown_grace: float,
+    tlscacert: Path | None,
+    tlscert: Path | None,
+    tlskey: Path | None,
+    insecure_loopback: bool,
+) -> None:
+    """Run the build daemon until SIGTERM."""
+    opts: Options = ctx.find_object(Options)  # type: ignore[assignment]
+    address = parse_address(addr or ctx.meta.get(ADDR_KEY) or default_address())
+    tls = TlsFiles.from_options(tlscacert, tlscert, tlskey)
+    check_listen(address, tls, insecure_loopback)  # before anything is opened or recorded
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    # Installed first: a SIGTERM during startup still ends in an orderly stop.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    state = open_state(root or opts.root, db_url or opts.db_url, retry=RetryPolicy(max_delay=opts.db_timeout))
+    try:
+        engine = open_engine(state, worker_names=list(workers) or None)
+        stop_projections = threading.Event()
+        projections = threading.Thread(
+            target=state.runner.follow, args=(stop_projections,), name="projections", daemon=True
+        )
+        try:
+            gate = SolveGate()
+            server = start_server(
+                ControlServicer(engine, gate), address, tls=tls, insecure_loopback=insecure_loopback
+            )
+            projections.start()
+            click.echo(
+                f"buildsvc daemon {engine.daemon_id} listening on {addr or address.target} "
+                f"(workers: {', '.join(w.name for w in engine.workers)})",
+                err=True,
+            )
+            while not stop.wait(0.5):
+                pass
+            gate.stop_accepting()
+            running = gate.wait_idle(shutdown_grace)
+            if running:
+                click.echo(f"shutdown: cancelling {len(running)} build(s): {', '.join(running)}", err=True)
+                gate.cancel_all()
+                gate.wait_idle(_CANCEL_WAIT)
+            server.stop(grace=2).wait()
+        finally:
+            stop_projections.set()
+            if projections.is_alive():
+                projections.join(10)
+            engine.close(reason="shutdown")
+    finally:
+        state.close()
+    click.echo("buildsvc daemon stopped", err=True)
+
+
+COMMANDS = [daemon]
