@@ -37,6 +37,7 @@ from buildsvc.api.model import (
     worker_record,
 )
 from buildsvc.daemon.engine import Engine
+from buildsvc.daemon.frontend import run_frontend
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.envelope import StoredEvent
@@ -160,11 +161,14 @@ class ControlServicer(pb_grpc.ControlServicer):
             abort_with(context, e)
 
     def _solve(self, options: SolveOptions, context: grpc.ServicerContext) -> pb.SolveResponse:
-        if options.frontend:
-            raise InvalidInput(f"frontend {options.frontend!r} is not supported yet: send a definition")
-        definition = Definition.from_json(options.definition_json)
         exporters = _exporters(options.exporters)
         local_dirs = _local_dirs(options.local_dirs)
+        if options.frontend:
+            definition = run_frontend(
+                options.frontend, options.frontend_attrs, local_dirs, self.engine.images
+            ).definition
+        else:
+            definition = Definition.from_json(options.definition_json)
         ref = options.build_ref or uuid.uuid4().hex[:25]
         with self.gate.admit(ref) as cancel:
             # A client that goes away takes its build with it, as in BuildKit; after a normal end

@@ -24,6 +24,7 @@ from buildsvc.cli.common import open_from
 from buildsvc.cli.progress import make_printer
 from buildsvc.cli.remote import connect_from
 from buildsvc.daemon.engine import Engine, open_engine
+from buildsvc.daemon.frontend import run_frontend
 from buildsvc.daemon.state import State
 from buildsvc.errors import InvalidInput
 from buildsvc.events.subscription import Subscription
@@ -42,6 +43,14 @@ def parse_kv(text: str, what: str) -> dict[str, str]:
             raise InvalidInput(f"{what}: expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+def _opt(text: str) -> tuple[str, str]:
+    # One KEY=VALUE each: a build arg's value may itself hold commas or '='.
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InvalidInput(f"--opt: expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def _locals(pairs: Sequence[str]) -> dict[str, Path]:
@@ -81,6 +90,8 @@ def run_build(
     outputs: Sequence[Mapping[str, str]],
     progress: str,
     build_ref: str | None = None,
+    frontend: str = "",
+    frontend_attrs: Mapping[str, str] | None = None,
 ) -> SolveResult:
     """Solve ``definition``, print progress from its events, and export its result."""
     ref = build_ref or uuid.uuid4().hex[:25]
@@ -112,6 +123,8 @@ def run_build(
         build_ref=ref,
         local_dirs=local_dirs,
         actor=_actor(),
+        frontend=frontend,
+        frontend_attrs=dict(frontend_attrs or {}),
     )
     try:
         return engine.solver.solve(request, export=export)
@@ -131,12 +144,14 @@ def _actor() -> str:
 
 def run_remote_build(
     client: Client,
-    definition: Definition,
+    definition: Definition | None,
     *,
     local_dirs: Mapping[str, Path],
     outputs: Sequence[Mapping[str, str]],
     progress: str,
     build_ref: str | None = None,
+    frontend: str = "",
+    frontend_attrs: Mapping[str, str] | None = None,
 ) -> tuple[str, Mapping[str, str]]:
     """Solve ``definition`` on a daemon, printing progress from its Status stream.
 
@@ -160,7 +175,9 @@ def run_remote_build(
     watcher.start()
     options = SolveOptions(
         build_ref=ref,
-        definition_json=definition.to_json(indent=None).encode(),
+        definition_json=definition.to_json(indent=None).encode() if definition is not None else b"",
+        frontend=frontend,
+        frontend_attrs=dict(frontend_attrs or {}),
         exporters=tuple({**out, "dest": os.path.abspath(out["dest"])} for out in outputs),
         local_dirs={name: path.resolve() for name, path in local_dirs.items()},
         actor=_actor(),
@@ -178,12 +195,27 @@ def run_remote_build(
 
 
 @click.command("build")
+@click.argument("context", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--llb",
     "llb_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
     help="A definition in its JSON form (see buildsvc.solver.definition).",
+)
+@click.option("--frontend", help="A frontend the daemon runs, e.g. dockerfile.v0.")
+@click.option(
+    "-f",
+    "--file",
+    "dockerfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The Dockerfile (default: CONTEXT/Dockerfile).",
+)
+@click.option(
+    "--opt",
+    "opts",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Frontend option: target=, build-arg:NAME=, filename=, platform=.",
 )
 @click.option("--local", "locals_", multiple=True, metavar="NAME=DIR", help="A local source's directory.")
 @click.option("--output", "-o", "outputs", multiple=True, metavar="type=local|tar,dest=PATH")
@@ -193,16 +225,43 @@ def run_remote_build(
 @click.pass_context
 def build(
     ctx: click.Context,
-    llb_file: Path,
+    context: Path | None,
+    llb_file: Path | None,
+    frontend: str | None,
+    dockerfile: Path | None,
+    opts: tuple[str, ...],
     locals_: tuple[str, ...],
     outputs: tuple[str, ...],
     progress: str,
     build_ref: str | None,
     workers: tuple[str, ...],
 ) -> None:
-    """Build a definition on a daemon or with the embedded engine; exit 1 when the build fails."""
-    definition = Definition.from_json(llb_file.read_text())
+    """Build a definition (--llb) or a Dockerfile (CONTEXT, or --frontend dockerfile.v0 with
+    --local context=DIR --local dockerfile=DIR) on a daemon or with the embedded engine.
+
+    Exits 1 when the build fails, 2 on bad input.
+    """
     local_dirs = _locals(locals_)
+    frontend_attrs = dict(_opt(o) for o in opts)
+    if llb_file is not None:
+        if context is not None or frontend:
+            raise click.UsageError("--llb takes a definition: give no CONTEXT or --frontend with it")
+        definition: Definition | None = Definition.from_json(llb_file.read_text())
+        frontend = ""
+    else:
+        if context is not None:
+            # The short form, as `docker build`: CONTEXT, with the Dockerfile in it unless -f says.
+            local_dirs.setdefault("context", context.resolve())
+            dockerfile = dockerfile or context / "Dockerfile"
+        if dockerfile is not None:
+            local_dirs.setdefault("dockerfile", dockerfile.resolve().parent)
+            frontend_attrs.setdefault("filename", dockerfile.name)
+        frontend = frontend or ("dockerfile.v0" if "dockerfile" in local_dirs else "")
+        if not frontend:
+            raise click.UsageError(
+                "nothing to build: give CONTEXT, --llb FILE or --frontend with --local dirs"
+            )
+        definition = None
     parsed_outputs = _outputs(outputs)
     client = connect_from(ctx)
     if client is not None:
@@ -215,11 +274,15 @@ def build(
             outputs=parsed_outputs,
             progress=progress,
             build_ref=build_ref,
+            frontend=frontend,
+            frontend_attrs=frontend_attrs,
         )
         click.echo(f"build {ref} completed", err=True)
         return
     state = open_from(ctx)
     with open_engine(state, worker_names=list(workers) or None) as engine:
+        if definition is None:
+            definition = run_frontend(frontend, frontend_attrs, local_dirs, engine.images).definition
         result = run_build(
             state,
             engine,
@@ -228,6 +291,8 @@ def build(
             outputs=parsed_outputs,
             progress=progress,
             build_ref=build_ref,
+            frontend=frontend,
+            frontend_attrs=frontend_attrs,
         )
     click.echo(f"build {result.build_ref} completed", err=True)
 

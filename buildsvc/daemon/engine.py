@@ -5,6 +5,8 @@ daemon's start and each worker it enables (stream ``daemon-<id>``), and builds t
 over them. :meth:`Engine.export_local` and :meth:`Engine.export_tar` copy a result out through a
 read-only view of its snapshot; the view is a snapshot like any other, so its creation, the ref an
 export holds on it and its removal are events of the build, and the leak report stays empty.
+:meth:`Engine.remove_snapshot` deletes a snapshot nothing holds, reading who holds what from the
+ref state projection (inline, so it is as current as the log).
 """
 
 from __future__ import annotations
@@ -20,15 +22,22 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from buildsvc.daemon.errors import SnapshotHolder, SnapshotInUse
 from buildsvc.daemon.state import State
-from buildsvc.errors import ExecutionError, InvalidInput
+from buildsvc.daemon.telemetry import configure_tracing
+from buildsvc.errors import ExecutionError, InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
 from buildsvc.executors import DEFAULT_WORKER, Worker, detect_workers
 from buildsvc.executors.backends import LocalFileBackend, LocalLayerBackend
 from buildsvc.projections import SqlCacheIndex
+from buildsvc.projections.refs import OpenRef, live_children, snapshot_row, unreleased_refs
+from buildsvc.projections.schema import cache_records
 from buildsvc.solver.engine import ResultRef, Solver
 from buildsvc.solver.handlers import Backends
+from buildsvc.solver.http_source import HttpDownloader
 from buildsvc.solver.recording import BuildRecorder
 from buildsvc.sources import ImageStore, RegistryClient, RegistryOptions
 from buildsvc.sources.adapter import StoreImageSource
@@ -52,6 +61,8 @@ class Engine:
     workers: list[Worker]
     daemon_id: str
     registry: RegistryClient
+    images: ImageStore
+    """Base images for frontends (the same store the solver pulls through)."""
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -69,12 +80,89 @@ class Engine:
             self.state.store.append(self.stream, [ev.DaemonStopped(daemon_id=self.daemon_id, reason=reason)])
         finally:
             self.registry.close()
+            if self.solver.backends.http is not None:
+                self.solver.backends.http.close()
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- snapshots -------------------------------------------------------------------------------
+
+    def remove_snapshot(self, worker_name: str, snapshot_id: str, *, reason: str) -> None:
+        """Delete a snapshot from a worker, unless something still holds it.
+
+        Holders are unreleased refs on it (a solve, a vertex, an export...) and live snapshots stacked
+        on it (layers, views, active snapshots); any of them refuses the removal (``SnapshotInUse``)
+        and nothing is recorded. A cache record is not a holder: a record on the snapshot is dropped
+        first (``CacheRecordRemoved`` with its refs released), so no solve takes a hit on data that is
+        about to go; then the snapshotter deletes it, and only then is ``SnapshotRemoved`` recorded
+        (in ``daemon-<id>``). A deletion that fails records nothing more.
+        """
+        worker = self._worker(worker_name)
+        with self.state.db.read() as conn:
+            row = snapshot_row(conn, snapshot_id)
+            if row is None or row.state == "removed":
+                raise NotFound(f"snapshot {snapshot_id} does not exist (or was removed)")
+            if row.worker != worker_name:
+                raise NotFound(f"snapshot {snapshot_id} is on worker {row.worker}, not {worker_name}")
+            holders = self._holders(conn, snapshot_id)
+            keys = sorted(
+                set(
+                    conn.scalars(
+                        sa.select(cache_records.c.cache_key).where(
+                            cache_records.c.snapshot_id == snapshot_id, cache_records.c.worker == worker_name
+                        )
+                    )
+                )
+            )
+            # Every ref a removed record held, on any output or worker: its scope ends with the
+            # record, so each must be released in the same append or the leak report shows it. Also
+            # cache refs on this snapshot whose record is already gone.
+            cache_refs: dict[str, OpenRef] = {}
+            for key in keys:
+                cache_refs.update((r.ref_id, r) for r in unreleased_refs(conn, holder=("cache", key)))
+            cache_refs.update(
+                (r.ref_id, r) for r in unreleased_refs(conn, snapshot_id) if r.holder_kind == "cache"
+            )
+        if holders:
+            raise SnapshotInUse(worker_name, snapshot_id, holders)
+        dropped: list[Event] = [ev.CacheRecordRemoved(cache_key=key, reason=reason) for key in keys]
+        dropped += [
+            ev.RefReleased(
+                ref_id=r.ref_id, snapshot_id=r.snapshot_id, reason=f"cache record removed: {reason}"
+            )
+            for r in cache_refs.values()
+        ]
+        if dropped:
+            self.state.store.append(self.stream, dropped)
+            # A solve that found the record before it went may have taken a ref since; the record
+            # stays dropped (the next solve rebuilds, never a wrong hit) but the data stays too.
+            with self.state.db.read() as conn:
+                holders = self._holders(conn, snapshot_id)
+            if holders:
+                raise SnapshotInUse(worker_name, snapshot_id, holders)
+        worker.snapshotter.remove(snapshot_id)
+        self.state.store.append(
+            self.stream,
+            [ev.SnapshotRemoved(snapshot_id=snapshot_id, reason=reason, size_bytes=row.size_bytes)],
+        )
+
+    def _holders(self, conn: sa.Connection, snapshot_id: str) -> list[SnapshotHolder]:
+        held = _holders(conn, snapshot_id)
+        if self.solver.holds(snapshot_id):
+            # A running solve took it from the cache; its ref is written with the solve's next append.
+            held.append(SnapshotHolder(kind="solve", id="a running solve", build=""))
+        return held
+
+    def _worker(self, name: str) -> Worker:
+        for w in self.workers:
+            if w.name == name:
+                return w
+        available = ", ".join(w.name for w in self.workers) or "none"
+        raise NotFound(f"worker {name} is not enabled here (enabled: {available})")
 
     # --- exports ---------------------------------------------------------------------------------
 
@@ -136,6 +224,20 @@ class Engine:
             step.flush()
 
 
+def _holders(conn: sa.Connection, snapshot_id: str) -> list[SnapshotHolder]:
+    """Who keeps ``snapshot_id`` alive: unreleased refs other than a cache record's, then children."""
+    holders = [
+        SnapshotHolder(kind=r.holder_kind, id=r.holder_id, build=r.build_ref)
+        for r in unreleased_refs(conn, snapshot_id)
+        if r.holder_kind != "cache"
+    ]
+    for child in live_children(conn, snapshot_id):
+        # The child's own holders say which build stacked it here (an active or view snapshot).
+        build = next((r.build_ref for r in unreleased_refs(conn, child.snapshot_id) if r.build_ref), "")
+        holders.append(SnapshotHolder(kind="child", id=child.snapshot_id, build=build))
+    return holders
+
+
 def _select(found: Sequence[Worker], names: Sequence[str] | None) -> list[Worker]:
     if names is None:
         return sorted(found, key=lambda w: w.name != DEFAULT_WORKER)
@@ -155,6 +257,7 @@ def open_engine(
     insecure_registries: bool = False,
 ) -> Engine:
     """Detect the workers under ``state.root/workers``, record them, and build the solver."""
+    configure_tracing()
     workers = _select(detect_workers(str(state.root / "workers")), worker_names)
     if not workers:
         raise InvalidInput("no worker can run here (runc or crun is needed)")
@@ -181,21 +284,27 @@ def open_engine(
             )
         )
     registry = RegistryClient(RegistryOptions(insecure=insecure_registries))
+    solver_dir = state.root / "solver"
     try:
         images = ImageStore(str(state.root / "content"), registry=registry)
         backends = Backends(
-            files=LocalFileBackend(), layers=LocalLayerBackend(), images=StoreImageSource(images)
+            files=LocalFileBackend(),
+            layers=LocalLayerBackend(),
+            images=StoreImageSource(images),
+            http=HttpDownloader(solver_dir / "downloads"),
         )
         solver = Solver(
             state.store,
             SqlCacheIndex(state.db),
             workers,
             backends,
-            state_dir=state.root / "solver",
+            state_dir=solver_dir,
             max_parallel=max_parallel,
         )
         state.store.append(f"daemon-{daemon_id}", events)
     except BaseException:
         registry.close()
         raise
-    return Engine(state=state, solver=solver, workers=workers, daemon_id=daemon_id, registry=registry)
+    return Engine(
+        state=state, solver=solver, workers=workers, daemon_id=daemon_id, registry=registry, images=images
+    )

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from buildsvc.events import catalog as ev
 from buildsvc.events.database import Database
 from buildsvc.events.envelope import StoredEvent
+from buildsvc.projections.refs import unreleased_refs
 from buildsvc.projections.rows import RowBuffer
 from buildsvc.projections.schema import cache_records
 
@@ -88,3 +89,12 @@ class SqlCacheIndex:
                 }
 
         return self.db.run(once, what="look up the cache index")
+
+    def cache_refs(self, cache_key: str) -> list[tuple[str, str]]:
+        """``(ref id, snapshot id)`` of the unreleased refs held by the records of ``cache_key``."""
+
+        def once() -> list[tuple[str, str]]:
+            with self.db.read() as conn:
+                return [(r.ref_id, r.snapshot_id) for r in unreleased_refs(conn, holder=("cache", cache_key))]
+
+        return self.db.run(once, what="read the cache record's refs")

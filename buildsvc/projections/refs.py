@@ -24,7 +24,19 @@ from buildsvc.events.envelope import StoredEvent
 from buildsvc.projections.rows import RowBuffer
 from buildsvc.projections.schema import ended_scopes, refs, snapshots
 
-__all__ = ["LeakReport", "LeakedRef", "RefStateProjection", "UnreferencedSnapshot", "find_leaks", "scope_of"]
+__all__ = [
+    "LeakReport",
+    "LeakedRef",
+    "OpenRef",
+    "RefStateProjection",
+    "SnapshotRow",
+    "UnreferencedSnapshot",
+    "find_leaks",
+    "live_children",
+    "scope_of",
+    "snapshot_row",
+    "unreleased_refs",
+]
 
 _HANDLED = {
     ev.RefAcquired.type_name,
@@ -303,3 +315,91 @@ def find_leaks(conn: Connection, *, build_ref: str | None = None) -> LeakReport:
         if sid not in held and build_ref is None
     )
     return LeakReport(refs=leaked, snapshots=orphans)
+
+
+# --- what holds one snapshot (read when a snapshot is to be removed) -------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenRef:
+    """A ref acquired and not released yet; ``holder_ended`` when its holder's scope is over (a leak)."""
+
+    ref_id: str
+    snapshot_id: str
+    holder_kind: str
+    holder_id: str
+    build_ref: str
+    holder_ended: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotRow:
+    """One snapshot as the log says it is."""
+
+    snapshot_id: str
+    worker: str
+    parent: str | None
+    kind: str
+    state: str
+    """``created``, ``committed`` or ``removed``."""
+    size_bytes: int
+
+
+def _open_refs(conn: Connection, *conditions: sa.ColumnElement[bool]) -> tuple[OpenRef, ...]:
+    query = sa.select(refs).where(refs.c.released_position.is_(None), *conditions)
+    return tuple(
+        OpenRef(
+            ref_id=r.ref_id,
+            snapshot_id=r.snapshot_id,
+            holder_kind=r.holder_kind,
+            holder_id=r.holder_id,
+            build_ref=r.build_ref,
+            holder_ended=r.holder_ended_position is not None,
+        )
+        for r in conn.execute(query.order_by(refs.c.acquired_position))
+    )
+
+
+def unreleased_refs(
+    conn: Connection, snapshot_id: str | None = None, *, holder: tuple[str, str] | None = None
+) -> tuple[OpenRef, ...]:
+    """Refs not released yet on ``snapshot_id`` and/or held by ``holder`` (kind, id), oldest first."""
+    if snapshot_id is None and holder is None:
+        raise ValueError("unreleased_refs needs a snapshot id or a holder")
+    conditions: list[sa.ColumnElement[bool]] = []
+    if snapshot_id is not None:
+        conditions.append(refs.c.snapshot_id == snapshot_id)
+    if holder is not None:
+        conditions += [refs.c.holder_kind == holder[0], refs.c.holder_id == holder[1]]
+    return _open_refs(conn, *conditions)
+
+
+def snapshot_row(conn: Connection, snapshot_id: str) -> SnapshotRow | None:
+    """The snapshot's row (also once removed), or None when the log never mentioned it."""
+    r = conn.execute(sa.select(snapshots).where(snapshots.c.snapshot_id == snapshot_id)).first()
+    if r is None:
+        return None
+    return SnapshotRow(
+        snapshot_id=r.snapshot_id,
+        worker=r.worker,
+        parent=r.parent,
+        kind=r.kind,
+        state=r.state,
+        size_bytes=r.size_bytes,
+    )
+
+
+def live_children(conn: Connection, snapshot_id: str) -> tuple[SnapshotRow, ...]:
+    """Snapshots not removed whose parent is ``snapshot_id`` (layers, views, active snapshots on it)."""
+    query = sa.select(snapshots).where(snapshots.c.parent == snapshot_id, snapshots.c.state != "removed")
+    return tuple(
+        SnapshotRow(
+            snapshot_id=r.snapshot_id,
+            worker=r.worker,
+            parent=r.parent,
+            kind=r.kind,
+            state=r.state,
+            size_bytes=r.size_bytes,
+        )
+        for r in conn.execute(query.order_by(snapshots.c.created_position))
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ class CacheIndex(Protocol):
 
     def lookup(self, cache_key: str, worker: str) -> Mapping[int, str]:
         """Output index -> snapshot id recorded for ``cache_key`` on ``worker`` (empty on a miss)."""
+        ...
+
+    def cache_refs(self, cache_key: str) -> Sequence[tuple[str, str]]:
+        """``(ref id, snapshot id)`` of the refs the records of ``cache_key`` hold, not released yet."""
         ...
 
 
@@ -156,6 +161,9 @@ class Solver:
         self._content_memo: dict[tuple[str, str, str], str] = {}
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        # Snapshots the running solves use, counted: a solve's refs on cache hits are written with
+        # its next append, so until then only this process knows them (see ``holds``).
+        self._pins: Counter[str] = Counter()
 
     def close(self) -> None:
         """Stop the vertex threads (running vertices finish first)."""
@@ -197,6 +205,22 @@ class Solver:
         finally:
             with self._lock:
                 self._cancels.pop(request.build_ref, None)
+
+    def holds(self, snapshot_id: str) -> bool:
+        """Whether a solve running here uses ``snapshot_id`` (removing it must wait)."""
+        with self._lock:
+            return self._pins[snapshot_id] > 0
+
+    def _pin(self, snapshots: Sequence[str]) -> None:
+        with self._lock:
+            self._pins.update(snapshots)
+
+    def _unpin(self, snapshots: Sequence[str]) -> None:
+        with self._lock:
+            self._pins.subtract(snapshots)
+            for snapshot in snapshots:
+                if self._pins[snapshot] <= 0:
+                    del self._pins[snapshot]
 
     def _select(self, metadata: OpMetadata) -> Worker:
         constraints = metadata.constraints
@@ -295,7 +319,10 @@ class _Solve:
         for ref in self.refs:
             step.release(ref, reason="solve ended")
         step.record(final)
-        step.flush()
+        try:
+            step.flush()
+        finally:
+            self.solver._unpin([ref.snapshot_id for ref in self.refs])
 
     def _end_failed(self, failure: BaseException) -> None:
         ref = self.request.build_ref
@@ -508,6 +535,7 @@ class _Solve:
             )
         )
         held = [step.acquire(s, "solve", self.request.build_ref) for s in outputs if s is not None]
+        self.solver._pin([s for s in outputs if s is not None])
         step.defer()  # a cache hit starts nothing: it is written with the next append
         with self.lock:
             self.refs.extend(held)
@@ -531,10 +559,15 @@ class _Solve:
                     cached: tuple[str | None, ...] = tuple(hit[i] for i in range(expected))
                     self._use(vertex, name, key, worker, cached)
                     return cached
-                # The record outlived its data: drop it and build again (never a wrong hit).
-                step.record(
-                    ev.CacheRecordRemoved(cache_key=key, reason=f"data missing on worker {worker.info.name}")
-                )
+                # The record outlived its data: drop it (and release what it held) and build again,
+                # never a wrong hit. Snapshots found gone are recorded as gone.
+                reason = f"data missing on worker {worker.info.name}"
+                step.record(ev.CacheRecordRemoved(cache_key=key, reason=reason))
+                for ref_id, held_snapshot in self.solver.cache_index.cache_refs(key):
+                    step.record(ev.RefReleased(ref_id=ref_id, snapshot_id=held_snapshot, reason=reason))
+                for recorded in hit.values():
+                    if not self._exists(worker, recorded):
+                        step.record(ev.SnapshotRemoved(snapshot_id=recorded, reason=reason))
         step.record(
             ev.VertexStarted(
                 build_ref=self.request.build_ref,
@@ -602,6 +635,7 @@ class _Solve:
             )
             step.acquire(snapshot, "cache", key)
             held.append(step.acquire(snapshot, "solve", self.request.build_ref))
+            self.solver._pin([snapshot])
         step.record(
             ev.VertexCompleted(
                 build_ref=self.request.build_ref,

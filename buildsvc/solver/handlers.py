@@ -10,16 +10,24 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import posixpath
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
 from buildsvc.errors import InvalidInput
 from buildsvc.events import catalog as ev
 from buildsvc.solver import contenthash
 from buildsvc.solver.context import VertexContext
+from buildsvc.solver.http_source import HttpDownloader
 from buildsvc.solver.ops import (
+    ATTR_HTTP_CHECKSUM,
+    ATTR_HTTP_FILENAME,
+    ATTR_HTTP_PERM,
     ATTR_LOCAL_EXCLUDE,
     ATTR_LOCAL_INCLUDE,
     CopyAction,
@@ -79,6 +87,8 @@ class Backends:
     files: FileBackend
     layers: LayerBackend
     images: ImageSource | None = None
+    http: HttpDownloader | None = None
+    """Downloads of ``https://`` and ``http://`` sources (a cache under the solver's state dir)."""
 
 
 def handler_for(op: Op, backends: Backends) -> OpHandler:
@@ -303,8 +313,27 @@ def _patterns(attrs: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(value) if isinstance(value, list) else (str(value),)
 
 
+_HTTP_SCHEMES = ("http", "https")
+_HTTP_DEFAULT_PERM = 0o600  # BuildKit's default for a downloaded file
+
+
+def _http_filename(op: SourceOp) -> str:
+    """``http.filename``, else the URL path's last segment (decoded), else ``index`` as BuildKit."""
+    given = op.attrs.get(ATTR_HTTP_FILENAME)
+    if given:
+        return given  # Definition.validate() refused anything but a plain file name
+    name = posixpath.basename(unquote(urlsplit(op.identifier).path))
+    # A decoded %00 or a path ending in "/.." must not become a name the snapshot cannot hold.
+    return "index" if name in ("", ".", "..") or "\0" in name else name
+
+
+def _http_perm(op: SourceOp) -> int:
+    perm = op.attrs.get(ATTR_HTTP_PERM)
+    return int(perm.removeprefix("0o"), 8) if perm else _HTTP_DEFAULT_PERM
+
+
 class SourceHandler:
-    """Local contexts, images and OCI layouts."""
+    """Local contexts, images, OCI layouts and files downloaded over http(s)."""
 
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
@@ -323,10 +352,19 @@ class SourceHandler:
             raise InvalidInput(f"{op.scheme} sources need an image store, and this solver has none")
         return self.backends.images
 
+    def _http(self, op: SourceOp) -> HttpDownloader:
+        if self.backends.http is None:
+            raise InvalidInput(f"{op.scheme} sources need a download cache, and this solver has none")
+        return self.backends.http
+
     def content_key(self, vertex: Vertex, worker: Worker, local_dirs: Mapping[str, Path]) -> str:
-        """The selected files' checksum for a local context; the manifest digest for an image."""
+        """The selected files' checksum for a local context; the manifest digest for an image; the
+        pinned checksum, else the downloaded bytes' digest, for an http(s) file.
+        """
         op = vertex.op
         assert isinstance(op, SourceOp)
+        if op.scheme in _HTTP_SCHEMES:
+            return self._http(op).content_digest(op.identifier, op.attrs.get(ATTR_HTTP_CHECKSUM))
         if op.scheme == "local":
             return contenthash.checksum(
                 self._local_dir(op, local_dirs),
@@ -342,9 +380,11 @@ class SourceHandler:
         return keys
 
     def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
-        """Copy the local context in, or pull the image."""
+        """Copy the local context in, write the downloaded file, or pull the image."""
         op = vertex.op
         assert isinstance(op, SourceOp)
+        if op.scheme in _HTTP_SCHEMES:
+            return self._run_http(op, ctx)
         if op.scheme == "local":
             source = self._local_dir(op, ctx.local_dirs)
             copy = FileOp(
@@ -386,3 +426,18 @@ class SourceHandler:
                     ),
                 )
         return (pulled.top,)
+
+    def _run_http(self, op: SourceOp, ctx: VertexContext) -> tuple[str | None, ...]:
+        """One file, ``/<filename>``, in a new layer on scratch."""
+        with ctx.running():
+            # Fetched (and verified) before any snapshot exists: a failed download or a checksum
+            # mismatch leaves nothing behind, on disk or in the log.
+            blob = self._http(op).fetch(op.identifier, op.attrs.get(ATTR_HTTP_CHECKSUM))
+            active = ctx.prepare(None)
+            dest = Path(ctx.mount(active).path) / _http_filename(op)
+            shutil.copyfile(blob, dest)
+            os.chmod(dest, _http_perm(op))
+            if os.geteuid() == 0:
+                # Owned by root as BuildKit makes it; a daemon that is not root cannot give files away.
+                os.chown(dest, 0, 0)
+            return (ctx.commit(active),)

@@ -170,6 +170,7 @@ def test_a_cache_record_whose_data_is_gone_is_a_miss(harness: Harness) -> None:
     harness.solver.solve(SolveRequest(definition=definition, build_ref="again"))
     assert sum(harness.ops.runs.values()) == 2
     assert any(isinstance(e, CacheRecordRemoved) for e in harness.events("again"))
+    assert harness.leaks() == ([], [])  # the dropped record's ref was released, its data recorded gone
 
 
 def test_a_build_ref_cannot_be_reused(harness: Harness) -> None:
