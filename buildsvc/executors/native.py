@@ -26,6 +26,7 @@ class NativeSnapshotter:
         """Keep snapshots, their index and view mount points under ``root``."""
         self._index = SnapshotIndex(root)
         # An active snapshot is "mounted" without a kernel mount; remember it to refuse removal.
+        # Each key is added and checked only under that key's lock.
         self._in_use: set[str] = set()
 
     @property
@@ -43,7 +44,7 @@ class NativeSnapshotter:
 
     def mount(self, key: str) -> SnapshotMount:
         """The active snapshot's own directory, or a read-only bind mount for a view."""
-        with self._index.locked():
+        with self._index.key_lock(key):
             entry = self._index.get(key)
             kind = entry.info.kind
             if kind is SnapshotKind.COMMITTED:
@@ -60,7 +61,7 @@ class NativeSnapshotter:
 
     def unmount(self, key: str) -> None:
         """Release ``key``'s mount, if any."""
-        with self._index.locked():
+        with self._index.key_lock(key):
             entry = self._index.get(key)
             self._in_use.discard(key)
             target = self._index.mount_point(entry)
@@ -70,7 +71,7 @@ class NativeSnapshotter:
 
     def commit(self, key: str, active_key: str) -> SnapshotInfo:
         """Make the unmounted active snapshot ``active_key`` the committed snapshot ``key``."""
-        with self._index.locked():
+        with self._index.key_lock(active_key):
             entry = self._index.require(active_key, SnapshotKind.ACTIVE, "commit")
             if active_key in self._in_use:
                 raise SnapshotInUse(active_key, [], mounted=True)
@@ -80,7 +81,7 @@ class NativeSnapshotter:
 
     def remove(self, key: str) -> None:
         """Delete ``key``; refused (``SnapshotInUse``) while it has children or is mounted."""
-        with self._index.locked():
+        with self._index.key_lock(key):
             entry = self._index.get(key)
             children = self._index.children(key)
             mounted = key in self._in_use or mounts.is_mounted(self._index.mount_point(entry))
@@ -105,24 +106,16 @@ class NativeSnapshotter:
         return tree_changes(self._fs(entry), self._fs(self._index.get(parent)) if parent else None)
 
     def _create(self, key: str, parent: str | None, kind: SnapshotKind) -> SnapshotInfo:
-        with self._index.locked():
-            parent_entry = None
-            if parent is not None:
-                parent_entry = self._index.require(parent, SnapshotKind.COMMITTED, "make a snapshot on")
-            dir_id, path = self._index.new_dir(key)
-            try:
-                if kind is SnapshotKind.ACTIVE:
-                    fs = os.path.join(path, "fs")
-                    if parent_entry is None:
-                        os.mkdir(fs, 0o755)
-                    else:
-                        copy_tree(self._fs(parent_entry), fs)
-                info = SnapshotInfo(key=key, kind=kind, parent=parent)
-                self._index.add(info, dir_id)
-            except BaseException:
-                shutil.rmtree(path, ignore_errors=True)
-                raise
-            return info
+        info = SnapshotInfo(key=key, kind=kind, parent=parent)
+        # The copy runs under no lock: while it does, the key is taken and the parent kept.
+        with self._index.create(info) as path:
+            if kind is SnapshotKind.ACTIVE:
+                fs = os.path.join(path, "fs")
+                if parent is None:
+                    os.mkdir(fs, 0o755)
+                else:
+                    copy_tree(self._fs(self._index.get(parent)), fs)
+        return info
 
     def _fs(self, entry: IndexEntry) -> str:
         return os.path.join(self._index.dir_of(entry.dir_id), "fs")

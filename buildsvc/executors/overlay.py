@@ -42,7 +42,7 @@ class OverlaySnapshotter:
 
     def mount(self, key: str) -> SnapshotMount:
         """Mount an active snapshot (read-write) or a view (read-only) under our root."""
-        with self._index.locked():
+        with self._index.key_lock(key):
             entry = self._index.get(key)
             kind = entry.info.kind
             if kind is SnapshotKind.COMMITTED:
@@ -61,7 +61,7 @@ class OverlaySnapshotter:
 
     def unmount(self, key: str) -> None:
         """Unmount ``key`` if it is mounted."""
-        with self._index.locked():
+        with self._index.key_lock(key):
             target = self._index.mount_point(self._index.get(key))
             mounts.unmount(target)
             if os.path.isdir(target):
@@ -69,7 +69,7 @@ class OverlaySnapshotter:
 
     def commit(self, key: str, active_key: str) -> SnapshotInfo:
         """Make the unmounted active snapshot ``active_key`` the committed layer ``key``."""
-        with self._index.locked():
+        with self._index.key_lock(active_key):
             entry = self._index.require(active_key, SnapshotKind.ACTIVE, "commit")
             if mounts.is_mounted(self._index.mount_point(entry)):
                 raise SnapshotInUse(active_key, [], mounted=True)
@@ -80,7 +80,7 @@ class OverlaySnapshotter:
 
     def remove(self, key: str) -> None:
         """Delete ``key``; refused (``SnapshotInUse``) while it has children or is mounted."""
-        with self._index.locked():
+        with self._index.key_lock(key):
             entry = self._index.get(key)
             children = self._index.children(key)
             mounted = mounts.is_mounted(self._index.mount_point(entry))
@@ -105,16 +105,12 @@ class OverlaySnapshotter:
         return overlay_changes(self._layer(entry), lowers)
 
     def _create(self, key: str, parent: str | None, kind: SnapshotKind) -> SnapshotInfo:
-        with self._index.locked():
-            if parent is not None:
-                self._index.require(parent, SnapshotKind.COMMITTED, "make a snapshot on")
-            dir_id, path = self._index.new_dir(key)
+        info = SnapshotInfo(key=key, kind=kind, parent=parent)
+        with self._index.create(info) as path:
             if kind is SnapshotKind.ACTIVE:
                 os.mkdir(os.path.join(path, "fs"), 0o755)
                 os.mkdir(os.path.join(path, "work"), 0o700)
-            info = SnapshotInfo(key=key, kind=kind, parent=parent)
-            self._index.add(info, dir_id)
-            return info
+        return info
 
     def _mount_args(self, entry: IndexEntry) -> tuple[str, str, builtins.list[str]]:
         lowers = [self._layer(e) for e in self._index.chain(entry.info.key)[1:]]

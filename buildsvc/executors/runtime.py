@@ -4,7 +4,8 @@ Like BuildKit's ``runcexecutor``: one bundle directory per run holding ``config.
 ``<runtime> --root <our state dir> run --bundle DIR ID`` in the foreground, its stdout and stderr
 piped to the caller as they arrive. The runtime's own errors go to a JSON log file in the bundle, so
 a container that could not start (``RuntimeFailure``) is told apart from a process that exited
-non-zero (``ProcessExitError``). Whatever happens, the container is deleted and the bundle removed.
+non-zero (``ProcessExitError``). Whatever happens, the container is gone afterwards (``run`` deletes
+it when it ends by itself; after a cancel or an error we delete it) and the bundle removed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -28,6 +30,8 @@ from buildsvc.solver.worker import ExecResult, ExecSpec, OutputCallback
 
 _POLL_SECONDS = 0.05
 _KILL_RETRY_SECONDS = 0.1
+# How long a cancel watcher outlives its run, at most (it reacts to the cancel itself at once).
+_CANCEL_WATCH_SECONDS = 0.25
 _READ_SIZE = 65536
 
 
@@ -105,7 +109,6 @@ class OciRuntimeExecutor:
                 container_id, bundle, spec, on_stdout=stdout, on_stderr=stderr, cancel=cancel
             )
         finally:
-            self._delete(container_id)
             shutil.rmtree(bundle, ignore_errors=True)
 
     def list_containers(self) -> list[str]:
@@ -149,23 +152,26 @@ class OciRuntimeExecutor:
         for t in readers:
             t.start()
         cancelled = False
+        exited = False  # the runtime ended by itself, not killed by us
         try:
-            while True:
-                try:
-                    proc.wait(timeout=_POLL_SECONDS)
-                    break
-                except subprocess.TimeoutExpired:
-                    if cancel is not None and cancel.is_set():
-                        cancelled = True
-                        self._kill(container_id, proc)
-                        break
+            try:
+                exited = _wait_for_exit(proc, cancel)
+                if not exited:
+                    cancelled = True
+                    self._kill(container_id, proc)
+            finally:
+                if proc.poll() is None:
+                    # Only reached when something above raised: leave no runtime process behind.
+                    self._kill(container_id, proc)
+                for t in readers:
+                    t.join()
+            duration = time.monotonic() - start
         finally:
-            if proc.poll() is None:
-                # Only reached when something above raised: leave no runtime process behind.
-                self._kill(container_id, proc)
-            for t in readers:
-                t.join()
-        duration = time.monotonic() - start
+            # A "run" that ended by itself has deleted its container (its state directory is gone),
+            # and another "delete" would only cost a runtime start. After a cancel or an error,
+            # always delete: the runtime may have been killed before it could.
+            if not exited or os.path.lexists(os.path.join(self._state, container_id)):
+                self._delete(container_id)
         if callback_errors:
             raise callback_errors[0]
         if cancelled:
@@ -245,6 +251,70 @@ def _ensure_cwd(rootfs: str, cwd: str, user: str) -> None:
     for p in reversed(missing):
         os.mkdir(p, 0o755)
         os.chown(p, ids.uid, ids.gid)
+
+
+def _wait_for_exit(proc: subprocess.Popen[bytes], cancel: threading.Event | None) -> bool:
+    """Block until the runtime process exits (True) or ``cancel`` is set (False), reacting to either
+    at once: ``select`` on a pidfd of the process and on an eventfd that a watcher sets on cancel.
+    """
+    if cancel is None:
+        proc.wait()
+        return True
+    if cancel.is_set():
+        return False
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        # No pidfd (a kernel before 5.3, or a seccomp filter refusing it): poll, as a last resort.
+        while True:
+            try:
+                proc.wait(timeout=_POLL_SECONDS)
+                return True
+            except subprocess.TimeoutExpired:
+                if cancel.is_set():
+                    return False
+    try:
+        watcher = _CancelWatcher(cancel)
+        try:
+            readable, _, _ = select.select([pidfd, watcher.fd], [], [])
+        finally:
+            watcher.close()
+    finally:
+        os.close(pidfd)
+    if pidfd in readable:
+        # An exit wins over a cancel that came at the same time, as it did with polling.
+        proc.wait()
+        return True
+    return False
+
+
+class _CancelWatcher:
+    """An eventfd that becomes readable when ``cancel`` is set, for ``select``.
+
+    A ``threading.Event`` has no file descriptor, so a thread waits on it. After ``close`` the thread
+    notices within ``_CANCEL_WATCH_SECONDS`` and ends; the lock keeps it from writing to the closed
+    (and perhaps already reused) descriptor number.
+    """
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self._cancel = cancel
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._watch, name="cancel-watcher", daemon=True).start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            os.close(self.fd)
+
+    def _watch(self) -> None:
+        while not self._cancel.wait(_CANCEL_WATCH_SECONDS):
+            if self._closed:
+                return
+        with self._lock:
+            if not self._closed:
+                os.eventfd_write(self.fd, 1)
 
 
 def _pump(stream: IO[bytes], callback: OutputCallback | None, errors: list[BaseException]) -> None:

@@ -1,8 +1,27 @@
 """The on-disk index of a snapshotter: which snapshot keys exist, their kind, parent and directory.
 
-One JSON file replaced atomically (write, fsync, rename), so a commit (which only changes an
-entry's kind and key) is all-or-nothing, and directories never need renaming. A directory under
-``snapshots/`` that the index does not name was left by a crash mid-prepare and is removed on open.
+Under the snapshotter's root::
+
+    snapshots/<n>/       the files of snapshot number n (the snapshotter's business)
+    metadata/<n>.json    {"key", "kind", "parent"} of snapshot n
+    mounts/<n>           where snapshot n is mounted when it needs a kernel mount
+
+Each snapshot has its own small metadata file, so an operation writes one file however many
+snapshots there are. A file is replaced atomically (write a temp file, fsync, rename over, fsync the
+directory), which gives the same guarantees the single index file used to:
+
+* a prepare is published by the rename that creates ``metadata/<n>.json``: a crash before it leaves
+  a directory under ``snapshots/`` that no metadata names, removed on open with any temp file;
+* a commit changes only the key and kind, in the same file: one rename, all or nothing, and
+  directories never need renaming;
+* a remove unlinks the metadata (and fsyncs) before removing the directory: a crash in between
+  leaves an orphan directory, removed on open.
+
+The files are read once, on open, into a dict guarded by a lock that is held only for dict work,
+never across a write. Operations on one snapshot (mount, unmount, commit, remove) are serialized by
+a per-key lock (``key_lock``), so threads working on different snapshots never queue behind each
+other's I/O. A key being created, committed to or removed is reserved until its file is written or
+unlinked, so no two files ever name the same key, even after a crash.
 """
 
 from __future__ import annotations
@@ -13,18 +32,37 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
+from buildsvc.errors import BuildsvcError
 from buildsvc.executors.errors import (
     InvalidSnapshotKey,
     SnapshotExists,
+    SnapshotInUse,
     SnapshotNotFound,
     SnapshotStateError,
 )
 from buildsvc.solver.worker import SnapshotInfo, SnapshotKind
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+_META_SUFFIX = ".json"
+_TMP_SUFFIX = ".tmp"
+# The single index file of earlier versions, converted to metadata files on open.
+_LEGACY_INDEX = "index.json"
+# Per-key locks are striped: a bounded set whatever the number of keys. Two keys sharing a stripe
+# only serialize with each other; no operation holds two key locks, so sharing cannot deadlock.
+_KEY_LOCK_STRIPES = 64
+
+
+class CorruptSnapshotMetadata(BuildsvcError):
+    """A metadata file cannot be read: it was damaged outside buildsvc (writes are atomic)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"snapshot metadata {path} is unreadable: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,39 +77,38 @@ class SnapshotIndex:
     """Thread-safe index of one snapshotter's snapshots under ``root``."""
 
     def __init__(self, root: str) -> None:
-        """Open (or create) the index under ``root`` and drop directories it does not name."""
+        """Open (or create) the index under ``root`` and drop what a crash left half-made."""
         self.root = os.path.abspath(root)
         self.snapshots_dir = os.path.join(self.root, "snapshots")
         self.mounts_dir = os.path.join(self.root, "mounts")
-        os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)
-        os.makedirs(self.mounts_dir, mode=0o700, exist_ok=True)
-        self._path = os.path.join(self.root, "index.json")
-        self._lock = threading.RLock()
+        self.metadata_dir = os.path.join(self.root, "metadata")
+        for d in (self.snapshots_dir, self.mounts_dir, self.metadata_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        self._lock = threading.Lock()
+        self._key_locks = tuple(threading.Lock() for _ in range(_KEY_LOCK_STRIPES))
         self._entries: dict[str, IndexEntry] = {}
-        self._next_id = 1
+        # Keys with a file being written or unlinked: taken, though not (or no longer) in _entries.
+        self._reserved: set[str] = set()
+        # Parent key -> keys of the snapshots on it, including ones still being created.
+        self._children: dict[str, set[str]] = {}
+        self._migrate_legacy_index()
         self._load()
+        self._next_id = self._first_free_id()
         self._remove_orphans()
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the index lock across a check and the change it guards."""
-        with self._lock:
-            yield
+    def key_lock(self, key: str) -> threading.Lock:
+        """The lock serializing operations on snapshot ``key`` (hold it across check and change)."""
+        return self._key_locks[hash(key) % _KEY_LOCK_STRIPES]
 
     def get(self, key: str) -> IndexEntry:
         """The entry for ``key``, or ``SnapshotNotFound``."""
         with self._lock:
-            try:
-                return self._entries[check_key(key)]
-            except KeyError:
-                raise SnapshotNotFound(key) from None
+            return self._get(key)
 
     def require(self, key: str, kind: SnapshotKind, operation: str) -> IndexEntry:
         """The entry for ``key``, which must be of ``kind`` to allow ``operation``."""
-        entry = self.get(key)
-        if entry.info.kind is not kind:
-            raise SnapshotStateError(key, entry.info.kind.value, operation)
-        return entry
+        with self._lock:
+            return self._require(key, kind, operation)
 
     def all(self) -> list[SnapshotInfo]:
         """Every snapshot, sorted by key."""
@@ -79,55 +116,113 @@ class SnapshotIndex:
             return [self._entries[k].info for k in sorted(self._entries)]
 
     def children(self, key: str) -> list[str]:
-        """Keys of the snapshots whose parent is ``key``."""
+        """Keys of the snapshots whose parent is ``key`` (including ones being created)."""
         with self._lock:
-            return sorted(k for k, e in self._entries.items() if e.info.parent == key)
+            return sorted(self._children.get(key, ()))
 
     def chain(self, key: str) -> list[IndexEntry]:
         """``key`` and its ancestors, newest first."""
         out = []
         current: str | None = key
-        while current is not None:
-            entry = self.get(current)
-            out.append(entry)
-            current = entry.info.parent
+        with self._lock:
+            while current is not None:
+                entry = self._get(current)
+                out.append(entry)
+                current = entry.info.parent
         return out
 
-    def new_dir(self, key: str) -> tuple[int, str]:
-        """Reserve a directory for a new snapshot ``key``; the caller fills it, then ``add``s."""
+    @contextmanager
+    def create(self, info: SnapshotInfo) -> Iterator[str]:
+        """Create snapshot ``info`` on its committed parent: yields its new, empty directory for the
+        caller to fill, then records it. If the block raises, the directory is removed and the key
+        freed. While the block runs the key is taken and the parent cannot be removed.
+        """
+        key, parent = info.key, info.parent
         with self._lock:
+            if parent is not None:
+                self._require(parent, SnapshotKind.COMMITTED, "make a snapshot on")
             check_key(key)
-            if key in self._entries:
+            if key in self._entries or key in self._reserved:
                 raise SnapshotExists(key)
+            self._reserved.add(key)
+            if parent is not None:
+                self._children.setdefault(parent, set()).add(key)
             dir_id = self._next_id
             self._next_id += 1
-            path = self.dir_of(dir_id)
-            os.makedirs(path, mode=0o700)
-            return dir_id, path
-
-    def add(self, info: SnapshotInfo, dir_id: int) -> None:
-        """Record a snapshot whose directory is ready."""
+        path = self.dir_of(dir_id)
+        try:
+            os.mkdir(path, 0o700)
+            yield path
+            self._write_metadata(dir_id, info)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            # Only there if the rename succeeded and the directory fsync failed.
+            with suppress(FileNotFoundError):
+                os.unlink(self._metadata_path(dir_id))
+            with self._lock:
+                self._reserved.discard(key)
+                if parent is not None:
+                    self._unlink_child(parent, key)
+            raise
         with self._lock:
-            if info.key in self._entries:
-                raise SnapshotExists(info.key)
-            self._entries[info.key] = IndexEntry(info=info, dir_id=dir_id)
-            self._save()
+            self._reserved.discard(key)
+            self._entries[key] = IndexEntry(info=info, dir_id=dir_id)
 
     def rekey(self, old: str, info: SnapshotInfo) -> None:
-        """Replace entry ``old`` by ``info`` (same directory): how a commit is recorded."""
+        """Replace entry ``old`` by ``info`` (same directory, same parent): how a commit is recorded.
+
+        The caller holds ``key_lock(old)``.
+        """
         with self._lock:
-            if info.key in self._entries:
+            entry = self._get(old)
+            if info.key in self._entries or info.key in self._reserved:
                 raise SnapshotExists(info.key)
-            entry = self._entries.pop(old)
+            self._reserved.add(info.key)
+        try:
+            self._write_metadata(entry.dir_id, info)
+        except BaseException:
+            with self._lock:
+                self._reserved.discard(info.key)
+            raise
+        with self._lock:
+            self._reserved.discard(info.key)
+            del self._entries[old]
             self._entries[info.key] = IndexEntry(info=info, dir_id=entry.dir_id)
-            self._save()
+            if info.parent is not None:
+                self._unlink_child(info.parent, old)
+                self._children.setdefault(info.parent, set()).add(info.key)
 
     def delete(self, key: str) -> None:
-        """Forget ``key`` (first), then remove its directory: a crash in between leaves an orphan."""
+        """Forget ``key`` (first), then remove its directory: a crash in between leaves an orphan.
+
+        The caller holds ``key_lock(key)`` and has checked it is not mounted; the check for children
+        is made here, with the removal, so that none can be created in between.
+        """
         with self._lock:
-            entry = self._entries.pop(key)
-            self._save()
-            shutil.rmtree(self.dir_of(entry.dir_id), ignore_errors=True)
+            entry = self._get(key)
+            children = self._children.get(key)
+            if children:
+                raise SnapshotInUse(key, sorted(children), mounted=False)
+            del self._entries[key]
+            self._reserved.add(key)
+        metadata = self._metadata_path(entry.dir_id)
+        try:
+            os.unlink(metadata)
+            self._sync_metadata_dir()
+        except BaseException:
+            with self._lock:
+                self._reserved.discard(key)
+                if os.path.exists(metadata):
+                    # The unlink itself failed: the snapshot is still there, and still a child.
+                    self._entries[key] = entry
+                elif entry.info.parent is not None:
+                    self._unlink_child(entry.info.parent, key)
+            raise
+        with self._lock:
+            self._reserved.discard(key)
+            if entry.info.parent is not None:
+                self._unlink_child(entry.info.parent, key)
+        shutil.rmtree(self.dir_of(entry.dir_id), ignore_errors=True)
 
     def dir_of(self, dir_id: int) -> str:
         """The directory holding snapshot number ``dir_id``."""
@@ -137,37 +232,126 @@ class SnapshotIndex:
         """Where ``entry`` is mounted when it needs a kernel mount."""
         return os.path.join(self.mounts_dir, str(entry.dir_id))
 
-    def _load(self) -> None:
-        try:
-            with open(self._path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            return
-        self._next_id = int(data["next_id"])
-        for raw in data["snapshots"]:
-            info = SnapshotInfo(key=raw["key"], kind=SnapshotKind(raw["kind"]), parent=raw["parent"])
-            self._entries[info.key] = IndexEntry(info=info, dir_id=int(raw["dir_id"]))
+    # --- in memory (callers hold self._lock) -------------------------------------------------------
 
-    def _save(self) -> None:
-        data = {
-            "next_id": self._next_id,
-            "snapshots": [
-                {"key": e.info.key, "kind": e.info.kind.value, "parent": e.info.parent, "dir_id": e.dir_id}
-                for e in self._entries.values()
-            ],
-        }
-        tmp = self._path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+    def _get(self, key: str) -> IndexEntry:
+        try:
+            return self._entries[check_key(key)]
+        except KeyError:
+            raise SnapshotNotFound(key) from None
+
+    def _require(self, key: str, kind: SnapshotKind, operation: str) -> IndexEntry:
+        entry = self._get(key)
+        if entry.info.kind is not kind:
+            raise SnapshotStateError(key, entry.info.kind.value, operation)
+        return entry
+
+    def _unlink_child(self, parent: str, key: str) -> None:
+        siblings = self._children.get(parent)
+        if siblings is not None:
+            siblings.discard(key)
+            if not siblings:
+                del self._children[parent]
+
+    # --- on disk -----------------------------------------------------------------------------------
+
+    def _metadata_path(self, dir_id: int) -> str:
+        return os.path.join(self.metadata_dir, f"{dir_id}{_META_SUFFIX}")
+
+    def _write_metadata(self, dir_id: int, info: SnapshotInfo) -> None:
+        # Only one thread writes a given snapshot's file at a time (its creator, or the holder of
+        # its key lock), so the temp file's name need only be unique per snapshot.
+        path = self._metadata_path(dir_id)
+        tmp = path + _TMP_SUFFIX
+        data = json.dumps({"key": info.key, "kind": info.kind.value, "parent": info.parent}).encode()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._sync_metadata_dir()
+
+    def _sync_metadata_dir(self) -> None:
+        # Makes the rename (or unlink) itself durable, not only the file's content.
+        fd = os.open(self.metadata_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _load(self) -> None:
+        for name in os.listdir(self.metadata_dir):
+            path = os.path.join(self.metadata_dir, name)
+            if name.endswith(_TMP_SUFFIX):
+                # Half-written by a crash before its rename: the change it held never happened.
+                os.unlink(path)
+                continue
+            stem = name.removesuffix(_META_SUFFIX)
+            if stem == name or not stem.isdigit():
+                continue
+            info = _read_metadata(path)
+            if info.key in self._entries:
+                other = self._metadata_path(self._entries[info.key].dir_id)
+                raise CorruptSnapshotMetadata(path, f"key {info.key!r} is also named by {other}")
+            self._entries[info.key] = IndexEntry(info=info, dir_id=int(stem))
+        for key, entry in self._entries.items():
+            if entry.info.parent is not None:
+                self._children.setdefault(entry.info.parent, set()).add(key)
+
+    def _first_free_id(self) -> int:
+        # Above every number in use anywhere, mount points included: a number is never reused
+        # while anything of an earlier snapshot of that number (a leftover mount) may remain.
+        used = [0]
+        for d in (self.snapshots_dir, self.mounts_dir):
+            used += [int(n) for n in os.listdir(d) if n.isdigit()]
+        used += [e.dir_id for e in self._entries.values()]
+        return max(used) + 1
 
     def _remove_orphans(self) -> None:
         known = {str(e.dir_id) for e in self._entries.values()}
         for name in os.listdir(self.snapshots_dir):
             if name not in known:
                 shutil.rmtree(os.path.join(self.snapshots_dir, name), ignore_errors=True)
+
+    def _migrate_legacy_index(self) -> None:
+        # Write one file per entry, then drop index.json: a crash in between redoes it all on the
+        # next open (the files written are the same), so the entries are never lost nor doubled.
+        legacy = os.path.join(self.root, _LEGACY_INDEX)
+        try:
+            with open(legacy, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return
+        except ValueError as e:
+            raise CorruptSnapshotMetadata(legacy, str(e)) from e
+        for raw in data["snapshots"]:
+            info = SnapshotInfo(key=raw["key"], kind=SnapshotKind(raw["kind"]), parent=raw["parent"])
+            self._write_metadata(int(raw["dir_id"]), info)
+        os.unlink(legacy)
+        with suppress(FileNotFoundError):
+            os.unlink(legacy + _TMP_SUFFIX)
+
+
+def _read_metadata(path: str) -> SnapshotInfo:
+    try:
+        with open(path, "rb") as f:
+            raw: Any = json.loads(f.read())
+        key, kind, parent = raw["key"], SnapshotKind(raw["kind"]), raw["parent"]
+        if not isinstance(key, str) or not (parent is None or isinstance(parent, str)):
+            raise ValueError("key and parent must be strings")
+        check_key(key)
+    except (OSError, ValueError, TypeError, KeyError, InvalidSnapshotKey) as e:
+        raise CorruptSnapshotMetadata(path, str(e) or type(e).__name__) from e
+    return SnapshotInfo(key=key, kind=kind, parent=parent)
 
 
 def check_key(key: str) -> str:
