@@ -84,8 +84,9 @@ class StepRecorder:
 
     def flush(self) -> None:
         """Write what is buffered (and the build's deferred facts), atomically."""
-        events, self.pending = self.pending, []
-        self.build.append(events)
+        if self.pending:  # deferred facts ride along with a real write, never cause one
+            events, self.pending = self.pending, []
+            self.build.append(events)
 
     def defer(self) -> None:
         """Hand what is buffered to the build's deferred facts instead of writing it now."""
