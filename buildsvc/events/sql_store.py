@@ -107,6 +107,7 @@ class SqlEventStore:
         self._hooks = list(hooks)
         self._rows = rows_for(db.engine.dialect.name)
         self._known = _KnownStreams()
+        self._append_lock = threading.Lock()
         self._lock_params = (APPEND_LOCK_KEY, NOTIFY_CHANNEL)
         t = events_table
         self._head_sql = sa.select(sa.func.coalesce(sa.func.max(t.c.position), 0))
@@ -158,15 +159,19 @@ class SqlEventStore:
         actor: str,
         trace_id: str,
     ) -> AppendResult:
-        known = self._known.get(stream_id) if self._rows.optimistic else None
-        if known is not None and expected_version in (None, known[1]):
-            try:
-                return self._append_with(stream_id, payloads, known, actor, trace_id, optimistic=True)
-            except sa.exc.IntegrityError:
-                pass  # someone appended since, or this is a retried event id: read the state
-        return self._append_with(
-            stream_id, payloads, None, actor, trace_id, expected_version=expected_version
-        )
+        # Appends are serialized by the database anyway; queueing this process's own appends here
+        # keeps its remembered state current for each of them (no optimistic insert of one thread
+        # fails because another thread of the same process just appended).
+        with self._append_lock:
+            known = self._known.get(stream_id) if self._rows.optimistic else None
+            if known is not None and expected_version in (None, known[1]):
+                try:
+                    return self._append_with(stream_id, payloads, known, actor, trace_id, optimistic=True)
+                except sa.exc.IntegrityError:
+                    pass  # another process appended since, or this is a retried event id: read the state
+            return self._append_with(
+                stream_id, payloads, None, actor, trace_id, expected_version=expected_version
+            )
 
     def _append_with(
         self,
