@@ -138,6 +138,7 @@ class Engine:
         ]
         if dropped:
             self.state.store.append(self.stream, dropped)
+            self.solver.forget(snapshot_id)
             # A solve that found the record before it went may have taken a ref since; the record
             # stays dropped (the next solve rebuilds, never a wrong hit) but the data stays too.
             with self.state.db.read() as conn:

@@ -164,6 +164,10 @@ class Solver:
         # Snapshots the running solves use, counted: a solve's refs on cache hits are written with
         # its next append, so until then only this process knows them (see ``holds``).
         self._pins: Counter[str] = Counter()
+        # The cache records this solver made or found, so a rebuild does not ask the database per
+        # vertex; a record's data is still checked on disk at every hit, and removals go through
+        # ``forget``.
+        self._records: dict[tuple[str, str], Mapping[int, str]] = {}
 
     def close(self) -> None:
         """Stop the vertex threads (running vertices finish first)."""
@@ -205,6 +209,28 @@ class Solver:
         finally:
             with self._lock:
                 self._cancels.pop(request.build_ref, None)
+
+    def forget(self, snapshot_id: str) -> None:
+        """Drop remembered cache records that point at ``snapshot_id`` (it is being removed)."""
+        with self._lock:
+            for entry, outputs in list(self._records.items()):
+                if snapshot_id in outputs.values():
+                    del self._records[entry]
+
+    def _lookup(self, key: str, worker: str) -> Mapping[int, str]:
+        remembered = self._records.get((worker, key))
+        if remembered is not None:
+            return remembered
+        found = self.cache_index.lookup(key, worker)
+        if found:
+            self._remember(key, worker, found)
+        return found
+
+    def _remember(self, key: str, worker: str, outputs: Mapping[int, str]) -> None:
+        with self._lock:
+            if len(self._records) > 200_000:
+                self._records.clear()
+            self._records[(worker, key)] = dict(outputs)
 
     def holds(self, snapshot_id: str) -> bool:
         """Whether a solve running here uses ``snapshot_id`` (removing it must wait)."""
@@ -553,7 +579,7 @@ class _Solve:
         expected = output_count(vertex.op)
         step = self.recorder.step()
         if not metadata.ignore_cache:
-            hit = self.solver.cache_index.lookup(key, worker.info.name)
+            hit = self.solver._lookup(key, worker.info.name)
             if hit:
                 if len(hit) == expected and all(self._exists(worker, s) for s in hit.values()):
                     cached: tuple[str | None, ...] = tuple(hit[i] for i in range(expected))
@@ -562,6 +588,7 @@ class _Solve:
                 # The record outlived its data: drop it (and release what it held) and build again,
                 # never a wrong hit. Snapshots found gone are recorded as gone.
                 reason = f"data missing on worker {worker.info.name}"
+                self.solver._records.pop((worker.info.name, key), None)
                 step.record(ev.CacheRecordRemoved(cache_key=key, reason=reason))
                 for ref_id, held_snapshot in self.solver.cache_index.cache_refs(key):
                     step.record(ev.RefReleased(ref_id=ref_id, snapshot_id=held_snapshot, reason=reason))
@@ -648,6 +675,7 @@ class _Solve:
             )
         )
         step.flush()
+        self.solver._remember(key, worker.info.name, {i: o for i, o in enumerate(outputs) if o is not None})
         with self.lock:
             self.refs.extend(held)
         return outputs
