@@ -6,7 +6,7 @@ Every call returns the API's model objects and raises the same buildsvc errors t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -15,7 +15,15 @@ from buildsvc.api import convert
 from buildsvc.api.errors import DaemonUnavailable, error_from_rpc
 from buildsvc.api.gen import control_pb2 as pb
 from buildsvc.api.gen import control_pb2_grpc as pb_grpc
-from buildsvc.api.model import DaemonInfo, HistoryEvent, SolveOptions, StatusUpdate, UsageRecord, WorkerRecord
+from buildsvc.api.model import (
+    DaemonInfo,
+    HistoryEvent,
+    PruneSkipped,
+    SolveOptions,
+    StatusUpdate,
+    UsageRecord,
+    WorkerRecord,
+)
 from buildsvc.api.serve import TlsFiles, parse_address
 from buildsvc.errors import InvalidInput
 
@@ -116,6 +124,31 @@ class Client:
         """The snapshots on the daemon's disk."""
         response: pb.DiskUsageResponse = self._call("DiskUsage", pb.DiskUsageRequest(), timeout=60)
         return [convert.usage_from_pb(r) for r in response.records]
+
+    def prune(
+        self,
+        *,
+        all: bool = False,
+        keep_duration: float | None = None,
+        filters: Mapping[str, str] | None = None,
+    ) -> Iterator[UsageRecord | PruneSkipped]:
+        """Prune the daemon's cache: each snapshot removed (its usage record) or skipped, in order."""
+        request = pb.PruneRequest(
+            all=all, keep_duration_seconds=keep_duration or 0, filters=dict(filters or {})
+        )
+        call = self._stub.Prune(request)
+        try:
+            for response in call:
+                yield convert.prune_result_from_pb(response)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e, addr=self.addr) from None
+        finally:
+            call.cancel()
+
+    def update_build_history(self, build_ref: str, *, pinned: bool = True, delete: bool = False) -> None:
+        """Pin or unpin (``pinned``), or ``delete``, a build's history entry."""
+        request = pb.UpdateBuildHistoryRequest(ref=build_ref, pinned=pinned, delete=delete)
+        self._call("UpdateBuildHistory", request, timeout=30)
 
     def build_history(
         self, *, build_ref: str = "", active_only: bool = False, follow: bool = False

@@ -18,6 +18,7 @@ from buildsvc.api.model import (
     BuildUpdate,
     DaemonInfo,
     HistoryEvent,
+    PruneSkipped,
     SolveOptions,
     StatusUpdate,
     UsageRecord,
@@ -33,6 +34,8 @@ __all__ = [
     "history_event_to_pb",
     "info_from_pb",
     "info_to_pb",
+    "prune_result_from_pb",
+    "prune_result_to_pb",
     "solve_from_pb",
     "solve_to_pb",
     "status_from_pb",
@@ -257,6 +260,8 @@ def usage_to_pb(record: UsageRecord) -> pb.UsageRecord:
         size_bytes=record.size_bytes,
         in_use=record.in_use,
         active_refs=record.active_refs,
+        shared=record.shared,
+        cache_keys=list(record.cache_keys),
     )
 
 
@@ -271,7 +276,29 @@ def usage_from_pb(message: pb.UsageRecord) -> UsageRecord:
         state=message.state,
         size_bytes=message.size_bytes,
         active_refs=message.active_refs,
+        in_use=message.in_use,
+        shared=message.shared,
+        cache_keys=tuple(message.cache_keys),
     )
+
+
+def prune_result_to_pb(result: UsageRecord | PruneSkipped) -> pb.PruneResponse:
+    """A removed snapshot (its usage record) or a skipped one, on the wire."""
+    if isinstance(result, PruneSkipped):
+        return pb.PruneResponse(
+            skipped=pb.PruneSkipped(
+                snapshot_id=result.snapshot_id, worker=result.worker, reason=result.reason
+            )
+        )
+    return pb.PruneResponse(removed=usage_to_pb(result))
+
+
+def prune_result_from_pb(message: pb.PruneResponse) -> UsageRecord | PruneSkipped:
+    """A removed or skipped snapshot as the client sees it."""
+    if message.WhichOneof("result") == "skipped":
+        s = message.skipped
+        return PruneSkipped(snapshot_id=s.snapshot_id, worker=s.worker, reason=s.reason)
+    return usage_from_pb(message.removed)
 
 
 # --- Build history --------------------------------------------------------------------------------
@@ -292,6 +319,7 @@ def build_record_to_pb(record: BuildRecord) -> pb.BuildHistoryRecord:
         error=record.error,
         error_vertex=record.error_vertex,
         exit_code=record.exit_code,
+        pinned=record.pinned,
     )
 
 
@@ -310,6 +338,7 @@ def build_record_from_pb(message: pb.BuildHistoryRecord) -> BuildRecord:
         error=message.error,
         error_vertex=message.error_vertex,
         exit_code=message.exit_code if message.HasField("exit_code") else None,
+        pinned=message.pinned,
     )
 
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from buildsvc.daemon.prune import PruneSkipped, UsageRecord
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import encode_payload
 from buildsvc.events.envelope import StoredEvent
@@ -25,6 +26,7 @@ __all__ = [
     "BuildUpdate",
     "DaemonInfo",
     "HistoryEvent",
+    "PruneSkipped",
     "SolveOptions",
     "StatusUpdate",
     "UsageRecord",
@@ -194,25 +196,6 @@ class DaemonInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class UsageRecord:
-    """A snapshot on disk (``DiskUsage``), from the snapshots projection."""
-
-    snapshot_id: str
-    worker: str
-    snapshotter: str
-    parent: str
-    kind: str
-    state: str
-    size_bytes: int
-    active_refs: int
-
-    @property
-    def in_use(self) -> bool:
-        """Whether something holds a ref on it."""
-        return self.active_refs > 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class BuildRecord:
     """A build in the history (the builds projection, or the event that just changed it)."""
 
@@ -228,6 +211,7 @@ class BuildRecord:
     error: str = ""
     error_vertex: str = ""
     exit_code: int | None = None
+    pinned: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

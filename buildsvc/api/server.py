@@ -1,4 +1,4 @@
-"""The Control servicer: Solve, Status, Cancel, ListWorkers, Info, DiskUsage, ListenBuildHistory.
+"""The Control servicer: Solve, Status, Cancel, ListWorkers, Info, DiskUsage, Prune, the build history.
 
 Solve runs the engine as ``buildsvc build`` does in-process. Status never keeps progress in
 memory: it reads the build's stream from the log and then follows it, so a client that connects
@@ -32,25 +32,26 @@ from buildsvc.api.model import (
     DaemonInfo,
     HistoryEvent,
     SolveOptions,
-    UsageRecord,
     status_update,
     worker_record,
 )
 from buildsvc.daemon.engine import Engine
+from buildsvc.daemon.exporters import check_exporter, run_exporters
 from buildsvc.daemon.frontend import run_frontend
+from buildsvc.daemon.history import update_build_history
+from buildsvc.daemon.prune import disk_usage, prune
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.envelope import StoredEvent
 from buildsvc.events.subscription import Subscription
 from buildsvc.projections.builds import get_build, list_builds
-from buildsvc.projections.schema import projection_checkpoints, snapshots
+from buildsvc.projections.schema import projection_checkpoints
 from buildsvc.solver.definition import Definition
 from buildsvc.solver.engine import ResultRef, SolveRequest
 from buildsvc.solver.errors import BuildRefInUse
 
 __all__ = ["ControlServicer", "SolveGate"]
 
-EXPORTERS = ("local", "tar")
 _ENDED = {"completed", "failed", "cancelled"}
 
 
@@ -114,12 +115,13 @@ def _package_version() -> str:
 
 def _exporters(specs: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
     for spec in specs:
-        kind = spec.get("type", "")
-        if kind not in EXPORTERS:
-            raise InvalidInput(f"exporter type must be one of {', '.join(EXPORTERS)}, got {kind!r}")
-        dest = spec.get("dest", "")
+        try:
+            check_exporter(spec)
+        except InvalidInput as e:
+            raise InvalidInput(f"exporter: {e}") from e
+        kind, dest = spec["type"], spec.get("dest", "")
         # The daemon's working directory means nothing to the client: only absolute paths.
-        if not dest or not Path(dest).is_absolute():
+        if kind != "image" and not Path(dest).is_absolute():
             raise InvalidInput(
                 f"exporter {kind}: dest= must be an absolute path on the daemon host, got {dest!r}"
             )
@@ -163,10 +165,10 @@ class ControlServicer(pb_grpc.ControlServicer):
     def _solve(self, options: SolveOptions, context: grpc.ServicerContext) -> pb.SolveResponse:
         exporters = _exporters(options.exporters)
         local_dirs = _local_dirs(options.local_dirs)
+        image_config: dict[str, Any] | None = None
         if options.frontend:
-            definition = run_frontend(
-                options.frontend, options.frontend_attrs, local_dirs, self.engine.images
-            ).definition
+            made = run_frontend(options.frontend, options.frontend_attrs, local_dirs, self.engine.images)
+            definition, image_config = made.definition, made.image_config
         else:
             definition = Definition.from_json(options.definition_json)
         ref = options.build_ref or uuid.uuid4().hex[:25]
@@ -176,15 +178,7 @@ class ControlServicer(pb_grpc.ControlServicer):
             context.add_callback(cancel.set)
 
             def export(result: ResultRef | None) -> Mapping[str, str]:
-                response: dict[str, str] = {}
-                for spec in exporters:
-                    dest = Path(spec["dest"])
-                    if spec["type"] == "local":
-                        self.engine.export_local(result, dest, build_ref=ref)
-                    else:
-                        self.engine.export_tar(result, dest, build_ref=ref)
-                    response[f"{spec['type']}.dest"] = str(dest)
-                return response
+                return run_exporters(self.engine, result, ref, exporters, image_config=image_config)
 
             result = self.engine.solver.solve(
                 SolveRequest(
@@ -273,30 +267,41 @@ class ControlServicer(pb_grpc.ControlServicer):
     def DiskUsage(self, request: pb.DiskUsageRequest, context: grpc.ServicerContext) -> pb.DiskUsageResponse:
         """The snapshots on disk, from the snapshots projection (kept inside appends, so current)."""
         try:
-            with self.state.db.read() as conn:
-                rows = conn.execute(
-                    sa.select(snapshots)
-                    .where(snapshots.c.state != "removed")
-                    .order_by(snapshots.c.created_position)
-                ).mappings()
-                records = [
-                    UsageRecord(
-                        snapshot_id=r["snapshot_id"],
-                        worker=r["worker"],
-                        snapshotter=r["snapshotter"],
-                        parent=r["parent"] or "",
-                        kind=r["kind"],
-                        state=r["state"],
-                        size_bytes=r["size_bytes"],
-                        active_refs=r["active_refs"],
-                    )
-                    for r in rows
-                ]
+            records = disk_usage(self.engine)
         except BaseException as e:
             abort_with(context, e)
         return pb.DiskUsageResponse(records=[convert.usage_to_pb(r) for r in records])
 
+    def Prune(self, request: pb.PruneRequest, context: grpc.ServicerContext) -> Iterator[pb.PruneResponse]:
+        """Remove unreferenced cached results; streams each removed snapshot, then each one skipped."""
+        try:
+            report = prune(
+                self.engine,
+                all=request.all,
+                keep_duration=request.keep_duration_seconds or None,
+                filters=dict(request.filters),
+            )
+        except BaseException as e:
+            abort_with(context, e)
+        for removed in report.removed:
+            yield convert.prune_result_to_pb(removed)
+        for skipped in report.skipped:
+            yield convert.prune_result_to_pb(skipped)
+
     # --- Build history ------------------------------------------------------------------------------
+
+    def UpdateBuildHistory(
+        self, request: pb.UpdateBuildHistoryRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateBuildHistoryResponse:
+        """Pin, unpin or delete a build's history entry (recorded in ``history-<ref>``)."""
+        try:
+            if request.delete:
+                update_build_history(self.state.store, request.ref, delete=True)
+            else:
+                update_build_history(self.state.store, request.ref, pinned=request.pinned)
+        except BaseException as e:
+            abort_with(context, e)
+        return pb.UpdateBuildHistoryResponse()
 
     def ListenBuildHistory(
         self, request: pb.BuildHistoryRequest, context: grpc.ServicerContext
@@ -354,6 +359,7 @@ def _record_of_row(row: Mapping[str, Any]) -> BuildRecord:
         error=row["error"],
         error_vertex=row["error_vertex"],
         exit_code=row["exit_code"],
+        pinned=row["pinned"],
     )
 
 

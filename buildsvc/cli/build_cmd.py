@@ -9,12 +9,14 @@ progress printers read the same updates, made from the build's events.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,6 +26,7 @@ from buildsvc.cli.common import open_from
 from buildsvc.cli.progress import make_printer
 from buildsvc.cli.remote import connect_from
 from buildsvc.daemon.engine import Engine, open_engine
+from buildsvc.daemon.exporters import check_exporter, run_exporters
 from buildsvc.daemon.frontend import run_frontend
 from buildsvc.daemon.state import State
 from buildsvc.errors import InvalidInput
@@ -70,13 +73,10 @@ def _outputs(specs: Sequence[str]) -> list[dict[str, str]]:
     outputs = []
     for spec in specs:
         attrs = parse_kv(spec, "--output")
-        kind = attrs.get("type")
-        if kind not in ("local", "tar"):
-            raise InvalidInput(
-                f"--output: type must be local or tar (others come with the daemon), got {kind!r}"
-            )
-        if not attrs.get("dest"):
-            raise InvalidInput(f"--output type={kind}: dest= is required")
+        try:
+            check_exporter(attrs)
+        except InvalidInput as e:
+            raise InvalidInput(f"--output {spec}: {e}") from e
         outputs.append(attrs)
     return outputs
 
@@ -92,6 +92,7 @@ def run_build(
     build_ref: str | None = None,
     frontend: str = "",
     frontend_attrs: Mapping[str, str] | None = None,
+    image_config: Mapping[str, Any] | None = None,
 ) -> SolveResult:
     """Solve ``definition``, print progress from its events, and export its result."""
     ref = build_ref or uuid.uuid4().hex[:25]
@@ -108,15 +109,7 @@ def run_build(
     watcher.start()
 
     def export(result: ResultRef | None) -> Mapping[str, str]:
-        response: dict[str, str] = {}
-        for out in outputs:
-            dest = Path(out["dest"])
-            if out["type"] == "local":
-                engine.export_local(result, dest, build_ref=ref)
-            else:
-                engine.export_tar(result, dest, build_ref=ref)
-            response[f"{out['type']}.dest"] = str(dest)
-        return response
+        return run_exporters(engine, result, ref, outputs, image_config=image_config)
 
     request = SolveRequest(
         definition=definition,
@@ -178,7 +171,9 @@ def run_remote_build(
         definition_json=definition.to_json(indent=None).encode() if definition is not None else b"",
         frontend=frontend,
         frontend_attrs=dict(frontend_attrs or {}),
-        exporters=tuple({**out, "dest": os.path.abspath(out["dest"])} for out in outputs),
+        exporters=tuple(
+            {**out, "dest": os.path.abspath(out["dest"])} if out.get("dest") else dict(out) for out in outputs
+        ),
         local_dirs={name: path.resolve() for name, path in local_dirs.items()},
         actor=_actor(),
     )
@@ -218,7 +213,19 @@ def run_remote_build(
     help="Frontend option: target=, build-arg:NAME=, filename=, platform=.",
 )
 @click.option("--local", "locals_", multiple=True, metavar="NAME=DIR", help="A local source's directory.")
-@click.option("--output", "-o", "outputs", multiple=True, metavar="type=local|tar,dest=PATH")
+@click.option(
+    "--output",
+    "-o",
+    "outputs",
+    multiple=True,
+    metavar="type=local|tar|oci,dest=PATH[,name=REF] | type=image,name=REF,push=true",
+    help="Where the result goes (repeatable).",
+)
+@click.option(
+    "--metadata-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the build ref and the exporters' response here as JSON.",
+)
 @click.option("--progress", type=click.Choice(["auto", "plain", "rawjson", "quiet"]), default="auto")
 @click.option("--ref", "build_ref", help="The build ref to use (default: a new one).")
 @click.option("--worker", "workers", multiple=True, help="Enable only these workers (default: all found).")
@@ -232,6 +239,7 @@ def build(
     opts: tuple[str, ...],
     locals_: tuple[str, ...],
     outputs: tuple[str, ...],
+    metadata_file: Path | None,
     progress: str,
     build_ref: str | None,
     workers: tuple[str, ...],
@@ -267,7 +275,7 @@ def build(
     if client is not None:
         if workers:
             raise click.UsageError("--worker chooses the embedded engine's workers; a daemon has its own")
-        ref, _ = run_remote_build(
+        ref, response = run_remote_build(
             client,
             definition,
             local_dirs=local_dirs,
@@ -277,12 +285,15 @@ def build(
             frontend=frontend,
             frontend_attrs=frontend_attrs,
         )
+        _write_metadata(metadata_file, ref, response)
         click.echo(f"build {ref} completed", err=True)
         return
     state = open_from(ctx)
     with open_engine(state, worker_names=list(workers) or None) as engine:
+        image_config: dict[str, Any] | None = None
         if definition is None:
-            definition = run_frontend(frontend, frontend_attrs, local_dirs, engine.images).definition
+            made = run_frontend(frontend, frontend_attrs, local_dirs, engine.images)
+            definition, image_config = made.definition, made.image_config
         result = run_build(
             state,
             engine,
@@ -293,8 +304,21 @@ def build(
             build_ref=build_ref,
             frontend=frontend,
             frontend_attrs=frontend_attrs,
+            image_config=image_config,
         )
+    _write_metadata(metadata_file, result.build_ref, result.exporter_response)
     click.echo(f"build {result.build_ref} completed", err=True)
+
+
+def _write_metadata(path: Path | None, build_ref: str, response: Mapping[str, str]) -> None:
+    """``--metadata-file``: the build ref and the exporters' response, as BuildKit's buildctl writes."""
+    if path is None:
+        return
+    doc = {"buildsvc.build.ref": build_ref, **dict(response)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 COMMANDS = [build]

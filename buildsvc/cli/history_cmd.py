@@ -1,4 +1,8 @@
-"""``buildsvc history ls|inspect`` and ``buildsvc leaks``: what the projections say about builds."""
+"""``buildsvc history ls|inspect|trace|logs|rm|pin`` and ``buildsvc leaks``: builds as the log has them.
+
+``rm`` and ``pin`` go through the daemon when one answers (``UpdateBuildHistory``), else they record
+the event in the state directly.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import click
 from buildsvc.api.model import status_update
 from buildsvc.cli.common import FORMAT_OPTION, echo_json, open_from, print_table
 from buildsvc.cli.progress import PlainProgress
+from buildsvc.cli.remote import connect_from
+from buildsvc.daemon.history import update_build_history
 from buildsvc.daemon.state import State
 from buildsvc.errors import NotFound
 from buildsvc.events.envelope import StoredEvent
@@ -167,6 +173,33 @@ def logs(ctx: click.Context, ref: str) -> None:
     printer = PlainProgress(out=sys.stdout)
     for stored in _stream(state, ref):
         printer.feed(status_update(stored))
+
+
+@history_group.command("rm")
+@click.argument("ref")
+@click.pass_context
+def rm(ctx: click.Context, ref: str) -> None:
+    """Delete a build from the history (its events stay in the log)."""
+    client = connect_from(ctx)
+    if client is not None:
+        client.update_build_history(ref, delete=True)
+    else:
+        update_build_history(open_from(ctx).store, ref, delete=True)
+    click.echo(f"deleted {ref}")
+
+
+@history_group.command("pin")
+@click.argument("ref")
+@click.option("--unpin", is_flag=True, help="Unpin instead.")
+@click.pass_context
+def pin(ctx: click.Context, ref: str, unpin: bool) -> None:
+    """Pin a build's history entry (or unpin it)."""
+    client = connect_from(ctx)
+    if client is not None:
+        client.update_build_history(ref, pinned=not unpin)
+    else:
+        update_build_history(open_from(ctx).store, ref, pinned=not unpin)
+    click.echo(f"{'unpinned' if unpin else 'pinned'} {ref}")
 
 
 @click.command("leaks")

@@ -12,9 +12,11 @@ from buildsvc.cli import (
     daemon_cmd,
     db_cmd,
     demo_cmd,
+    du_cmd,
     events_cmd,
     history_cmd,
     projections_cmd,
+    prune_cmd,
     workers_cmd,
 )
 from buildsvc.cli.common import Options
@@ -68,6 +70,8 @@ for module in (
     history_cmd,
     demo_cmd,
     workers_cmd,
+    du_cmd,
+    prune_cmd,
 ):
     for command in module.COMMANDS:
         cli.add_command(command)

@@ -17,7 +17,7 @@ import subprocess
 import tarfile
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -189,6 +189,10 @@ class Engine:
             if root is not None:
                 for child in sorted(root.iterdir()):
                     tar.add(str(child), arcname=child.name, recursive=True)
+
+    def view(self, result: ResultRef | None, build_ref: str) -> AbstractContextManager[Path | None]:
+        """A recorded read-only view of ``result``'s tree (``None`` for an empty result), for exporters."""
+        return self._view(result, build_ref)
 
     @contextmanager
     def _view(self, result: ResultRef | None, build_ref: str) -> Iterator[Path | None]:

@@ -6,7 +6,8 @@ build ref), ``vertex`` a vertex digest (``sha256:...``), ``ref_id`` one acquisit
 renaming or removing one raises the type's ``schema_version`` and needs an upcaster (see ``codec``).
 
 Streams: a build's solve and vertex events go to ``build-<ref>``, a snapshot's life and its refs to
-``snapshot-<id>``, cache records to ``cache-<key>``, daemon and worker events to ``daemon-<id>``.
+``snapshot-<id>``, cache records to ``cache-<key>``, daemon and worker events to ``daemon-<id>``, what
+is done to a build's history entry after it (pin, delete) to ``history-<ref>``.
 Projections key on payload fields, never on stream names.
 """
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from buildsvc.events.codec import Event, JsonValue, event_type
 
 __all__ = [
+    "BuildHistoryDeleted",
+    "BuildHistoryPinned",
     "CacheExportCompleted",
     "CacheExportFailed",
     "CacheExportStarted",
@@ -374,4 +377,25 @@ class DaemonStopped(Event):
     """A daemon process stopped cleanly."""
 
     daemon_id: str
+    reason: str = ""
+
+
+# --- build history --------------------------------------------------------------------------------
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildHistoryPinned(Event):
+    """A build's history entry was pinned (``pinned``) or unpinned; pinned entries are kept."""
+
+    build_ref: str
+    pinned: bool = True
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildHistoryDeleted(Event):
+    """A build's history entry was deleted: it leaves the history; its events stay in the log."""
+
+    build_ref: str
     reason: str = ""

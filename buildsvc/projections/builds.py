@@ -1,4 +1,9 @@
-"""The build history: one row per solve and one per vertex of it, from solve and vertex events."""
+"""The build history: one row per solve and one per vertex of it, from solve and vertex events.
+
+``BuildHistoryPinned`` sets a build's ``pinned``; ``BuildHistoryDeleted`` marks its row deleted, and
+the reads (:func:`list_builds`, :func:`get_build`) no longer see it. The row stays so that any event
+of the build recorded after the deletion changes nothing (the events themselves stay in the log).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ _SOLVE_TYPES = {
     ev.SolveFailed.type_name,
     ev.SolveCancelled.type_name,
 }
+_HISTORY_TYPES = {ev.BuildHistoryPinned.type_name, ev.BuildHistoryDeleted.type_name}
 _VERTEX_TYPES = {
     ev.VertexStarted.type_name,
     ev.VertexCached.type_name,
@@ -37,7 +43,7 @@ class BuildHistoryProjection:
     name = "builds"
     tables: Sequence[sa.Table] = (builds, build_vertices)
     inline = False
-    event_types = frozenset(_SOLVE_TYPES | _VERTEX_TYPES)
+    event_types = frozenset(_SOLVE_TYPES | _VERTEX_TYPES | _HISTORY_TYPES)
 
     def apply(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """Fold a batch of events into the build rows."""
@@ -56,6 +62,11 @@ class BuildHistoryProjection:
             build = touched_builds.get(ref)
             if build is None:
                 build = touched_builds[ref] = _build_row(build_rows, stored, ref)
+            if build["deleted"]:
+                continue
+            if stored.type in _HISTORY_TYPES:
+                _HISTORY_STEPS[stored.type](build, event)
+                continue
             build["last_position"] = stored.position
             if stored.type in _VERTEX_TYPES:
                 key = (ref, event.vertex)  # type: ignore[attr-defined]
@@ -96,6 +107,8 @@ def _build_row(rows: RowBuffer, stored: StoredEvent, build_ref: str) -> dict[str
                 "exit_code": None,
                 "first_position": stored.position,
                 "last_position": stored.position,
+                "pinned": False,
+                "deleted": False,
             }
         )
     return row
@@ -204,6 +217,18 @@ def _vertex_interrupted(build: Build, row: Build, stored: StoredEvent, event: An
     build["vertices_interrupted"] += 1
 
 
+def _history_pinned(build: Build, event: Any) -> None:
+    build["pinned"] = event.pinned
+
+
+def _history_deleted(build: Build, event: Any) -> None:
+    build.update(deleted=True, pinned=False)
+
+
+_HISTORY_STEPS: dict[str, Callable[[Build, Any], None]] = {
+    ev.BuildHistoryPinned.type_name: _history_pinned,
+    ev.BuildHistoryDeleted.type_name: _history_deleted,
+}
 _SOLVE_STEPS: dict[str, Callable[[Build, StoredEvent, Any], None]] = {
     ev.SolveRequested.type_name: _solve_requested,
     ev.SolveStarted.type_name: _solve_started,
@@ -225,18 +250,29 @@ _VERTEX_STEPS: dict[str, Callable[[Build, Build, StoredEvent, Any], None]] = {
 
 def list_builds(conn: Connection, *, limit: int = 50) -> list[dict[str, Any]]:
     """The newest builds first."""
-    query = sa.select(builds).order_by(builds.c.first_position.desc()).limit(limit)
-    return [dict(r) for r in conn.execute(query).mappings()]
+    query = (
+        sa.select(builds)
+        .where(builds.c.deleted.is_(False))
+        .order_by(builds.c.first_position.desc())
+        .limit(limit)
+    )
+    return [_visible(r) for r in conn.execute(query).mappings()]
+
+
+def _visible(row: Any) -> dict[str, Any]:
+    found = dict(row)
+    del found["deleted"]
+    return found
 
 
 def get_build(conn: Connection, build_ref: str) -> dict[str, Any] | None:
     """One build's row with its vertices (in the order they were first seen), or None."""
     row = conn.execute(sa.select(builds).where(builds.c.build_ref == build_ref)).mappings().first()
-    if row is None:
+    if row is None or row["deleted"]:
         return None
     vertices = conn.execute(
         sa.select(build_vertices)
         .where(build_vertices.c.build_ref == build_ref)
         .order_by(build_vertices.c.started_at.is_(None), build_vertices.c.started_at, build_vertices.c.vertex)
     ).mappings()
-    return dict(row) | {"vertices": [dict(v) for v in vertices]}
+    return _visible(row) | {"vertices": [dict(v) for v in vertices]}

@@ -62,6 +62,10 @@ builds = sa.Table(
     sa.Column("exit_code", sa.Integer(), nullable=True),
     sa.Column("first_position", _position, nullable=False),
     sa.Column("last_position", _position, nullable=False),
+    # Set by BuildHistoryPinned; a deleted entry (BuildHistoryDeleted) stays as a row the reads skip,
+    # so events of the build that come after cannot bring it back.
+    sa.Column("pinned", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("deleted", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 
 build_vertices = sa.Table(

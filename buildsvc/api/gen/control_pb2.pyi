@@ -257,7 +257,7 @@ class DiskUsageResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("snapshot_id", "worker", "snapshotter", "parent", "kind", "state", "size_bytes", "in_use", "active_refs")
+    __slots__ = ("snapshot_id", "worker", "snapshotter", "parent", "kind", "state", "size_bytes", "in_use", "active_refs", "shared", "cache_keys")
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +267,8 @@ class UsageRecord(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     IN_USE_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_REFS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KEYS_FIELD_NUMBER: _ClassVar[int]
     snapshot_id: str
     worker: str
     snapshotter: str
@@ -276,7 +278,44 @@ class UsageRecord(_message.Message):
     size_bytes: int
     in_use: bool
     active_refs: int
-    def __init__(self, snapshot_id: _Optional[str] = ..., worker: _Optional[str] = ..., snapshotter: _Optional[str] = ..., parent: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., size_bytes: _Optional[int] = ..., in_use: _Optional[bool] = ..., active_refs: _Optional[int] = ...) -> None: ...
+    shared: bool
+    cache_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, snapshot_id: _Optional[str] = ..., worker: _Optional[str] = ..., snapshotter: _Optional[str] = ..., parent: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., size_bytes: _Optional[int] = ..., in_use: _Optional[bool] = ..., active_refs: _Optional[int] = ..., shared: _Optional[bool] = ..., cache_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PruneRequest(_message.Message):
+    __slots__ = ("all", "keep_duration_seconds", "filters")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    keep_duration_seconds: float
+    filters: _containers.ScalarMap[str, str]
+    def __init__(self, all: _Optional[bool] = ..., keep_duration_seconds: _Optional[float] = ..., filters: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PruneSkipped(_message.Message):
+    __slots__ = ("snapshot_id", "worker", "reason")
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    worker: str
+    reason: str
+    def __init__(self, snapshot_id: _Optional[str] = ..., worker: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PruneResponse(_message.Message):
+    __slots__ = ("removed", "skipped")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    removed: UsageRecord
+    skipped: PruneSkipped
+    def __init__(self, removed: _Optional[_Union[UsageRecord, _Mapping]] = ..., skipped: _Optional[_Union[PruneSkipped, _Mapping]] = ...) -> None: ...
 
 class BuildHistoryRequest(_message.Message):
     __slots__ = ("active_only", "ref", "early_exit")
@@ -297,7 +336,7 @@ class BuildHistoryEvent(_message.Message):
     def __init__(self, type: _Optional[_Union[BuildHistoryEventType, str]] = ..., record: _Optional[_Union[BuildHistoryRecord, _Mapping]] = ...) -> None: ...
 
 class BuildHistoryRecord(_message.Message):
-    __slots__ = ("ref", "status", "frontend", "actor", "requested_at", "ended_at", "vertices_total", "vertices_completed", "vertices_cached", "error", "error_vertex", "exit_code")
+    __slots__ = ("ref", "status", "frontend", "actor", "requested_at", "ended_at", "vertices_total", "vertices_completed", "vertices_cached", "error", "error_vertex", "exit_code", "pinned")
     REF_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FRONTEND_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +349,7 @@ class BuildHistoryRecord(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_VERTEX_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     ref: str
     status: BuildStatus
     frontend: str
@@ -322,4 +362,19 @@ class BuildHistoryRecord(_message.Message):
     error: str
     error_vertex: str
     exit_code: int
-    def __init__(self, ref: _Optional[str] = ..., status: _Optional[_Union[BuildStatus, str]] = ..., frontend: _Optional[str] = ..., actor: _Optional[str] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., vertices_total: _Optional[int] = ..., vertices_completed: _Optional[int] = ..., vertices_cached: _Optional[int] = ..., error: _Optional[str] = ..., error_vertex: _Optional[str] = ..., exit_code: _Optional[int] = ...) -> None: ...
+    pinned: bool
+    def __init__(self, ref: _Optional[str] = ..., status: _Optional[_Union[BuildStatus, str]] = ..., frontend: _Optional[str] = ..., actor: _Optional[str] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., vertices_total: _Optional[int] = ..., vertices_completed: _Optional[int] = ..., vertices_cached: _Optional[int] = ..., error: _Optional[str] = ..., error_vertex: _Optional[str] = ..., exit_code: _Optional[int] = ..., pinned: _Optional[bool] = ...) -> None: ...
+
+class UpdateBuildHistoryRequest(_message.Message):
+    __slots__ = ("ref", "pinned", "delete")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    pinned: bool
+    delete: bool
+    def __init__(self, ref: _Optional[str] = ..., pinned: _Optional[bool] = ..., delete: _Optional[bool] = ...) -> None: ...
+
+class UpdateBuildHistoryResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

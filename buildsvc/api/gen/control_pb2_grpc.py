@@ -64,10 +64,20 @@ class ControlStub:
                 request_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.DiskUsageRequest.SerializeToString,
                 response_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.DiskUsageResponse.FromString,
                 _registered_method=True)
+        self.Prune = channel.unary_stream(
+                '/buildsvc.control.v1.Control/Prune',
+                request_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.PruneRequest.SerializeToString,
+                response_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.PruneResponse.FromString,
+                _registered_method=True)
         self.ListenBuildHistory = channel.unary_stream(
                 '/buildsvc.control.v1.Control/ListenBuildHistory',
                 request_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.BuildHistoryRequest.SerializeToString,
                 response_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.BuildHistoryEvent.FromString,
+                _registered_method=True)
+        self.UpdateBuildHistory = channel.unary_unary(
+                '/buildsvc.control.v1.Control/UpdateBuildHistory',
+                request_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryRequest.SerializeToString,
+                response_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryResponse.FromString,
                 _registered_method=True)
 
 
@@ -113,8 +123,22 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prune(self, request, context):
+        """Removes cached results nothing but their cache records holds; children before their parents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListenBuildHistory(self, request, context):
         """The builds there are, then each build that starts or ends (unless early_exit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateBuildHistory(self, request, context):
+        """Pins, unpins or deletes a build's history entry (its events stay in the log).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,10 +177,20 @@ def add_ControlServicer_to_server(servicer, server):
                     request_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.DiskUsageRequest.FromString,
                     response_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.DiskUsageResponse.SerializeToString,
             ),
+            'Prune': grpc.unary_stream_rpc_method_handler(
+                    servicer.Prune,
+                    request_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.PruneRequest.FromString,
+                    response_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.PruneResponse.SerializeToString,
+            ),
             'ListenBuildHistory': grpc.unary_stream_rpc_method_handler(
                     servicer.ListenBuildHistory,
                     request_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.BuildHistoryRequest.FromString,
                     response_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.BuildHistoryEvent.SerializeToString,
+            ),
+            'UpdateBuildHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateBuildHistory,
+                    request_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryRequest.FromString,
+                    response_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -332,6 +366,33 @@ class Control:
             _registered_method=True)
 
     @staticmethod
+    def Prune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/buildsvc.control.v1.Control/Prune',
+            buildsvc_dot_control_dot_v1_dot_control__pb2.PruneRequest.SerializeToString,
+            buildsvc_dot_control_dot_v1_dot_control__pb2.PruneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListenBuildHistory(request,
             target,
             options=(),
@@ -348,6 +409,33 @@ class Control:
             '/buildsvc.control.v1.Control/ListenBuildHistory',
             buildsvc_dot_control_dot_v1_dot_control__pb2.BuildHistoryRequest.SerializeToString,
             buildsvc_dot_control_dot_v1_dot_control__pb2.BuildHistoryEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateBuildHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/buildsvc.control.v1.Control/UpdateBuildHistory',
+            buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryRequest.SerializeToString,
+            buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,7 +50,8 @@ def test_the_catalog_names_every_event_the_service_records() -> None:
         "VertexLogChunk", "RefAcquired", "RefReleased", "SnapshotCreated", "SnapshotCommitted",
         "SnapshotRemoved", "CacheRecordAdded", "CacheRecordRemoved", "CacheExportStarted",
         "CacheExportCompleted", "CacheExportFailed", "CacheImported", "ExportCompleted",
-        "WorkerRegistered", "DaemonStarted", "DaemonStopped",
+        "WorkerRegistered", "DaemonStarted", "DaemonStopped", "BuildHistoryPinned",
+        "BuildHistoryDeleted",
     }  # fmt: skip
     assert expected <= set(registered_types())
     assert set(catalog.__all__) == expected

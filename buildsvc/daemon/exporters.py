@@ -1,0 +1,381 @@
+"""Image exporters: a build result as an OCI image, written as a layout tarball or pushed.
+
+Both read the result through :meth:`Engine.view` (a recorded read-only view, so the export's
+snapshot and ref are events of the build and the leak report stays empty) and pack its tree as ONE
+reproducible layer: entries sorted, mtimes 0, no user or group names, gzip without a name or time.
+The image config is the Dockerfile frontend's (``DockerfileResult.image_config``) when the build
+came from it, else a minimal one for the host platform; ``rootfs`` and ``history`` are set here.
+The same result and config give the same layer, config and manifest digests, whichever exporter.
+
+``type=oci,dest=FILE[,name=REF]`` writes an OCI image layout tarball (``skopeo``/``umoci`` read it;
+``org.opencontainers.image.ref.name`` is the tag of ``name``, ``io.containerd.image.name`` the full
+name, as BuildKit writes them). ``type=image,name=REF,push=true`` pushes layer, config and manifest
+through the engine's registry client (``registry.insecure=true`` allows plain HTTP to a loopback
+registry for that push).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from buildsvc.daemon.engine import Engine
+from buildsvc.errors import InvalidInput
+from buildsvc.events import catalog as ev
+from buildsvc.solver.engine import ResultRef
+from buildsvc.sources import OciLayout, RegistryClient, RegistryOptions, host_platform, parse_reference
+from buildsvc.sources.manifests import (
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    Descriptor,
+    Manifest,
+    manifest_json,
+    sha256_digest,
+)
+from buildsvc.sources.platforms import ImagePlatform
+from buildsvc.sources.reference import Reference
+
+__all__ = [
+    "EXPORTER_TYPES",
+    "ExportedImage",
+    "check_exporter",
+    "export_image_layout",
+    "is_true",
+    "push_image",
+    "run_exporters",
+]
+
+EXPORTER_TYPES = ("local", "tar", "oci", "image")
+CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
+_CHUNK = 1 << 20
+_TRUE = ("1", "true", "yes")
+
+
+def check_exporter(attrs: Mapping[str, str]) -> None:
+    """Refuse an exporter spec that cannot work (``InvalidInput`` saying what is wrong)."""
+    kind = attrs.get("type", "")
+    if kind not in EXPORTER_TYPES:
+        raise InvalidInput(f"type must be one of {', '.join(EXPORTER_TYPES)}, got {kind!r}")
+    if kind in ("local", "tar", "oci") and not attrs.get("dest"):
+        raise InvalidInput(f"type={kind}: dest= is required")
+    name = attrs.get("name", "")
+    if kind == "image":
+        if not name:
+            raise InvalidInput("type=image: name= is required")
+        if not is_true(attrs.get("push", "")):
+            raise InvalidInput("type=image: push=true is required (there is no local image store)")
+    if name:
+        ref = parse_reference(name)  # InvalidReference is InvalidInput
+        if kind == "image" and ref.tag is None and ref.digest is not None:
+            raise InvalidInput(f"type=image: name= needs a tag to push to, got {name!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportedImage:
+    """What an image exporter made."""
+
+    manifest_digest: str
+    config_digest: str
+    layer_digest: str
+
+    def response(self) -> dict[str, str]:
+        """The exporter response keys BuildKit uses."""
+        return {
+            "containerimage.digest": self.manifest_digest,
+            "containerimage.config.digest": self.config_digest,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Image:
+    layer_path: Path
+    layer: Descriptor
+    config: bytes
+    manifest: bytes
+    platform: ImagePlatform
+
+    @property
+    def manifest_digest(self) -> str:
+        return sha256_digest(self.manifest)
+
+    @property
+    def config_digest(self) -> str:
+        return sha256_digest(self.config)
+
+    def exported(self) -> ExportedImage:
+        return ExportedImage(
+            manifest_digest=self.manifest_digest,
+            config_digest=self.config_digest,
+            layer_digest=self.layer.digest,
+        )
+
+
+def export_image_layout(
+    engine: Engine,
+    result: ResultRef | None,
+    build_ref: str,
+    dest_tar: Path,
+    *,
+    name: str = "",
+    image_config: Mapping[str, Any] | None = None,
+) -> ExportedImage:
+    """Write the result as an OCI image layout tarball at ``dest_tar`` (replaced atomically)."""
+    dest_tar = dest_tar.absolute()
+    dest_tar.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".buildsvc-oci-", dir=dest_tar.parent) as work:
+        image = _make_image(engine, result, build_ref, Path(work), image_config)
+        layout = OciLayout(os.path.join(work, "layout"), create=True)
+        layout.add_blob_chunks(image.layer.digest, _file_chunks(image.layer_path), size=image.layer.size)
+        layout.add_blob(image.config)
+        layout.add_blob(image.manifest)
+        annotations: dict[str, str] = {}
+        ref_name: str | None = None
+        if name:
+            ref = parse_reference(name)
+            annotations[CONTAINERD_NAME_ANNOTATION] = str(ref)
+            ref_name = ref.tag or ref.digest
+        layout.add_manifest(
+            Descriptor(
+                media_type=OCI_MANIFEST,
+                digest=image.manifest_digest,
+                size=len(image.manifest),
+                platform=image.platform,
+                annotations=annotations,
+            ),
+            ref_name=ref_name,
+        )
+        partial = Path(work) / "layout.tar"
+        _tar_layout(Path(layout.path), partial)
+        os.replace(partial, dest_tar)
+        return image.exported()
+
+
+def push_image(
+    engine: Engine,
+    result: ResultRef | None,
+    build_ref: str,
+    name: str,
+    *,
+    image_config: Mapping[str, Any] | None = None,
+    insecure: bool = False,
+) -> ExportedImage:
+    """Push the result as an image to ``name`` (its tag); returns the digests pushed."""
+    ref = parse_reference(name)
+    tag = ref.tag
+    if tag is None:
+        raise InvalidInput(f"image name {name!r} has no tag to push to")
+    target = Reference(domain=ref.domain, path=ref.path, tag=tag)
+    with tempfile.TemporaryDirectory(prefix="buildsvc-push-", dir=engine.state.root) as work:
+        image = _make_image(engine, result, build_ref, Path(work), image_config)
+        client, own = engine.registry, False
+        if insecure and not client.options.insecure:
+            options = client.options
+            client = RegistryClient(
+                RegistryOptions(
+                    insecure=True,
+                    credentials=options.credentials,
+                    timeout=options.timeout,
+                    attempts=options.attempts,
+                    retry_wait=options.retry_wait,
+                )
+            )
+            own = True
+        try:
+            client.push_blob(
+                target, image.layer.digest, lambda: _file_chunks(image.layer_path), image.layer.size
+            )
+            client.push_blob_bytes(target, image.config)
+            pushed = client.push_manifest(target, image.manifest, OCI_MANIFEST, tag=tag)
+        finally:
+            if own:
+                client.close()
+        if pushed != image.manifest_digest:  # pragma: no cover - same bytes, same hash
+            raise AssertionError("pushed manifest digest differs")
+        return image.exported()
+
+
+def run_exporters(
+    engine: Engine,
+    result: ResultRef | None,
+    build_ref: str,
+    outputs: Sequence[Mapping[str, str]],
+    *,
+    image_config: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Run each (checked) exporter on ``result``; their merged response, which the solve records
+    and ``--metadata-file`` writes. ``local``/``tar`` go through :class:`Engine`, the rest here.
+    """
+    response: dict[str, str] = {}
+    for out in outputs:
+        kind = out["type"]
+        part: dict[str, str] = {}
+        if kind == "image":
+            image = push_image(
+                engine,
+                result,
+                build_ref,
+                out["name"],
+                image_config=image_config,
+                insecure=is_true(out.get("registry.insecure", "")),
+            )
+            part.update(image.response())
+            part["image.name"] = out["name"]
+        else:
+            dest = Path(out["dest"])
+            if kind == "local":
+                engine.export_local(result, dest, build_ref=build_ref)
+            elif kind == "tar":
+                engine.export_tar(result, dest, build_ref=build_ref)
+            else:
+                image = export_image_layout(
+                    engine, result, build_ref, dest, name=out.get("name", ""), image_config=image_config
+                )
+                part.update(image.response())
+                if out.get("name"):
+                    part["image.name"] = out["name"]
+            part[f"{kind}.dest"] = str(dest)
+        # Act, then record: what was written where, in the build's own stream.
+        engine.state.store.append(
+            f"build-{build_ref}",
+            [ev.ExportCompleted(build_ref=build_ref, exporter=kind, attrs=dict(out), response=part)],
+        )
+        response.update(part)
+    return response
+
+
+# --- the image --------------------------------------------------------------------------------------
+
+
+def _make_image(
+    engine: Engine,
+    result: ResultRef | None,
+    build_ref: str,
+    work: Path,
+    image_config: Mapping[str, Any] | None,
+) -> _Image:
+    layer_path = work / "layer.tar.gz"
+    with engine.view(result, build_ref) as root:
+        diff_id, digest, size = _write_layer(root, layer_path)
+    config_doc = _config(image_config, diff_id)
+    platform = ImagePlatform(
+        os=str(config_doc["os"]),
+        architecture=str(config_doc["architecture"]),
+        variant=str(config_doc.get("variant", "")),
+    )
+    config = json.dumps(config_doc, sort_keys=True, separators=(",", ":")).encode()
+    layer = Descriptor(media_type=OCI_LAYER_GZIP, digest=digest, size=size)
+    manifest = manifest_json(
+        Manifest(
+            media_type=OCI_MANIFEST,
+            config=Descriptor(media_type=OCI_CONFIG, digest=sha256_digest(config), size=len(config)),
+            layers=(layer,),
+        )
+    )
+    return _Image(layer_path=layer_path, layer=layer, config=config, manifest=manifest, platform=platform)
+
+
+def _config(image_config: Mapping[str, Any] | None, diff_id: str) -> dict[str, Any]:
+    if image_config:
+        doc: dict[str, Any] = json.loads(json.dumps(dict(image_config)))  # a deep copy of plain JSON
+    else:
+        host = host_platform()
+        doc = {"architecture": host.architecture, "os": host.os, "config": {}}
+        if host.variant:
+            doc["variant"] = host.variant
+    doc["rootfs"] = {"type": "layers", "diff_ids": [diff_id]}
+    doc["history"] = [{"created_by": "buildsvc: the build result", "comment": "buildsvc.exporter.v0"}]
+    return doc
+
+
+class _Hashing:
+    """A write-only file that hashes and counts what passes through to ``sink``."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self.sink = sink
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
+def _write_layer(root: Path | None, path: Path) -> tuple[str, str, int]:
+    """Write ``root``'s tree as a gzipped tar at ``path``: (diff id, digest, compressed size)."""
+    with path.open("wb") as raw:
+        compressed = _Hashing(raw)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as gz:
+            plain = _Hashing(gz)  # type: ignore[arg-type]
+            with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                if root is not None:
+                    for entry in _walk(root):
+                        _add(tar, root, entry)
+    return plain.digest, compressed.digest, compressed.size
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every entry under ``root`` (not ``root`` itself), parents first, names sorted."""
+    for child in sorted(root.iterdir(), key=lambda p: p.name):
+        yield child
+        if child.is_dir() and not child.is_symlink():
+            yield from _walk(child)
+
+
+def _add(tar: tarfile.TarFile, root: Path, path: Path) -> None:
+    info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
+    if info is None:  # a socket: not in layers
+        return
+    info.mtime = 0
+    info.uname = info.gname = ""
+    info.pax_headers = {}
+    if info.isreg():
+        with path.open("rb") as f:
+            tar.addfile(info, f)
+    else:
+        tar.addfile(info)
+
+
+def _tar_layout(layout: Path, dest: Path) -> None:
+    """The layout directory as a tar (``oci-layout``, ``index.json``, ``blobs/...``), reproducibly."""
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in _walk(layout):
+            if entry.name.startswith("."):
+                continue
+            info = tar.gettarinfo(str(entry), arcname=entry.relative_to(layout).as_posix())
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o755 if info.isdir() else 0o644
+            if info.isreg():
+                with entry.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+def is_true(value: str) -> bool:
+    """Whether an exporter attribute says yes (``true``, ``1``, ``yes``)."""
+    return value.lower() in _TRUE
