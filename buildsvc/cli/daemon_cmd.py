@@ -98,6 +98,7 @@ def daemon(
             while not stop.wait(0.5):
                 pass
             gate.stop_accepting()
+            click.echo(f"shutting down: no new builds; {shutdown_grace:g}s for running ones", err=True)
             running = gate.wait_idle(shutdown_grace)
             if running:
                 click.echo(f"shutdown: cancelling {len(running)} build(s): {', '.join(running)}", err=True)

@@ -84,6 +84,14 @@ class Daemon:
     def terminate(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
 
+    def wait_shutting_down(self, timeout: float = 30) -> None:
+        """Until the daemon says it takes no new builds (a signal is handled asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while "shutting down" not in self.output():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"daemon did not start shutting down in {timeout}s:\n{self.output()}")
+            time.sleep(0.02)
+
     def wait(self, timeout: float = 60) -> int:
         try:
             return self.proc.wait(timeout)

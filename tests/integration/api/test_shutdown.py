@@ -64,6 +64,7 @@ def test_a_running_build_finishes_within_the_grace_and_new_ones_are_refused(
     d = daemons.start("--shutdown-grace", "10")
     running = Running(d, solve_options(rootfs, "sleep 2; echo slept", "RUN sleep"))
     d.terminate()
+    d.wait_shutting_down()
     with Client(d.addr) as late, pytest.raises(DaemonUnavailable, match="daemon is shutting down"):
         late.solve(solve_options(rootfs, "true", "RUN too late"))
     running.join()
