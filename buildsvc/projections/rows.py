@@ -154,11 +154,32 @@ class RowBuffer:
             self.conn.execute(self.table.insert(), rows)
             return
         names = ", ".join(f'"{c}"' for c in columns)
+        types = [_pg_type(c) for c in self.table.columns]
         with driver_errors(self.conn):
             cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             try:
-                with cursor.copy(f'COPY "{self.table.name}" ({names}) FROM STDIN') as copy:
+                # Binary COPY with declared types: psycopg's C dumpers, no text formatting per value.
+                with cursor.copy(f'COPY "{self.table.name}" ({names}) FROM STDIN (FORMAT BINARY)') as copy:
+                    copy.set_types(types)
                     for row in rows:
                         copy.write_row([row[c] for c in columns])
             finally:
                 cursor.close()
+
+
+def _pg_type(column: sa.Column[Any]) -> str:
+    """The PostgreSQL type name binary COPY needs for a projection column."""
+    kind = column.type
+    if isinstance(kind, sa.TypeDecorator):
+        kind = kind.impl  # type: ignore[assignment]
+    if isinstance(kind, sa.Boolean):
+        return "bool"
+    if isinstance(kind, sa.BigInteger):
+        return "int8"
+    if isinstance(kind, sa.Integer):
+        return "int4"
+    if isinstance(kind, sa.DateTime):
+        return "timestamptz"
+    if isinstance(kind, sa.String | sa.Text):
+        return "text"
+    raise TypeError(f"no binary COPY type for column {column.name} ({column.type})")
