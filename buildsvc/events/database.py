@@ -18,7 +18,6 @@ not retried.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,7 +93,6 @@ class Database:
         self.engine = engine
         self.retry = retry
         self.is_postgres = engine.dialect.name == "postgresql"
-        self._closed = threading.Event()
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_transient),
             stop=tenacity.stop_after_delay(retry.max_delay),
@@ -146,7 +144,6 @@ class Database:
 
     def dispose(self) -> None:
         """Close every pooled connection."""
-        self._closed.set()
         self.engine.dispose()
 
 

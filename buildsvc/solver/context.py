@@ -60,36 +60,31 @@ class VertexContext:
         """The worker's snapshotter."""
         return self.worker.snapshotter.name
 
-    def prepare(self, parent: str | None) -> str:
-        """A new writable snapshot on ``parent`` (announced before it is made)."""
-        key = f"active-{uuid.uuid4().hex}"
+    def _announce(self, kind: str, parent: str | None) -> str:
+        """Record a new snapshot of this step and the vertex's ref on it (buffered); its key."""
+        key = f"{kind}-{uuid.uuid4().hex}"
         self.step.record(
             ev.SnapshotCreated(
                 snapshot_id=key,
                 worker=self.worker.info.name,
                 snapshotter=self.snapshotter_name,
                 parent=parent,
-                kind="active",
+                kind=kind,
             )
         )
         self._held[key] = self.step.acquire(key, "vertex", self.vertex)
+        return key
+
+    def prepare(self, parent: str | None) -> str:
+        """A new writable snapshot on ``parent`` (announced before it is made)."""
+        key = self._announce("active", parent)
         self.step.flush()
         self.worker.snapshotter.prepare(key, parent)
         return key
 
     def view(self, committed: str) -> str:
         """A read-only view of a committed snapshot, for reading an input."""
-        key = f"view-{uuid.uuid4().hex}"
-        self.step.record(
-            ev.SnapshotCreated(
-                snapshot_id=key,
-                worker=self.worker.info.name,
-                snapshotter=self.snapshotter_name,
-                parent=committed,
-                kind="view",
-            )
-        )
-        self._held[key] = self.step.acquire(key, "vertex", self.vertex)
+        key = self._announce("view", committed)
         self.step.flush()
         self.worker.snapshotter.view(key, committed)
         return key
@@ -106,23 +101,8 @@ class VertexContext:
 
     def read_inputs(self, committed: Sequence[str | None]) -> list[Path | None]:
         """Mounted read-only views of several inputs, announced in one append."""
-        keys: list[str | None] = []
-        for parent in committed:
-            if parent is None:
-                keys.append(None)
-                continue
-            key = f"view-{uuid.uuid4().hex}"
-            self.step.record(
-                ev.SnapshotCreated(
-                    snapshot_id=key,
-                    worker=self.worker.info.name,
-                    snapshotter=self.snapshotter_name,
-                    parent=parent,
-                    kind="view",
-                )
-            )
-            self._held[key] = self.step.acquire(key, "vertex", self.vertex)
-            keys.append(key)
+        # All views are announced in one append, then made.
+        keys = [self._announce("view", parent) if parent is not None else None for parent in committed]
         self.step.flush()
         paths: list[Path | None] = []
         for view, source in zip(keys, committed, strict=True):
