@@ -6,13 +6,15 @@ Every call returns the API's model objects and raises the same buildsvc errors t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
 
 from buildsvc.api import convert
+from buildsvc.api.content_client import sync_dir
 from buildsvc.api.errors import DaemonUnavailable, error_from_rpc
+from buildsvc.api.gateway_client import BuildOutcome, Gateway, run_client_build
 from buildsvc.api.gen import control_pb2 as pb
 from buildsvc.api.gen import control_pb2_grpc as pb_grpc
 from buildsvc.api.model import (
@@ -25,6 +27,7 @@ from buildsvc.api.model import (
     WorkerRecord,
 )
 from buildsvc.api.serve import TlsFiles, parse_address
+from buildsvc.contexts import ContextTransfer, Scan
 from buildsvc.errors import InvalidInput
 
 __all__ = ["Client", "StatusStream", "connect"]
@@ -57,7 +60,7 @@ class StatusStream:
 class Client:
     """A connection to a daemon at ``addr`` (``unix:///path`` or ``tcp://host:port``)."""
 
-    def __init__(self, addr: str, *, tls: TlsFiles | None = None) -> None:
+    def __init__(self, addr: str, *, tls: TlsFiles | None = None, server_name: str | None = None) -> None:
         address = parse_address(addr)
         self.addr = addr
         if tls is not None:
@@ -65,12 +68,19 @@ class Client:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=ca, private_key=key, certificate_chain=cert
             )
-            self._channel = grpc.secure_channel(address.target, credentials)
+            # The name the daemon's certificate must carry, when it differs from the address's host.
+            options = (("grpc.ssl_target_name_override", server_name),) if server_name else ()
+            self._channel = grpc.secure_channel(address.target, credentials, options=options)
         elif address.scheme == "tcp" and not address.loopback:
             raise InvalidInput(f"{addr}: a remote daemon needs TLS (--tlscacert, --tlscert, --tlskey)")
         else:
             self._channel = grpc.insecure_channel(address.target)
         self._stub = pb_grpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]  # generated
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The connection, for the other services on the same socket (LLBBridge)."""
+        return self._channel
 
     def close(self) -> None:
         """Close the connection."""
@@ -100,6 +110,19 @@ class Client:
         """Run a build to its end; returns the exporters' response (raises SolveError and the like)."""
         response: pb.SolveResponse = self._call("Solve", convert.solve_to_pb(options))
         return dict(response.exporter_response)
+
+    def build(self, fn: Callable[[Gateway], object], **options: Any) -> BuildOutcome:
+        """Run a client-side frontend: ``fn(gateway)`` here, its solves on the daemon.
+
+        The options are :func:`buildsvc.api.gateway_client.run_client_build`'s.
+        """
+        return run_client_build(self, fn, **options)
+
+    def sync_dir(self, scan: Scan) -> ContextTransfer:
+        """Send a scanned dir to the daemon's context store (only the files it lacks); the result's
+        ``manifest_digest`` is what ``SolveOptions.local_contexts`` names it by.
+        """
+        return sync_dir(self._channel, scan, addr=self.addr)
 
     def status(self, build_ref: str, *, after_position: int = 0) -> StatusStream:
         """The build's updates from its start (or after ``after_position``) until it ends."""
@@ -165,9 +188,11 @@ class Client:
             call.cancel()
 
 
-def connect(addr: str, *, tls: TlsFiles | None = None, timeout: float = 5.0) -> Client:
+def connect(
+    addr: str, *, tls: TlsFiles | None = None, server_name: str | None = None, timeout: float = 5.0
+) -> Client:
     """A client whose daemon answered within ``timeout`` (else DaemonUnavailable)."""
-    client = Client(addr, tls=tls)
+    client = Client(addr, tls=tls, server_name=server_name)
     if not client.ready(timeout):
         client.close()
         raise DaemonUnavailable(f"no daemon answers at {addr}")

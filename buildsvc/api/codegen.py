@@ -20,8 +20,22 @@ __all__ = ["GENERATED", "PROTO_ROOT", "generate"]
 API = Path(__file__).resolve().parent
 PROTO_ROOT = API / "proto"
 GEN = API / "gen"
-PROTOS = ["buildsvc/control/v1/control.proto"]
-GENERATED = ["control_pb2.py", "control_pb2.pyi", "control_pb2_grpc.py"]
+PROTOS = [
+    "buildsvc/control/v1/control.proto",
+    "buildsvc/gateway/v1/gateway.proto",
+    "buildsvc/content/v1/content.proto",
+]
+GENERATED = [
+    "control_pb2.py",
+    "control_pb2.pyi",
+    "control_pb2_grpc.py",
+    "gateway_pb2.py",
+    "gateway_pb2.pyi",
+    "gateway_pb2_grpc.py",
+    "content_pb2.py",
+    "content_pb2.pyi",
+    "content_pb2_grpc.py",
+]
 
 
 def _well_known_protos() -> Path:
@@ -57,8 +71,10 @@ def generate(out: Path) -> list[Path]:
             raise SystemExit(f"protoc failed:\n{done.stderr}")
         written = []
         for name in GENERATED:
-            text = (Path(scratch) / "buildsvc" / "control" / "v1" / name).read_text()
-            text = text.replace("from buildsvc.control.v1 import", "from buildsvc.api.gen import")
+            # Each proto's package names its directory: buildsvc/<service>/v1/<service>_pb2*.
+            package = name.split("_pb2")[0]
+            text = (Path(scratch) / "buildsvc" / package / "v1" / name).read_text()
+            text = text.replace(f"from buildsvc.{package}.v1 import", "from buildsvc.api.gen import")
             target = out / name
             target.write_text(text)
             written.append(target)

@@ -104,7 +104,30 @@ def solve_to_pb(options: SolveOptions) -> pb.SolveRequest:
         ],
         local_dirs={name: str(path) for name, path in options.local_dirs.items()},
         actor=options.actor,
+        local_contexts=dict(options.local_contexts),
+        cache=pb.CacheOptions(
+            exports=[_cache_entry(e) for e in options.cache_exports],
+            imports=[_cache_entry(i) for i in options.cache_imports],
+        ),
     )
+
+
+def _cache_entry(attrs: Mapping[str, str]) -> pb.CacheOptionsEntry:
+    return pb.CacheOptionsEntry(
+        type=attrs.get("type", ""), attrs={k: v for k, v in attrs.items() if k != "type"}
+    )
+
+
+def _cache_from_pb(cache: pb.CacheOptions) -> tuple[tuple[dict[str, str], ...], tuple[dict[str, str], ...]]:
+    """Exports and imports, the deprecated fields translated as BuildKit's daemon does."""
+    exports = [{"type": e.type, **dict(e.attrs)} for e in cache.exports]
+    imports = [{"type": i.type, **dict(i.attrs)} for i in cache.imports]
+    if cache.export_ref_deprecated:
+        exports.append(
+            {**dict(cache.export_attrs_deprecated), "type": "registry", "ref": cache.export_ref_deprecated}
+        )
+    imports += [{"type": "registry", "ref": ref} for ref in cache.import_refs_deprecated]
+    return tuple(exports), tuple(imports)
 
 
 def solve_from_pb(request: pb.SolveRequest) -> SolveOptions:
@@ -117,6 +140,9 @@ def solve_from_pb(request: pb.SolveRequest) -> SolveOptions:
         exporters=tuple({"type": e.type, **dict(e.attrs)} for e in request.exporters),
         local_dirs={name: Path(path) for name, path in request.local_dirs.items()},
         actor=request.actor,
+        local_contexts=dict(request.local_contexts),
+        cache_exports=_cache_from_pb(request.cache)[0],
+        cache_imports=_cache_from_pb(request.cache)[1],
     )
 
 

@@ -65,18 +65,16 @@ class _Row:
 
 
 def _solve_error(_: str, a: Mapping[str, Any]) -> BuildsvcError:
-    error = SolveError(
+    return SolveError(
         a["build_ref"],
         a["reason"],
         vertex=a.get("vertex"),
         name=a.get("name"),
         exit_code=a.get("exit_code"),
         log_tail=a.get("log_tail") or "",
+        source_location=a.get("source_location") or "",
+        source_excerpt=a.get("source_excerpt") or "",
     )
-    if a.get("source_location"):
-        # Not a constructor argument (yet): frontends set it on the errors they raise.
-        error.source_location = a["source_location"]  # type: ignore[attr-defined]
-    return error
 
 
 TABLE: tuple[_Row, ...] = (
@@ -89,7 +87,16 @@ TABLE: tuple[_Row, ...] = (
     _Row(
         SolveError,
         grpc.StatusCode.UNKNOWN,
-        ("build_ref", "reason", "vertex", "name", "exit_code", "log_tail", "source_location"),
+        (
+            "build_ref",
+            "reason",
+            "vertex",
+            "name",
+            "exit_code",
+            "log_tail",
+            "source_location",
+            "source_excerpt",
+        ),
         _solve_error,
     ),
     _Row(

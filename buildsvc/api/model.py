@@ -55,6 +55,11 @@ class SolveOptions:
     """Each exporter's attrs with its ``type`` among them (``type=local,dest=DIR``)."""
     local_dirs: Mapping[str, Path] = field(default_factory=dict)
     actor: str = ""
+    local_contexts: Mapping[str, str] = field(default_factory=dict)
+    """Local name -> manifest digest of a dir sent with the Content service (see Client.sync_dir)."""
+    cache_exports: tuple[Mapping[str, str], ...] = ()
+    """Each cache export's attrs with its ``type`` among them (``type=local,dest=DIR,mode=max``)."""
+    cache_imports: tuple[Mapping[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,6 +7,7 @@ as the daemon's user (root), so plaintext TCP is refused unless the host is a lo
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
 import socket
@@ -18,7 +19,11 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from buildsvc.api.content_server import add_content_service
+from buildsvc.api.gateway_server import GatewayServicer
 from buildsvc.api.gen import control_pb2_grpc as pb_grpc
+from buildsvc.api.gen import gateway_pb2_grpc as gateway_grpc
+from buildsvc.api.peercred import PeerCredRelay
 from buildsvc.api.server import ControlServicer
 from buildsvc.errors import InvalidInput
 
@@ -109,7 +114,7 @@ def parse_address(text: str) -> Address:
     raise InvalidInput(f"address {text!r}: expected unix:///PATH or tcp://HOST:PORT")
 
 
-def _unix_listen(server: grpc.Server, address: Address) -> None:
+def _unix_listen(server: grpc.Server, address: Address) -> PeerCredRelay:
     path = Path(address.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
@@ -122,13 +127,29 @@ def _unix_listen(server: grpc.Server, address: Address) -> None:
             raise InvalidInput(f"another daemon is listening on {path}")
         finally:
             probe.close()
-    # The umask makes the socket 0660 from the moment it exists, not after a chmod.
-    old = os.umask(0o117)
+
+    def bind_public(listener: socket.socket) -> None:
+        # The umask makes the socket 0660 from the moment it exists, not after a chmod.
+        old = os.umask(0o117)
+        try:
+            listener.bind(str(path))
+        except OSError as e:
+            raise InvalidInput(f"cannot listen on {path}: {e}") from e
+        finally:
+            os.umask(old)
+        os.chmod(path, SOCKET_MODE)
+
+    # gRPC cannot tell who connected to a unix socket: a relay that reads SO_PEERCRED owns the public
+    # socket and gRPC listens on a private one behind it (see ``peercred``).
+    relay = PeerCredRelay(str(path), bind_public)
     try:
-        _bind(lambda: int(server.add_insecure_port(address.target)), str(path))
-    finally:
-        os.umask(old)
-    os.chmod(path, SOCKET_MODE)
+        _bind(lambda: int(server.add_insecure_port(f"unix:{relay.private_path}")), relay.private_path)
+    except BaseException:
+        relay.close()
+        raise
+    relay.start()
+    atexit.register(relay.close)
+    return relay
 
 
 def check_listen(address: Address, tls: TlsFiles | None, insecure_loopback: bool) -> None:
@@ -182,10 +203,14 @@ def start_server(
     """Listen on ``address`` and start serving (each stream holds a thread: size the pool for them)."""
     server = grpc.server(ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"))
     pb_grpc.add_ControlServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # generated
+    # Client-side frontends call LLBBridge on the same socket, for the jobs the Control Solve opened.
+    gateway = GatewayServicer(servicer.engine, servicer.gateway_jobs)
+    gateway_grpc.add_LLBBridgeServicer_to_server(gateway, server)  # type: ignore[no-untyped-call]
+    add_content_service(server, servicer.contexts)  # local dirs sent before a Solve names them
     try:
         check_listen(address, tls, insecure_loopback)
         if address.scheme == "unix":
-            _unix_listen(server, address)
+            servicer.peer_nonce = _unix_listen(server, address).nonce
         else:
             _tcp_listen(server, address, tls)
     except BaseException:

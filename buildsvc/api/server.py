@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,19 @@ from buildsvc.api.model import (
     status_update,
     worker_record,
 )
+from buildsvc.api.peercred import actor_of
+from buildsvc.api.status_wake import StreamWaker
+from buildsvc.contexts import ContextStore, receive_contexts
+from buildsvc.daemon.cache_exports import (
+    check_cache_options,
+    export_caches,
+    frontend_attrs_with_imports,
+    import_caches,
+)
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.exporters import check_exporter, run_exporters
 from buildsvc.daemon.frontend import run_frontend
+from buildsvc.daemon.gateway import GatewayJob, GatewayJobs
 from buildsvc.daemon.history import update_build_history
 from buildsvc.daemon.prune import disk_usage, prune
 from buildsvc.errors import InvalidInput, NotFound
@@ -145,26 +156,65 @@ class ControlServicer(pb_grpc.ControlServicer):
         *,
         poll_interval: float = 0.05,
         status_wait: float = 10.0,
+        wake_fallback: float = 1.0,
     ) -> None:
         self.engine = engine
         self.state = engine.state
         self.gate = gate
         self.poll_interval = poll_interval
+        self.wake_fallback = wake_fallback
+        """On PostgreSQL, Status is woken by NOTIFY and reads anyway this often (the fallback)."""
+        self._waker: StreamWaker | None = None
+        self._waker_lock = threading.Lock()
         self.status_wait = status_wait
         """How long Status waits for a build that is neither in the log nor running here."""
+        self.peer_nonce: str | None = None
+        """Set by ``serve`` when a unix socket's relay tells each call's peer credentials."""
+        self.gateway_jobs = GatewayJobs()
+        """Builds whose frontend runs in the client, for the LLBBridge servicer (same socket)."""
+        self.contexts = ContextStore.under(engine.state.root)
+        """Local dirs sent with the Content service (served beside this one, see serve.py)."""
 
     # --- Solve, Cancel ------------------------------------------------------------------------------
 
     def Solve(self, request: pb.SolveRequest, context: grpc.ServicerContext) -> pb.SolveResponse:
         """Run a build to its end (exporting on the daemon host)."""
         try:
-            return self._solve(convert.solve_from_pb(request), context)
+            return self._solve(self._attributed(convert.solve_from_pb(request), context), context)
         except BaseException as e:
             abort_with(context, e)
 
+    def _attributed(self, options: SolveOptions, context: grpc.ServicerContext) -> SolveOptions:
+        """The options with the actor the transport verified (unix peer uid/gid, TLS subject).
+
+        The client's own claim is kept only where the transport proves nothing (plaintext loopback
+        TCP), and marked as such.
+        """
+        verified = actor_of(context, self.peer_nonce)
+        return replace(options, actor=verified or f"unverified:{options.actor}")
+
     def _solve(self, options: SolveOptions, context: grpc.ServicerContext) -> pb.SolveResponse:
         exporters = _exporters(options.exporters)
-        local_dirs = _local_dirs(options.local_dirs)
+        options = replace(options, build_ref=options.build_ref or uuid.uuid4().hex[:25])
+        cache = check_cache_options(
+            options.cache_exports, options.cache_imports, options.frontend_attrs, absolute_paths=True
+        )
+        # As BuildKit's daemon: the frontend learns the imports through its cache-imports option.
+        options = replace(
+            options, frontend_attrs=frontend_attrs_with_imports(options.frontend_attrs, cache.imports)
+        )
+        # Sent contexts and daemon-host dirs alike become trees made from the context store.
+        received = receive_contexts(
+            self.contexts,
+            options.build_ref,
+            sent=options.local_contexts,
+            host_dirs=_local_dirs(options.local_dirs),
+            frontend=options.frontend,
+            frontend_attrs=options.frontend_attrs,
+        )
+        local_dirs = received.dirs
+        if not options.frontend and not options.definition_json:
+            return self._gateway_job(options, exporters, local_dirs, context)
         image_config: dict[str, Any] | None = None
         if options.frontend:
             made = run_frontend(options.frontend, options.frontend_attrs, local_dirs, self.engine.images)
@@ -178,8 +228,10 @@ class ControlServicer(pb_grpc.ControlServicer):
             context.add_callback(cancel.set)
 
             def export(result: ResultRef | None) -> Mapping[str, str]:
-                return run_exporters(self.engine, result, ref, exporters, image_config=image_config)
+                response = dict(run_exporters(self.engine, result, ref, exporters, image_config=image_config))
+                return {**response, **export_caches(self.engine, result, ref, definition, cache.exports)}
 
+            import_caches(self.engine, ref, cache.imports)
             result = self.engine.solver.solve(
                 SolveRequest(
                     definition=definition,
@@ -188,16 +240,46 @@ class ControlServicer(pb_grpc.ControlServicer):
                     actor=options.actor,
                     frontend=options.frontend,
                     frontend_attrs=options.frontend_attrs,
+                    exporters=exporters,  # recorded, so a restarted daemon can finish the build
+                    cache_exports=options.cache_exports,  # recorded too: a resume runs those left
+                    cache_imports=options.cache_imports,
+                    image_config=image_config,
+                    local_contexts=received.digests,
+                    received=received.events,
                 ),
                 cancel=cancel,
                 export=export,
             )
         return pb.SolveResponse(ref=result.build_ref, exporter_response=dict(result.exporter_response))
 
+    def _gateway_job(
+        self,
+        options: SolveOptions,
+        exporters: Sequence[Mapping[str, str]],
+        local_dirs: Mapping[str, Path],
+        context: grpc.ServicerContext,
+    ) -> pb.SolveResponse:
+        """Neither a definition nor a frontend: the client runs the frontend over LLBBridge (issue 7)."""
+        ref = options.build_ref or uuid.uuid4().hex[:25]
+        with self.gate.admit(ref) as cancel:
+            context.add_callback(cancel.set)  # a client that goes away ends its job, refs released
+            job = GatewayJob(
+                self.engine,
+                ref,
+                cancel=cancel,
+                local_dirs=local_dirs,
+                actor=options.actor,
+                frontend_attrs=options.frontend_attrs,
+            )
+            job.start(exporters)
+            with self.gateway_jobs.registered(job):
+                response = job.finish(exporters)
+        return pb.SolveResponse(ref=ref, exporter_response=response)
+
     def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CancelResponse:
         """Ask a running build to stop."""
         try:
-            if not self.engine.solver.cancel(request.ref):
+            if not self.engine.solver.cancel(request.ref) and not self.gateway_jobs.cancel(request.ref):
                 raise NotFound(f"no build {request.ref!r} is running on this daemon")
         except BaseException as e:
             abort_with(context, e)
@@ -220,8 +302,9 @@ class ControlServicer(pb_grpc.ControlServicer):
         stream = f"build-{ref}"
         seen_version = 0
         began = time.monotonic()
-        # Polling the stream by version is an indexed read of only this build's events; a client per
-        # build costs one such read per interval.
+        waker = self._stream_waker()
+        # Each read of the stream by version is an indexed read of only this build's events. On
+        # PostgreSQL a read follows a NOTIFY wake-up (or the fallback interval); on SQLite, a poll.
         while context.is_active():
             batch = self.state.store.read_stream(stream, after_version=seen_version)
             if batch:
@@ -239,7 +322,28 @@ class ControlServicer(pb_grpc.ControlServicer):
                 and time.monotonic() - began > self.status_wait
             ):
                 raise NotFound(f"no build {ref!r}")
-            time.sleep(self.poll_interval)
+            if waker is None:
+                time.sleep(self.poll_interval)
+            else:
+                # Not past the wait for a build that has not appeared yet (the NotFound above).
+                limit = self.wake_fallback if seen_version else min(self.wake_fallback, self.status_wait)
+                waker.wait(stream, seen_version, limit)
+
+    def _stream_waker(self) -> StreamWaker | None:
+        """The daemon's one follower of the log for Status wake-ups (PostgreSQL only), made once."""
+        if not self.state.db.is_postgres:
+            return None
+        with self._waker_lock:
+            if self._waker is None:
+                self._waker = StreamWaker(self.state.store)
+            return self._waker
+
+    def close(self) -> None:
+        """Stop what the servicer runs in the background (the Status follower)."""
+        with self._waker_lock:
+            if self._waker is not None:
+                self._waker.close()
+                self._waker = None
 
     # --- Workers, Info, DiskUsage -------------------------------------------------------------------
 
@@ -295,10 +399,11 @@ class ControlServicer(pb_grpc.ControlServicer):
     ) -> pb.UpdateBuildHistoryResponse:
         """Pin, unpin or delete a build's history entry (recorded in ``history-<ref>``)."""
         try:
+            actor = actor_of(context, self.peer_nonce)
             if request.delete:
-                update_build_history(self.state.store, request.ref, delete=True)
+                update_build_history(self.state.store, request.ref, delete=True, actor=actor)
             else:
-                update_build_history(self.state.store, request.ref, pinned=request.pinned)
+                update_build_history(self.state.store, request.ref, pinned=request.pinned, actor=actor)
         except BaseException as e:
             abort_with(context, e)
         return pb.UpdateBuildHistoryResponse()

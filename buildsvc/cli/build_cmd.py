@@ -21,15 +21,22 @@ from typing import Any
 import click
 
 from buildsvc.api.client import Client
+from buildsvc.api.errors import DaemonUnavailable
 from buildsvc.api.model import SolveOptions, status_update
+from buildsvc.cache.options import legacy_export, legacy_import
+from buildsvc.cli.attach import attach_build, connection_lost
+from buildsvc.cli.client_side import run_client_side_build
 from buildsvc.cli.common import open_from
-from buildsvc.cli.progress import make_printer
+from buildsvc.cli.local_contexts import embedded_contexts, send_local_dirs
+from buildsvc.cli.progress import PROGRESS_CHOICES, make_printer
 from buildsvc.cli.remote import connect_from
+from buildsvc.daemon.cache_exports import CacheOptions, check_cache_options, export_caches, import_caches
 from buildsvc.daemon.engine import Engine, open_engine
 from buildsvc.daemon.exporters import check_exporter, run_exporters
 from buildsvc.daemon.frontend import run_frontend
 from buildsvc.daemon.state import State
 from buildsvc.errors import InvalidInput
+from buildsvc.events.codec import Event
 from buildsvc.events.subscription import Subscription
 from buildsvc.solver.definition import Definition
 from buildsvc.solver.engine import ResultRef, SolveRequest, SolveResult
@@ -93,6 +100,9 @@ def run_build(
     frontend: str = "",
     frontend_attrs: Mapping[str, str] | None = None,
     image_config: Mapping[str, Any] | None = None,
+    local_contexts: Mapping[str, str] | None = None,
+    received: Sequence[Event] = (),
+    cache: CacheOptions | None = None,
 ) -> SolveResult:
     """Solve ``definition``, print progress from its events, and export its result."""
     ref = build_ref or uuid.uuid4().hex[:25]
@@ -109,7 +119,10 @@ def run_build(
     watcher.start()
 
     def export(result: ResultRef | None) -> Mapping[str, str]:
-        return run_exporters(engine, result, ref, outputs, image_config=image_config)
+        response = dict(run_exporters(engine, result, ref, outputs, image_config=image_config))
+        if cache is not None:
+            response.update(export_caches(engine, result, ref, definition, cache.exports))
+        return response
 
     request = SolveRequest(
         definition=definition,
@@ -118,8 +131,12 @@ def run_build(
         actor=_actor(),
         frontend=frontend,
         frontend_attrs=dict(frontend_attrs or {}),
+        local_contexts=dict(local_contexts or {}),
+        received=received,
     )
     try:
+        if cache is not None:
+            import_caches(engine, ref, cache.imports)
         return engine.solver.solve(request, export=export)
     finally:
         # Print everything the build recorded before returning (or raising).
@@ -129,6 +146,8 @@ def run_build(
             time.sleep(0.01)
         follow.close()
         watcher.join(5)
+        if printer is not None:
+            printer.close()
 
 
 def _actor() -> str:
@@ -145,12 +164,15 @@ def run_remote_build(
     build_ref: str | None = None,
     frontend: str = "",
     frontend_attrs: Mapping[str, str] | None = None,
+    local_contexts: Mapping[str, str] | None = None,
+    cache_exports: Sequence[Mapping[str, str]] = (),
+    cache_imports: Sequence[Mapping[str, str]] = (),
 ) -> tuple[str, Mapping[str, str]]:
     """Solve ``definition`` on a daemon, printing progress from its Status stream.
 
-    Returns the build ref and the exporters' response. Local dirs and destinations are paths on the
-    daemon host (the content-transfer protocol comes later), made absolute here because the
-    daemon's working directory is not ours.
+    Returns the build ref and the exporters' response. ``local_contexts`` names dirs already sent
+    (see :mod:`buildsvc.cli.local_contexts`); ``local_dirs`` and destinations are paths on the
+    daemon host, made absolute here because the daemon's working directory is not ours.
     """
     ref = build_ref or uuid.uuid4().hex[:25]
     printer = make_printer(progress)
@@ -176,9 +198,14 @@ def run_remote_build(
         ),
         local_dirs={name: path.resolve() for name, path in local_dirs.items()},
         actor=_actor(),
+        local_contexts=dict(local_contexts or {}),
+        cache_exports=tuple(_absolute(c, "dest", "store") for c in cache_exports),
+        cache_imports=tuple(_absolute(c, "src", "store") for c in cache_imports),
     )
     try:
         response = client.solve(options)
+    except DaemonUnavailable as e:
+        raise connection_lost(e, ref) from e
     finally:
         # A build that was recorded ends its stream with its last event: wait for every line. One
         # refused before it began (a bad definition) has no stream to end: stop waiting for it.
@@ -186,6 +213,8 @@ def run_remote_build(
             watcher.join(30)
         stream.cancel()
         watcher.join(5)
+        if printer is not None:
+            printer.close()
     return ref, response
 
 
@@ -226,9 +255,37 @@ def run_remote_build(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the build ref and the exporters' response here as JSON.",
 )
-@click.option("--progress", type=click.Choice(["auto", "plain", "rawjson", "quiet"]), default="auto")
+@click.option(
+    "--progress",
+    type=click.Choice(PROGRESS_CHOICES),
+    default="auto",
+    show_default=True,
+    help="tty: a live view; plain: #N lines; rawjson: one JSON event a line; auto: tty on a terminal.",
+)
+@click.option(
+    "--export-cache",
+    "export_cache",
+    multiple=True,
+    metavar="type=local,dest=DIR | type=registry,ref=REF [,mode=min|max,...]",
+    help="Export the build cache (repeatable); a bare REF is the deprecated registry form.",
+)
+@click.option(
+    "--export-cache-opt", "export_cache_opts", multiple=True, metavar="KEY=VALUE", help="Deprecated."
+)
+@click.option(
+    "--import-cache",
+    "import_cache",
+    multiple=True,
+    metavar="type=local,src=DIR | type=registry,ref=REF",
+    help="Import a build cache before building (repeatable); a bare REF is the deprecated form.",
+)
 @click.option("--ref", "build_ref", help="The build ref to use (default: a new one).")
 @click.option("--worker", "workers", multiple=True, help="Enable only these workers (default: all found).")
+@click.option(
+    "--client-side",
+    is_flag=True,
+    help="Run the Dockerfile frontend in this process over the daemon's gateway (LLBBridge).",
+)
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -243,6 +300,10 @@ def build(
     progress: str,
     build_ref: str | None,
     workers: tuple[str, ...],
+    client_side: bool,
+    export_cache: tuple[str, ...],
+    export_cache_opts: tuple[str, ...],
+    import_cache: tuple[str, ...],
 ) -> None:
     """Build a definition (--llb) or a Dockerfile (CONTEXT, or --frontend dockerfile.v0 with
     --local context=DIR --local dockerfile=DIR) on a daemon or with the embedded engine.
@@ -251,6 +312,14 @@ def build(
     """
     local_dirs = _locals(locals_)
     frontend_attrs = dict(_opt(o) for o in opts)
+    if build_ref and not (context or llb_file or frontend or dockerfile or locals_ or outputs or opts):
+        # --ref alone: re-attach to a build that runs (or ran) on the daemon, e.g. a resumed one.
+        attached = connect_from(ctx)
+        if attached is None:
+            raise click.UsageError("--ref alone re-attaches to a daemon's build: no daemon answers")
+        _write_metadata(metadata_file, build_ref, attach_build(attached, build_ref, progress))
+        click.echo(f"build {build_ref} completed", err=True)
+        return
     if llb_file is not None:
         if context is not None or frontend:
             raise click.UsageError("--llb takes a definition: give no CONTEXT or --frontend with it")
@@ -270,25 +339,67 @@ def build(
                 "nothing to build: give CONTEXT, --llb FILE or --frontend with --local dirs"
             )
         definition = None
+    if client_side and definition is not None:
+        raise click.UsageError("--client-side runs the Dockerfile frontend: give CONTEXT or -f, not --llb")
     parsed_outputs = _outputs(outputs)
+    cache_exports, export_warnings = legacy_export(export_cache, export_cache_opts)
+    cache_imports, import_warnings = legacy_import(import_cache)
+    for warning in (*export_warnings, *import_warnings):
+        click.echo(f"warning: {warning}", err=True)
+    cache = check_cache_options(cache_exports, cache_imports, frontend_attrs)
     client = connect_from(ctx)
     if client is not None:
         if workers:
             raise click.UsageError("--worker chooses the embedded engine's workers; a daemon has its own")
+        sent = send_local_dirs(
+            client, local_dirs, frontend=frontend or "", frontend_attrs=frontend_attrs, progress=progress
+        )
+        if client_side:
+            ref, response = run_client_side_build(
+                client,
+                local_dirs=local_dirs,
+                local_contexts={name: t.manifest_digest for name, t in sent.items()},
+                outputs=parsed_outputs,
+                progress=progress,
+                build_ref=build_ref,
+                frontend=frontend or "",
+                frontend_attrs=frontend_attrs,
+                actor=_actor(),
+            )
+            _write_metadata(metadata_file, ref, response)
+            click.echo(f"build {ref} completed", err=True)
+            return
         ref, response = run_remote_build(
             client,
             definition,
-            local_dirs=local_dirs,
+            local_dirs={},
+            local_contexts={name: t.manifest_digest for name, t in sent.items()},
             outputs=parsed_outputs,
             progress=progress,
             build_ref=build_ref,
             frontend=frontend,
             frontend_attrs=frontend_attrs,
+            cache_exports=cache_exports,
+            cache_imports=cache_imports,
         )
         _write_metadata(metadata_file, ref, response)
         click.echo(f"build {ref} completed", err=True)
         return
+    if client_side:
+        raise click.UsageError(
+            "--client-side runs the frontend against a daemon's gateway: no daemon answers"
+        )
     state = open_from(ctx)
+    build_ref = build_ref or uuid.uuid4().hex[:25]
+    contexts = embedded_contexts(
+        state.root,
+        build_ref,
+        local_dirs,
+        frontend=frontend or "",
+        frontend_attrs=frontend_attrs,
+        progress=progress,
+    )
+    local_dirs = contexts.dirs
     with open_engine(state, worker_names=list(workers) or None) as engine:
         image_config: dict[str, Any] | None = None
         if definition is None:
@@ -305,9 +416,17 @@ def build(
             frontend=frontend,
             frontend_attrs=frontend_attrs,
             image_config=image_config,
+            local_contexts=contexts.digests,
+            received=contexts.events,
+            cache=cache,
         )
     _write_metadata(metadata_file, result.build_ref, result.exporter_response)
     click.echo(f"build {result.build_ref} completed", err=True)
+
+
+def _absolute(attrs: Mapping[str, str], *keys: str) -> dict[str, str]:
+    """``attrs`` with its local paths made absolute: the daemon's working directory is not ours."""
+    return {k: os.path.abspath(v) if k in keys and v else v for k, v in attrs.items()}
 
 
 def _write_metadata(path: Path | None, build_ref: str, response: Mapping[str, str]) -> None:

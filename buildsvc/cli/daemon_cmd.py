@@ -3,7 +3,9 @@
 Shutdown on SIGTERM (or SIGINT): new solves are refused at once (UNAVAILABLE, "daemon is shutting
 down"), running ones get ``--shutdown-grace`` seconds to finish, what is left is cancelled (the
 solver records each as cancelled), then ``DaemonStopped`` is recorded and the process exits 0. A
-SIGKILL records nothing: the next start finds the unfinished builds in the log.
+SIGKILL records nothing: the next start finds the unfinished builds in the log and resumes them
+(``--no-resume``: records them cancelled instead), after removing the containers and mounts the
+dead process left (see ``buildsvc.daemon.recovery``).
 """
 
 from __future__ import annotations
@@ -20,13 +22,26 @@ from buildsvc.api.server import ControlServicer, SolveGate
 from buildsvc.cli.common import Options
 from buildsvc.cli.remote import ADDR_KEY
 from buildsvc.daemon.engine import open_engine
+from buildsvc.daemon.recovery import take_up
 from buildsvc.daemon.state import open_state
+from buildsvc.errors import InvalidInput
 from buildsvc.events.database import RetryPolicy
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "registry_host"]
 
 # After the grace period, cancelled steps still need their containers killed and their end recorded.
 _CANCEL_WAIT = 60.0
+
+
+def registry_host(text: str) -> str:
+    """``HOST[:PORT]`` as references write a registry (lowercase); a URL or a path is an error."""
+    host = text.strip().lower()
+    if not host or "://" in host or "/" in host or any(c.isspace() for c in host):
+        raise InvalidInput(f"--insecure-registry {text!r}: expected HOST[:PORT], e.g. registry.local:5000")
+    name, sep, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if sep and (not name or not port.isdigit() or not 0 < int(port) < 65536):
+        raise InvalidInput(f"--insecure-registry {text!r}: bad port; expected HOST[:PORT]")
+    return host
 
 
 @click.command("daemon")
@@ -51,6 +66,18 @@ _CANCEL_WAIT = 60.0
 @click.option("--tlscert", type=click.Path(path_type=Path, dir_okay=False), help="The daemon's certificate.")
 @click.option("--tlskey", type=click.Path(path_type=Path, dir_okay=False), help="The daemon's key.")
 @click.option("--insecure-loopback", is_flag=True, help="Allow plaintext TCP on a loopback host.")
+@click.option(
+    "--insecure-registry",
+    "insecure_registries",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Pull from and push to this registry over plain HTTP (repeatable; buildkitd's http = true).",
+)
+@click.option(
+    "--no-resume",
+    is_flag=True,
+    help="Record the builds a dead daemon left unfinished as cancelled instead of resuming them.",
+)
 @click.pass_context
 def daemon(
     ctx: click.Context,
@@ -63,12 +90,15 @@ def daemon(
     tlscert: Path | None,
     tlskey: Path | None,
     insecure_loopback: bool,
+    insecure_registries: tuple[str, ...],
+    no_resume: bool,
 ) -> None:
     """Run the build daemon until SIGTERM."""
     opts: Options = ctx.find_object(Options)  # type: ignore[assignment]
     address = parse_address(addr or ctx.meta.get(ADDR_KEY) or default_address())
     tls = TlsFiles.from_options(tlscacert, tlscert, tlskey)
     check_listen(address, tls, insecure_loopback)  # before anything is opened or recorded
+    plain_http_hosts = [registry_host(h) for h in insecure_registries]
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -79,16 +109,21 @@ def daemon(
     signal.signal(signal.SIGINT, on_signal)
     state = open_state(root or opts.root, db_url or opts.db_url, retry=RetryPolicy(max_delay=opts.db_timeout))
     try:
-        engine = open_engine(state, worker_names=list(workers) or None)
+        engine = open_engine(state, worker_names=list(workers) or None, insecure_hosts=plain_http_hosts)
         stop_projections = threading.Event()
         projections = threading.Thread(
             target=state.runner.follow, args=(stop_projections,), name="projections", daemon=True
         )
         try:
             gate = SolveGate()
-            server = start_server(
-                ControlServicer(engine, gate), address, tls=tls, insecure_loopback=insecure_loopback
+            # Before the server takes builds: the sweep removes every container and mount under
+            # the root, which are only the dead process's at this moment.
+            recovery = take_up(
+                engine, gate, resume=not no_resume, log=lambda line: click.echo(line, err=True)
             )
+            click.echo(recovery.describe(), err=True)
+            servicer = ControlServicer(engine, gate)
+            server = start_server(servicer, address, tls=tls, insecure_loopback=insecure_loopback)
             projections.start()
             click.echo(
                 f"buildsvc daemon {engine.daemon_id} listening on {addr or address.target} "
@@ -105,6 +140,7 @@ def daemon(
                 gate.cancel_all()
                 gate.wait_idle(_CANCEL_WAIT)
             server.stop(grace=2).wait()
+            servicer.close()
         finally:
             stop_projections.set()
             if projections.is_alive():

@@ -1,4 +1,4 @@
-"""``buildsvc history ls|inspect|trace|logs|rm|pin`` and ``buildsvc leaks``: builds as the log has them.
+"""``buildsvc history ...`` and ``buildsvc leaks``: builds as the log has them.
 
 ``rm`` and ``pin`` go through the daemon when one answers (``UpdateBuildHistory``), else they record
 the event in the state directly.
@@ -7,21 +7,30 @@ the event in the state directly.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 
 from buildsvc.api.model import status_update
-from buildsvc.cli.common import FORMAT_OPTION, echo_json, open_from, print_table
+from buildsvc.cli.attach import follow_build, result_of
+from buildsvc.cli.common import FORMAT_OPTION, console, echo_json, open_from, print_table
 from buildsvc.cli.progress import PlainProgress
 from buildsvc.cli.remote import connect_from
+from buildsvc.cli.replay_render import gantt_html, print_timeline, replay_json
 from buildsvc.daemon.history import update_build_history
+from buildsvc.daemon.leaks import RootLeakReport, scan_leaks
 from buildsvc.daemon.state import State
-from buildsvc.errors import NotFound
-from buildsvc.events.envelope import StoredEvent
-from buildsvc.projections import find_leaks
+from buildsvc.errors import InvalidInput, NotFound
+from buildsvc.events import catalog as ev
+from buildsvc.events.envelope import StoredEvent, format_time
+from buildsvc.projections.build_request import BuildRequest, build_request
 from buildsvc.projections.builds import get_build, list_builds
+from buildsvc.projections.provenance import provenance_statement
+from buildsvc.projections.replay import Cut, replay
 from buildsvc.projections.timeline import build_spans
 
 __all__ = ["COMMANDS"]
@@ -70,15 +79,25 @@ def ls(ctx: click.Context, limit: int, fmt: str) -> None:
 @FORMAT_OPTION
 @click.pass_context
 def inspect(ctx: click.Context, ref: str, fmt: str) -> None:
-    """Show one build and each of its vertices."""
+    """Show one build from the log: request, who asked, inputs, each vertex, the error and its line.
+
+    Works while the build runs (its rows are caught up from the log first).
+    """
     state = open_from(ctx)
     state.runner.run_once()
     with state.db.read() as conn:
         build = get_build(conn, ref)
     if build is None:
         raise NotFound(f"no build {ref!r} in the history")
+    request = build_request(state.store.read_stream(f"build-{ref}"))
+    locations = request.locations if request is not None else {}
+    if request is not None:
+        _add_queued(build, request)
+    for v in build["vertices"]:
+        v["source_location"] = locations.get(v["vertex"], "")
+    build["error_location"] = locations.get(build["error_vertex"], "")
     if fmt == "json":
-        echo_json(build)
+        echo_json(build | {"request": _request_json(request)})
         return
     for key in (
         "build_ref",
@@ -90,7 +109,9 @@ def inspect(ctx: click.Context, ref: str, fmt: str) -> None:
         "started_at",
         "ended_at",
     ):
-        click.echo(f"{key + ':':<14}{build[key] or ''}")
+        click.echo(f"{key + ':':<14}{_plain_text(build[key])}")
+    if request is not None:
+        _echo_request(request)
     counts = (
         "vertices_total",
         "vertices_completed",
@@ -100,12 +121,14 @@ def inspect(ctx: click.Context, ref: str, fmt: str) -> None:
     )
     click.echo("vertices:     " + ", ".join(f"{k.removeprefix('vertices_')} {build[k]}" for k in counts))
     if build["error"]:
+        where = f" at {build['error_location']}" if build["error_location"] else ""
         click.echo(
-            f"error:        {build['error']} (vertex {build['error_vertex']}, exit {build['exit_code']})"
+            f"error:        {build['error']}{where}"
+            f" (vertex {build['error_vertex']}, exit {build['exit_code']})"
         )
     print_table(
         None,
-        ["VERTEX", "NAME", "STATUS", "WORKER", "RUNS", "DURATION MS", "EXIT", "ERROR"],
+        ["VERTEX", "NAME", "STATUS", "WORKER", "RUNS", "STARTED", "ENDED", "EXIT", "SOURCE", "ERROR"],
         [
             [
                 v["vertex"][:19],
@@ -113,13 +136,67 @@ def inspect(ctx: click.Context, ref: str, fmt: str) -> None:
                 v["status"],
                 v["worker"],
                 v["runs"],
-                v["duration_ms"],
+                v["started_at"],
+                v["ended_at"],
                 v["exit_code"],
+                v["source_location"],
                 v["error"][:50],
             ]
             for v in build["vertices"]
         ],
     )
+
+
+def _add_queued(build: dict[str, Any], request: BuildRequest) -> None:
+    # The definition names every vertex; those no event mentioned yet are still queued.
+    seen = {v["vertex"] for v in build["vertices"]}
+    definition = request.definition if isinstance(request.definition, dict) else {}
+    for entry in definition.get("vertices") or ():
+        if entry.get("id") in seen:
+            continue
+        name = ((entry.get("metadata") or {}).get("description") or {}).get("llb.customname", "")
+        build["vertices"].append(
+            {
+                "build_ref": build["build_ref"],
+                "vertex": entry["id"],
+                "name": name,
+                "status": "queued",
+                "worker": "",
+                "runs": 0,
+                "started_at": None,
+                "ended_at": None,
+                "duration_ms": None,
+                "exit_code": None,
+                "error": "",
+            }
+        )
+
+
+def _plain_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return format_time(value) if isinstance(value, datetime) else str(value)
+
+
+def _request_json(request: BuildRequest | None) -> dict[str, Any] | None:
+    if request is None:
+        return None
+    found = dataclasses.asdict(request)
+    del found["locations"]
+    return found
+
+
+def _echo_request(request: BuildRequest) -> None:
+    if request.frontend_attrs:
+        options = " ".join(f"{k}={v}" for k, v in sorted(request.frontend_attrs.items()))
+        click.echo(f"{'options:':<14}{options}")
+    click.echo(f"{'definition:':<14}{request.definition_digest or '(empty)'}")
+    for name, value in sorted(request.local_dirs.items()):
+        click.echo(f"{'local:':<14}{name}={value}")
+    for spec in request.exporters:
+        click.echo(f"{'output:':<14}" + ",".join(f"{k}={v}" for k, v in spec.items()))
+    for item in request.inputs:
+        click.echo(f"{'input:':<14}{item.identifier} {item.digest or '(not resolved)'}")
 
 
 def _stream(state: State, ref: str) -> list[StoredEvent]:
@@ -166,13 +243,100 @@ def trace(ctx: click.Context, ref: str, fmt: str) -> None:
 
 @history_group.command("logs")
 @click.argument("ref")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing a running build's output until it ends.")
 @click.pass_context
-def logs(ctx: click.Context, ref: str) -> None:
+def logs(ctx: click.Context, ref: str, follow: bool) -> None:
     """Print a build's output as it printed it, each line under its vertex's ``#N`` number."""
+    if follow:  # through the daemon when one answers (across its restart), else from the log
+        printer = PlainProgress(out=sys.stdout)
+        final = follow_build(connect_from(ctx), lambda: open_from(ctx).store, ref, printer)
+        if final is not None:
+            result_of(final, ref)  # a failed or cancelled build exits 1 with its error
+            click.echo(f"build {ref} completed", err=True)
+        return
     state = open_from(ctx)
     printer = PlainProgress(out=sys.stdout)
     for stored in _stream(state, ref):
         printer.feed(status_update(stored))
+
+
+def _parse_at(text: str, origin: datetime | None) -> datetime:
+    """``--at``: an ISO-8601 time (UTC when no zone is given), or ``+SECONDS`` after the build's start."""
+    if text.startswith("+"):
+        try:
+            offset = float(text[1:])
+        except ValueError:
+            raise InvalidInput(f"--at {text!r}: expected +SECONDS (e.g. +2.5) or an ISO-8601 time") from None
+        if origin is None:
+            raise InvalidInput(f"--at {text!r}: the build has no recorded start to count from")
+        return origin + timedelta(seconds=offset)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"--at {text!r}: expected an ISO-8601 time (2024-05-01T12:00:00Z) or +SECONDS"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@history_group.command("replay")
+@click.argument("ref")
+@click.option(
+    "--at", "at_text", metavar="TIME", help="Replay up to TIME (ISO-8601, or +SECONDS from the start)."
+)
+@click.option("--position", type=click.IntRange(min=0), help="Replay up to this global log position.")
+@click.option(
+    "--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), help="Write a Gantt chart page."
+)
+@FORMAT_OPTION
+@click.pass_context
+def replay_cmd(
+    ctx: click.Context, ref: str, at_text: str | None, position: int | None, html_file: Path | None, fmt: str
+) -> None:
+    """Rebuild, from events alone, the build and the daemon at a moment (default: the build's end)."""
+    if at_text is not None and position is not None:
+        raise InvalidInput("give --at or --position, not both")
+    state = open_from(ctx)
+    own = _stream(state, ref)
+    if at_text is not None:
+        cut = Cut(at=_parse_at(at_text, own[0].recorded_at))
+    else:
+        # By default the moment the build's last event was recorded (or still is, while it runs).
+        cut = Cut(position=position if position is not None else own[-1].position)
+    replayed = replay(state.store.read_all(batch_size=5000), ref, cut)
+    if html_file is not None:
+        html_file.write_text(gantt_html(replayed), encoding="utf-8")
+    if fmt == "json":
+        echo_json(replay_json(replayed))
+        return
+    print_timeline(console, replayed)
+    if html_file is not None:
+        click.echo(f"wrote {html_file}")
+
+
+@history_group.command("provenance")
+@click.argument("ref")
+@click.option(
+    "-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), help="Write it here."
+)
+@click.pass_context
+def provenance(ctx: click.Context, ref: str, output: Path | None) -> None:
+    """Write an in-toto statement with a SLSA provenance v1 predicate, built from the log."""
+    state = open_from(ctx)
+    events = _stream(state, ref)
+    started = next((s for s in events if s.type == ev.SolveStarted.type_name), None)
+    daemon_id = started.payload.get("daemon_id", "") if started is not None else ""
+    daemon_events = state.store.read_stream(f"daemon-{daemon_id}") if daemon_id else []
+    try:
+        statement = provenance_statement(events, daemon_events)
+    except ValueError as e:
+        raise InvalidInput(f"build {ref!r}: {e}") from None
+    text = json.dumps(statement, indent=2)
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {output}")
 
 
 @history_group.command("rm")
@@ -203,55 +367,80 @@ def pin(ctx: click.Context, ref: str, unpin: bool) -> None:
 
 
 @click.command("leaks")
-@click.option("--ref", "build_ref", help="Only refs of this build.")
+@click.option("--ref", "build_ref", help="Only refs of this build (the disk checks are skipped).")
 @FORMAT_OPTION
 @click.pass_context
 def leaks(ctx: click.Context, build_ref: str | None, fmt: str) -> None:
-    """Report refs whose holder ended without releasing them, and snapshots nothing references.
+    """Report what was left behind: from the log, checked against the root's disk.
 
-    Exits 1 when there is a leak, so scripts can check for them.
+    Refs whose holder ended without releasing them (with the events of their life), snapshots
+    nothing references, data on disk no live snapshot accounts for, snapshots and cache records
+    whose data is gone, and mounts left under the root. Exits 1 when there is a leak.
     """
     state = open_from(ctx)
     state.runner.run_once()
-    with state.db.read() as conn:
-        report = find_leaks(conn, build_ref=build_ref)
+    report = scan_leaks(state, build_ref=build_ref)
     if fmt == "json":
         echo_json(
             {
-                "refs": [_fields(r) for r in report.refs],
-                "snapshots": [_fields(s) for s in report.snapshots],
+                "refs": [_fields(r.ref) | {"life": [_fields(e) for e in r.life]} for r in report.refs],
+                "snapshots": [_fields(s) for s in report.unreferenced],
+                "untracked": [_fields(u) for u in report.untracked],
+                "missing": [_fields(m) for m in report.missing],
+                "mounts": [_fields(m) for m in report.mounts],
             }
         )
     else:
-        if report.refs:
-            print_table(
-                "leaked refs",
-                ["REF", "SNAPSHOT", "HOLDER", "BUILD", "ACQUIRED AT", "HOLDER ENDED AT"],
-                [
-                    [
-                        r.ref_id,
-                        r.snapshot_id,
-                        f"{r.holder_kind}:{r.holder_id}",
-                        r.build_ref,
-                        r.acquired_position,
-                        r.holder_ended_position,
-                    ]
-                    for r in report.refs
-                ],
-            )
-        if report.snapshots:
-            print_table(
-                "unreferenced snapshots",
-                ["SNAPSHOT", "WORKER", "STATE", "SIZE", "CREATED AT"],
-                [
-                    [s.snapshot_id, s.worker, s.state, s.size_bytes, s.created_position]
-                    for s in report.snapshots
-                ],
-            )
-        if report.empty:
-            click.echo("no leaks")
+        _print_leaks(report)
     if not report.empty:
         raise SystemExit(1)
+
+
+def _print_leaks(report: RootLeakReport) -> None:
+    if report.refs:
+        print_table(
+            "leaked refs",
+            ["REF", "SNAPSHOT", "HOLDER", "BUILD", "LIFE"],
+            [
+                [
+                    r.ref.ref_id,
+                    r.ref.snapshot_id,
+                    f"{r.ref.holder_kind}:{r.ref.holder_id}",
+                    r.ref.build_ref,
+                    "; ".join(f"@{e.position} {e.type} ({e.stream_id})" for e in r.life),
+                ]
+                for r in report.refs
+            ],
+        )
+    if report.unreferenced:
+        print_table(
+            "unreferenced snapshots",
+            ["SNAPSHOT", "WORKER", "STATE", "SIZE", "CREATED AT"],
+            [
+                [s.snapshot_id, s.worker, s.state, s.size_bytes, s.created_position]
+                for s in report.unreferenced
+            ],
+        )
+    if report.untracked:
+        print_table(
+            "data on disk no live snapshot accounts for",
+            ["WORKER", "PATH", "SNAPSHOT", "WHY"],
+            [[u.worker, u.path, u.snapshot_id, u.reason] for u in report.untracked],
+        )
+    if report.missing:
+        print_table(
+            "data gone",
+            ["KIND", "SNAPSHOT", "WORKER", "CACHE KEY", "WHY"],
+            [[m.kind, m.snapshot_id, m.worker, m.cache_key, m.reason] for m in report.missing],
+        )
+    if report.mounts:
+        print_table(
+            "mounts left behind",
+            ["PATH", "SNAPSHOT", "WHY"],
+            [[m.path, m.snapshot_id, m.reason] for m in report.mounts],
+        )
+    if report.empty:
+        click.echo("no leaks")
 
 
 def _fields(obj: Any) -> dict[str, Any]:

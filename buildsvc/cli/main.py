@@ -20,7 +20,7 @@ from buildsvc.cli import (
     workers_cmd,
 )
 from buildsvc.cli.common import Options
-from buildsvc.cli.remote import ADDR_KEY
+from buildsvc.cli.remote import ADDR_KEY, TLS_KEY, TlsOptions
 from buildsvc.errors import BuildsvcError, InvalidInput
 
 __all__ = ["cli", "main"]
@@ -52,13 +52,47 @@ __all__ = ["cli", "main"]
     help="The daemon: unix:///PATH or tcp://HOST:PORT [env BUILDSVC_ADDR; default: the default "
     "socket if a daemon answers there, else the engine runs in this process].",
 )
+@click.option(
+    "--tlscacert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="BUILDSVC_TLS_CACERT",
+    help="CA that signed the daemon's certificate (tcp:// daemons) [env BUILDSVC_TLS_CACERT].",
+)
+@click.option(
+    "--tlscert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="BUILDSVC_TLS_CERT",
+    help="Client certificate [env BUILDSVC_TLS_CERT].",
+)
+@click.option(
+    "--tlskey",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="BUILDSVC_TLS_KEY",
+    help="Client key [env BUILDSVC_TLS_KEY].",
+)
+@click.option(
+    "--tlsservername",
+    envvar="BUILDSVC_TLS_SERVER_NAME",
+    help="Server name the daemon's certificate must carry, when not the --addr host "
+    "[env BUILDSVC_TLS_SERVER_NAME].",
+)
 @click.pass_context
 def cli(
-    ctx: click.Context, root: Path | None, db_url: str | None, db_timeout: float, addr: str | None
+    ctx: click.Context,
+    root: Path | None,
+    db_url: str | None,
+    db_timeout: float,
+    addr: str | None,
+    tlscacert: Path | None,
+    tlscert: Path | None,
+    tlskey: Path | None,
+    tlsservername: str | None,
 ) -> None:
     """buildsvc: builds whose whole history is an event log."""
     ctx.obj = Options(root=root, db_url=db_url, db_timeout=db_timeout)
     ctx.meta[ADDR_KEY] = addr
+    # Checked when a command connects: a partial set must not break commands that never do.
+    ctx.meta[TLS_KEY] = TlsOptions(tlscacert, tlscert, tlskey, tlsservername)
 
 
 for module in (

@@ -1,4 +1,5 @@
-"""Build progress for people (``plain``, BuildKit's ``#N`` lines) and tools (``rawjson``).
+"""Build progress for people (``tty``, a live view; ``plain``, BuildKit's ``#N`` lines) and tools
+(``rawjson``); ``auto`` is ``tty`` on a terminal and ``plain`` otherwise.
 
 The printers read :class:`~buildsvc.api.model.StatusUpdate` objects: made from the build's events
 in this process by the embedded engine, or received from a daemon's Status stream. Both come from
@@ -13,10 +14,22 @@ import sys
 from datetime import datetime
 from typing import Protocol, TextIO
 
+from rich.console import Console
+
 from buildsvc.api.model import StatusUpdate
+from buildsvc.cli.tty_progress import TtyProgress
 from buildsvc.events.envelope import format_time
 
-__all__ = ["PlainProgress", "ProgressPrinter", "RawJsonProgress", "make_printer"]
+__all__ = [
+    "PROGRESS_CHOICES",
+    "PlainProgress",
+    "ProgressPrinter",
+    "RawJsonProgress",
+    "TtyProgress",
+    "make_printer",
+]
+
+PROGRESS_CHOICES = ("auto", "tty", "plain", "rawjson", "quiet")
 
 
 class ProgressPrinter(Protocol):
@@ -24,6 +37,10 @@ class ProgressPrinter(Protocol):
 
     def feed(self, update: StatusUpdate) -> None:
         """Show one update."""
+        ...
+
+    def close(self) -> None:
+        """The build ended: finish the display."""
         ...
 
 
@@ -34,6 +51,7 @@ class PlainProgress:
         self.out = out or sys.stderr
         self._numbers: dict[str, int] = {}
         self._started: dict[str, datetime] = {}
+        self._partial: dict[tuple[str, int], bytes] = {}
 
     def _number(self, vertex: str) -> int:
         if vertex not in self._numbers:
@@ -47,14 +65,23 @@ class PlainProgress:
     def feed(self, update: StatusUpdate) -> None:
         """Print what one update says, if anything."""
         if update.log is not None:
-            n = self._number(update.log.vertex)
-            since = self._since(update.log.vertex, update.time)
-            for line in update.log.data.decode("utf-8", "replace").splitlines():
-                self._line(f"#{n} {since:.3f} {line}")
+            log = update.log
+            # A chunk can end in the middle of a line (or of a UTF-8 character): print whole lines
+            # only, and keep the rest until the next chunk of that stream or the vertex's end.
+            key = (log.vertex, log.stream)
+            *lines, rest = (self._partial.pop(key, b"") + log.data).split(b"\n")
+            if rest:
+                self._partial[key] = rest
+            since = self._since(log.vertex, update.time)
+            for line in lines:
+                self._log_line(log.vertex, since, line)
             return
         v = update.vertex
         if v is None:
             return
+        if v.state != "started":
+            for key in [k for k in self._partial if k[0] == v.digest]:
+                self._log_line(v.digest, self._since(v.digest, update.time), self._partial.pop(key))
         n = self._number(v.digest)
         match v.state:
             case "started":
@@ -72,9 +99,15 @@ class PlainProgress:
             case "interrupted":
                 self._line(f"#{n} INTERRUPTED: {v.error}")
 
+    def _log_line(self, vertex: str, since: float, line: bytes) -> None:
+        self._line(f"#{self._number(vertex)} {since:.3f} {line.decode('utf-8', 'replace').rstrip(chr(13))}")
+
     def _since(self, vertex: str, now: datetime) -> float:
         started = self._started.get(vertex)
         return (now - started).total_seconds() if started else 0.0
+
+    def close(self) -> None:
+        """Nothing to finish: every line is out."""
 
 
 class RawJsonProgress:
@@ -98,9 +131,26 @@ class RawJsonProgress:
         )
         self.out.flush()
 
+    def close(self) -> None:
+        """Nothing to finish: every line is out."""
 
-def make_printer(progress: str) -> ProgressPrinter | None:
-    """The printer for a ``--progress`` choice (None for ``quiet``)."""
-    if progress == "quiet":
-        return None
-    return RawJsonProgress() if progress == "rawjson" else PlainProgress()
+
+def make_printer(progress: str, out: TextIO | None = None) -> ProgressPrinter | None:
+    """The printer for a ``--progress`` choice (None for ``quiet``).
+
+    ``auto`` draws the live view only when the stream it would draw on (stderr, where buildctl draws
+    too) is a terminal: in a pipe or a CI log the redrawn lines would be noise, so it prints plain.
+    """
+    match progress:
+        case "quiet":
+            return None
+        case "rawjson":
+            return RawJsonProgress(out)
+        case "plain":
+            return PlainProgress(out)
+        case "tty":
+            return TtyProgress(Console(file=out or sys.stderr, force_terminal=True, highlight=False))
+        case "auto":
+            stream = out or sys.stderr
+            return make_printer("tty" if stream.isatty() else "plain", stream)
+    raise ValueError(f"unknown progress mode {progress!r}; expected one of {', '.join(PROGRESS_CHOICES)}")

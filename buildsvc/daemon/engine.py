@@ -260,6 +260,7 @@ def open_engine(
     worker_names: Sequence[str] | None = None,
     max_parallel: int = 4,
     insecure_registries: bool = False,
+    insecure_hosts: Sequence[str] = (),
 ) -> Engine:
     """Detect the workers under ``state.root/workers``, record them, and build the solver."""
     configure_tracing()
@@ -288,7 +289,11 @@ def open_engine(
                 daemon_id=daemon_id,
             )
         )
-    registry = RegistryClient(RegistryOptions(insecure=insecure_registries))
+    registry = RegistryClient(
+        RegistryOptions(
+            insecure=insecure_registries, insecure_hosts=frozenset(h.lower() for h in insecure_hosts)
+        )
+    )
     solver_dir = state.root / "solver"
     try:
         images = ImageStore(str(state.root / "content"), registry=registry)
@@ -305,6 +310,7 @@ def open_engine(
             backends,
             state_dir=solver_dir,
             max_parallel=max_parallel,
+            daemon_id=daemon_id,
         )
         state.store.append(f"daemon-{daemon_id}", events)
     except BaseException:

@@ -1,37 +1,40 @@
 """Image exporters: a build result as an OCI image, written as a layout tarball or pushed.
 
 Both read the result through :meth:`Engine.view` (a recorded read-only view, so the export's
-snapshot and ref are events of the build and the leak report stays empty) and pack its tree as ONE
-reproducible layer: entries sorted, mtimes 0, no user or group names, gzip without a name or time.
-The image config is the Dockerfile frontend's (``DockerfileResult.image_config``) when the build
-came from it, else a minimal one for the host platform; ``rootfs`` and ``history`` are set here.
-The same result and config give the same layer, config and manifest digests, whichever exporter.
+snapshot and ref are events of the build and the leak report stays empty). A build on a base image
+(the Dockerfile frontend's config names the base's layers in ``rootfs.diff_ids``) reuses the base's
+own layer blobs, as pulled, and adds ONE layer with what the build changed above them; without a
+base, or when the base's blobs are no longer in the content store, the whole tree is one layer (see
+:mod:`buildsvc.daemon.image_layers`). The image config is the frontend's when the build came from
+it, else a minimal one for the host platform; ``rootfs`` and ``history`` are set here. The same
+result and config give the same layer, config and manifest digests, whichever exporter.
 
 ``type=oci,dest=FILE[,name=REF]`` writes an OCI image layout tarball (``skopeo``/``umoci`` read it;
 ``org.opencontainers.image.ref.name`` is the tag of ``name``, ``io.containerd.image.name`` the full
 name, as BuildKit writes them). ``type=image,name=REF,push=true`` pushes layer, config and manifest
 through the engine's registry client (``registry.insecure=true`` allows plain HTTP to a loopback
-registry for that push).
+registry for that push; the daemon's ``--insecure-registry HOST`` always uses plain HTTP to HOST).
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import os
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from buildsvc.daemon.engine import Engine
+from buildsvc.daemon.image_layers import base_tree, walk_tree, write_diff_layer, write_full_layer
+from buildsvc.daemon.registry_push import client_for
 from buildsvc.errors import InvalidInput
 from buildsvc.events import catalog as ev
 from buildsvc.solver.engine import ResultRef
-from buildsvc.sources import OciLayout, RegistryClient, RegistryOptions, host_platform, parse_reference
+from buildsvc.sources import OciLayout, host_platform, parse_reference
 from buildsvc.sources.manifests import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
@@ -96,12 +99,24 @@ class ExportedImage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class _Layer:
+    descriptor: Descriptor
+    path: Path
+    source: str = ""
+    """For a base layer, the image it was pulled from (a push mounts the blob from there)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Image:
-    layer_path: Path
-    layer: Descriptor
+    layers: tuple[_Layer, ...]
     config: bytes
     manifest: bytes
     platform: ImagePlatform
+
+    @property
+    def layer(self) -> Descriptor:
+        """The top layer (the build's own, unless it changed nothing above its base)."""
+        return self.layers[-1].descriptor
 
     @property
     def manifest_digest(self) -> str:
@@ -134,7 +149,9 @@ def export_image_layout(
     with tempfile.TemporaryDirectory(prefix=".buildsvc-oci-", dir=dest_tar.parent) as work:
         image = _make_image(engine, result, build_ref, Path(work), image_config)
         layout = OciLayout(os.path.join(work, "layout"), create=True)
-        layout.add_blob_chunks(image.layer.digest, _file_chunks(image.layer_path), size=image.layer.size)
+        for layer in image.layers:
+            d = layer.descriptor
+            layout.add_blob_chunks(d.digest, _file_chunks(layer.path), size=d.size)
         layout.add_blob(image.config)
         layout.add_blob(image.manifest)
         annotations: dict[str, str] = {}
@@ -176,28 +193,18 @@ def push_image(
     target = Reference(domain=ref.domain, path=ref.path, tag=tag)
     with tempfile.TemporaryDirectory(prefix="buildsvc-push-", dir=engine.state.root) as work:
         image = _make_image(engine, result, build_ref, Path(work), image_config)
-        client, own = engine.registry, False
-        if insecure and not client.options.insecure:
-            options = client.options
-            client = RegistryClient(
-                RegistryOptions(
-                    insecure=True,
-                    credentials=options.credentials,
-                    timeout=options.timeout,
-                    attempts=options.attempts,
-                    retry_wait=options.retry_wait,
+        with client_for(engine.registry, insecure=insecure) as client:
+            for layer in image.layers:
+                d = layer.descriptor
+                client.push_blob(
+                    target,
+                    d.digest,
+                    partial(_file_chunks, layer.path),
+                    d.size,
+                    mount_from=_same_registry_repo(layer.source, target),
                 )
-            )
-            own = True
-        try:
-            client.push_blob(
-                target, image.layer.digest, lambda: _file_chunks(image.layer_path), image.layer.size
-            )
             client.push_blob_bytes(target, image.config)
             pushed = client.push_manifest(target, image.manifest, OCI_MANIFEST, tag=tag)
-        finally:
-            if own:
-                client.close()
         if pushed != image.manifest_digest:  # pragma: no cover - same bytes, same hash
             raise AssertionError("pushed manifest digest differs")
         return image.exported()
@@ -263,27 +270,78 @@ def _make_image(
     image_config: Mapping[str, Any] | None,
 ) -> _Image:
     layer_path = work / "layer.tar.gz"
+    base = _base_layers(engine, image_config)
     with engine.view(result, build_ref) as root:
-        diff_id, digest, size = _write_layer(root, layer_path)
-    config_doc = _config(image_config, diff_id)
+        if base and root is not None:
+            tree = base_tree([layer.path for layer in base])
+            written = write_diff_layer(root, tree, layer_path)
+        else:
+            base = []
+            written = write_full_layer(root, layer_path)
+    layers = list(base)
+    if written.entries or not base:  # a build that changed nothing above its base adds no layer
+        new = Descriptor(media_type=OCI_LAYER_GZIP, digest=written.digest, size=written.size)
+        layers.append(_Layer(descriptor=new, path=layer_path))
+    diff_ids = [*_base_diff_ids(image_config)[: len(base)], written.diff_id][: len(layers)]
+    config_doc = _config(image_config, diff_ids, base_count=len(base))
     platform = ImagePlatform(
         os=str(config_doc["os"]),
         architecture=str(config_doc["architecture"]),
         variant=str(config_doc.get("variant", "")),
     )
     config = json.dumps(config_doc, sort_keys=True, separators=(",", ":")).encode()
-    layer = Descriptor(media_type=OCI_LAYER_GZIP, digest=digest, size=size)
     manifest = manifest_json(
         Manifest(
             media_type=OCI_MANIFEST,
             config=Descriptor(media_type=OCI_CONFIG, digest=sha256_digest(config), size=len(config)),
-            layers=(layer,),
+            layers=tuple(layer.descriptor for layer in layers),
         )
     )
-    return _Image(layer_path=layer_path, layer=layer, config=config, manifest=manifest, platform=platform)
+    return _Image(layers=tuple(layers), config=config, manifest=manifest, platform=platform)
 
 
-def _config(image_config: Mapping[str, Any] | None, diff_id: str) -> dict[str, Any]:
+def _base_diff_ids(image_config: Mapping[str, Any] | None) -> list[str]:
+    rootfs = (image_config or {}).get("rootfs") or {}
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, Mapping) else None
+    return [str(d) for d in diff_ids] if isinstance(diff_ids, list) else []
+
+
+def _base_layers(engine: Engine, image_config: Mapping[str, Any] | None) -> list[_Layer]:
+    """The base image's layer blobs, as pulled; empty when any of them is not in the store."""
+    layers: list[_Layer] = []
+    for diff_id in _base_diff_ids(image_config):
+        found = engine.images.layer_blob(diff_id)
+        if found is None:
+            return []  # pruned since, or never pulled here: pack the whole tree instead
+        desc, source = found
+        # The same bytes under the OCI name of their type, as BuildKit writes OCI manifests.
+        oci = replace(desc, media_type=_OCI_LAYER_TYPES.get(desc.media_type, desc.media_type))
+        layers.append(
+            _Layer(descriptor=oci, path=Path(engine.images.content.path(desc.digest)), source=source)
+        )
+    return layers
+
+
+_OCI_LAYER_TYPES = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": OCI_LAYER_GZIP,
+    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+}
+
+
+def _same_registry_repo(source: str, target: Reference) -> str:
+    """The repository of ``source`` when it is on ``target``'s registry (a blob can be mounted)."""
+    if not source:
+        return ""
+    try:
+        ref = parse_reference(source)
+    except InvalidInput:
+        return ""  # an oci-layout source: nothing to mount from
+    return ref.path if ref.domain == target.domain else ""
+
+
+def _config(
+    image_config: Mapping[str, Any] | None, diff_ids: list[str], *, base_count: int
+) -> dict[str, Any]:
     if image_config:
         doc: dict[str, Any] = json.loads(json.dumps(dict(image_config)))  # a deep copy of plain JSON
     else:
@@ -291,71 +349,21 @@ def _config(image_config: Mapping[str, Any] | None, diff_id: str) -> dict[str, A
         doc = {"architecture": host.architecture, "os": host.os, "config": {}}
         if host.variant:
             doc["variant"] = host.variant
-    doc["rootfs"] = {"type": "layers", "diff_ids": [diff_id]}
-    doc["history"] = [{"created_by": "buildsvc: the build result", "comment": "buildsvc.exporter.v0"}]
+    doc["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    doc["history"] = [
+        {"created_by": "buildsvc: a layer of the base image", "comment": "buildsvc.exporter.v0"}
+        for _ in range(base_count)
+    ] + [
+        {"created_by": "buildsvc: the build result", "comment": "buildsvc.exporter.v0"}
+        for _ in range(len(diff_ids) - base_count)
+    ]
     return doc
-
-
-class _Hashing:
-    """A write-only file that hashes and counts what passes through to ``sink``."""
-
-    def __init__(self, sink: BinaryIO) -> None:
-        self.sink = sink
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.sink.write(data)
-
-    def flush(self) -> None:
-        self.sink.flush()
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.sha.hexdigest()
-
-
-def _write_layer(root: Path | None, path: Path) -> tuple[str, str, int]:
-    """Write ``root``'s tree as a gzipped tar at ``path``: (diff id, digest, compressed size)."""
-    with path.open("wb") as raw:
-        compressed = _Hashing(raw)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as gz:
-            plain = _Hashing(gz)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-                if root is not None:
-                    for entry in _walk(root):
-                        _add(tar, root, entry)
-    return plain.digest, compressed.digest, compressed.size
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    """Every entry under ``root`` (not ``root`` itself), parents first, names sorted."""
-    for child in sorted(root.iterdir(), key=lambda p: p.name):
-        yield child
-        if child.is_dir() and not child.is_symlink():
-            yield from _walk(child)
-
-
-def _add(tar: tarfile.TarFile, root: Path, path: Path) -> None:
-    info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
-    if info is None:  # a socket: not in layers
-        return
-    info.mtime = 0
-    info.uname = info.gname = ""
-    info.pax_headers = {}
-    if info.isreg():
-        with path.open("rb") as f:
-            tar.addfile(info, f)
-    else:
-        tar.addfile(info)
 
 
 def _tar_layout(layout: Path, dest: Path) -> None:
     """The layout directory as a tar (``oci-layout``, ``index.json``, ``blobs/...``), reproducibly."""
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
-        for entry in _walk(layout):
+        for entry in walk_tree(layout):
             if entry.name.startswith("."):
                 continue
             info = tar.gettarinfo(str(entry), arcname=entry.relative_to(layout).as_posix())

@@ -29,6 +29,12 @@ __all__ = [
     "DaemonStarted",
     "DaemonStopped",
     "ExportCompleted",
+    "GatewayReturned",
+    "GatewaySolveCompleted",
+    "GatewaySolveFailed",
+    "GatewaySolveRequested",
+    "GatewayWarning",
+    "LocalContextReceived",
     "RefAcquired",
     "RefReleased",
     "SnapshotCommitted",
@@ -38,12 +44,14 @@ __all__ = [
     "SolveCompleted",
     "SolveFailed",
     "SolveRequested",
+    "SolveResumed",
     "SolveStarted",
     "VertexCached",
     "VertexCompleted",
     "VertexFailed",
     "VertexInterrupted",
     "VertexLogChunk",
+    "VertexResultMissing",
     "VertexStarted",
     "WorkerRegistered",
 ]
@@ -70,6 +78,8 @@ class SolveRequested(Event):
     cache_exports: tuple[dict[str, str], ...] = ()
     cache_imports: tuple[dict[str, str], ...] = ()
     client: str = ""
+    image_config: JsonValue = None
+    """The frontend's image config (for image exporters), kept so a resumed build exports the same."""
 
 
 @event_type
@@ -306,6 +316,8 @@ class CacheExportCompleted(Event):
     records: int = 0
     layers: int = 0
     bytes_written: int = 0
+    layers_written: int = 0
+    """Layers the target did not have yet (``layers - layers_written`` it already had)."""
 
 
 @event_type
@@ -329,7 +341,16 @@ class CacheImported(Event):
     attrs: dict[str, str] = field(default_factory=dict)
     manifest_digest: str = ""
     records: int = 0
+    """Records imported (unpacked and added to the cache index)."""
     bytes_read: int = 0
+    records_matched: int = 0
+    """Records the cache index already had on the worker (nothing unpacked)."""
+    records_skipped: int = 0
+    """Records left out because a blob was corrupt or missing (``ignore-error=true``)."""
+    layers: int = 0
+    """Layers unpacked into new snapshots."""
+    error: str = ""
+    """Why the import (or, when ``records_skipped``, a record) failed."""
 
 
 @event_type
@@ -399,3 +420,123 @@ class BuildHistoryDeleted(Event):
 
     build_ref: str
     reason: str = ""
+
+
+# --- resume after a daemon restart (issue 5) ------------------------------------------------------
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveResumed(Event):
+    """A daemon took up a build that an earlier daemon process left unfinished (it died)."""
+
+    build_ref: str
+    daemon_id: str = ""
+    previous_daemon_id: str = ""
+    attempt: int = 2
+    """1 is the first run; each resume adds one."""
+    interrupted: tuple[str, ...] = ()
+    """Vertices that had started and never ended (each also gets ``VertexInterrupted``)."""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VertexResultMissing(Event):
+    """A vertex completed before a restart, but its result is gone or damaged: it runs again."""
+
+    build_ref: str
+    vertex: str
+    snapshot_id: str = ""
+    reason: str = ""
+
+
+# --- client-side frontends: the gateway (issue 7) -------------------------------------------------
+# A gateway job is a build (``build-<ref>``, SolveRequested with frontend ``gateway.v0``) whose
+# frontend runs in the client. Its events go to the job's stream; the results it hands to the client
+# are RefAcquired with holder kind ``gateway`` and holder id the job's ref, so they end with the job
+# like any build's refs (the refs projection needs nothing new) and a ref left unreleased is a leak.
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySolveRequested(Event):
+    """The client-side frontend of job ``build_ref`` asked for a solve, run as build ``solve_ref``."""
+
+    build_ref: str
+    solve_ref: str
+    frontend: str = ""
+    frontend_attrs: dict[str, str] = field(default_factory=dict)
+    definition_digest: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySolveCompleted(Event):
+    """A gateway solve ended and its result was given to the client as ``ref_id`` (empty: no files)."""
+
+    build_ref: str
+    solve_ref: str
+    ref_id: str = ""
+    snapshot_id: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySolveFailed(Event):
+    """A gateway solve failed; the error went back to the client-side frontend."""
+
+    build_ref: str
+    solve_ref: str
+    error: str
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayWarning(Event):
+    """The client-side frontend reported a warning about the build."""
+
+    build_ref: str
+    message: str
+    level: int = 2
+    detail: tuple[str, ...] = ()
+    url: str = ""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayReturned(Event):
+    """The client-side frontend returned: a result (``ref_id``, empty for no files) or an error."""
+
+    build_ref: str
+    ref_id: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Result metadata; values that are not UTF-8 text are stored as ``base64:<data>``."""
+    error: str = ""
+
+
+# --- local contexts sent to the daemon, content-addressed (issue 4) -------------------------------
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalContextReceived(Event):
+    """A local dir of a build is in the daemon's context store, as manifest ``manifest_digest``.
+
+    Recorded in the build's stream with ``SolveRequested``, before the solve starts; the files are
+    the manifest's blobs under the daemon root (``contexts/``), so the build can be run again from
+    them. ``source`` is ``upload`` (sent over gRPC), ``host`` (a path on the daemon host, read there)
+    or ``embedded`` (read by the ``buildsvc`` process that ran the build itself).
+    """
+
+    build_ref: str
+    name: str
+    manifest_digest: str
+    files: int = 0
+    bytes_total: int = 0
+    files_uploaded: int = 0
+    """Distinct file contents that had to be sent or copied in (the rest were stored already)."""
+    bytes_uploaded: int = 0
+    files_reused: int = 0
+    source: str = ""
+    host_path: str = ""
+    """For ``host`` and ``embedded``: the directory that was read."""

@@ -29,20 +29,37 @@ inserts at once with the positions, versions and hashes that state implies. If a
 appended since (by any writer), the position it chose is taken and the insert fails on the primary
 key: the transaction rolls back and the append is done the careful way. Positions only ever come
 from appends, so a free position proves the remembered state was current.
+
+Group commit
+------------
+A commit costs a flush to disk and, with inline projections attached, a few round trips of its
+own; one append at a time, that cost caps a busy solver's throughput. So appends of one store that
+arrive while another append of it is being committed wait, and go together in the next
+transaction: the first waiter to find no commit in flight leads, takes every queued append (up to
+``_MAX_GROUP``) and writes them in arrival order under the one append lock, runs the hooks once over
+all their rows, and commits once. Nothing is acknowledged before that commit, so durability is what
+it was (every acknowledged event is committed), and positions are still handed out under the lock
+in commit order (invariant 4 holds as before). Each caller still gets its own result: its own
+positions, its own ``StreamVersionConflict``, its own duplicate answer. A group the database
+refuses as a whole (an event id stored elsewhere, a hook that fails) is rolled back and its appends
+are done again one transaction each, so one bad append fails only its own caller.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from buildsvc.errors import StoreUnavailable
 from buildsvc.events.codec import Event, canonical_json, encode_payload
 from buildsvc.events.database import Database
 from buildsvc.events.envelope import (
@@ -61,6 +78,11 @@ __all__ = ["APPEND_LOCK_KEY", "NOTIFY_CHANNEL", "AppendHook", "SqlEventStore"]
 
 APPEND_LOCK_KEY = 0x6275696C64737663  # "buildsvc" as a 64-bit advisory lock key
 NOTIFY_CHANNEL = "buildsvc_events"
+# At most this many appends share one transaction (a bound on a group's size and its time).
+_MAX_GROUP = 64
+
+Payload = tuple[uuid.UUID, str, int, str]
+"""(event id, type name, schema version, canonical payload text) of one new event."""
 
 _COLUMNS = (
     events_table.c.position,
@@ -81,6 +103,20 @@ class AppendHook(Protocol):
     """Work done inside an append's transaction (inline projections), after the rows are inserted."""
 
     def __call__(self, conn: Connection, appended: Sequence[StoredEvent], head_before: int) -> None: ...
+
+
+@dataclass(slots=True)
+class _Request:
+    """One caller's append, waiting for (or written by) a group commit."""
+
+    stream_id: str
+    payloads: list[Payload]
+    expected_version: int | None
+    actor: str
+    trace_id: str
+    result: AppendResult | None = None
+    error: BaseException | None = None
+    done: bool = False
 
 
 def _row_to_event(row: Any) -> StoredEvent:
@@ -107,7 +143,11 @@ class SqlEventStore:
         self._hooks = list(hooks)
         self._rows = rows_for(db.engine.dialect.name)
         self._known = _KnownStreams()
-        self._append_lock = threading.Lock()
+        # Group commit (see the module docstring): appends waiting for the next transaction, and
+        # whether some caller is writing one now.
+        self._group_cond = threading.Condition()
+        self._queue: deque[_Request] = deque()
+        self._leading = False
         self._lock_params = (APPEND_LOCK_KEY, NOTIFY_CHANNEL)
         t = events_table
         self._head_sql = sa.select(sa.func.coalesce(sa.func.max(t.c.position), 0))
@@ -146,37 +186,162 @@ class SqlEventStore:
             )
             for n in new
         ]
-        return self.db.run(
-            lambda: self._append_once(stream_id, payloads, expected_version, actor, trace_id),
-            what=f"append to {stream_id}",
-        )
+        request = _Request(stream_id, payloads, expected_version, actor, trace_id)
+        self._commit_with_group(request)
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
 
-    def _append_once(
-        self,
-        stream_id: str,
-        payloads: list[tuple[uuid.UUID, str, int, str]],
-        expected_version: int | None,
-        actor: str,
-        trace_id: str,
-    ) -> AppendResult:
-        # Appends are serialized by the database anyway; queueing this process's own appends here
-        # keeps its remembered state current for each of them (no optimistic insert of one thread
-        # fails because another thread of the same process just appended).
-        with self._append_lock:
-            known = self._known.get(stream_id) if self._rows.optimistic else None
-            if known is not None and expected_version in (None, known[1]):
+    def _commit_with_group(self, request: _Request) -> None:
+        """Queue ``request``; lead a group commit whenever none is in flight, until it is done."""
+        with self._group_cond:
+            self._queue.append(request)
+        while True:
+            with self._group_cond:
+                while not request.done and self._leading:
+                    self._group_cond.wait()
+                if request.done:
+                    return
+                self._leading = True
+                group = [self._queue.popleft() for _ in range(min(len(self._queue), _MAX_GROUP))]
+            try:
+                self._commit_group(group)
+            finally:
+                with self._group_cond:
+                    for r in group:
+                        if r.result is None and r.error is None:  # the leader was interrupted
+                            r.error = StoreUnavailable(
+                                f"append to {r.stream_id}: interrupted, outcome unknown"
+                            )
+                        r.done = True
+                    self._leading = False
+                    self._group_cond.notify_all()
+
+    def _commit_group(self, group: list[_Request]) -> None:
+        """Write ``group`` in one transaction; each request gets its result or error."""
+        if len(group) > 1:
+            try:
+                self.db.run(lambda: self._group_once(group), what=f"append {len(group)} batches")
+                return
+            except StoreUnavailable as e:
+                for r in group:
+                    r.error = e
+                return
+            except Exception:  # each append again on its own, for its own error
+                for r in group:
+                    r.result = r.error = None
+        for r in group:
+            try:
+                r.result = self.db.run(partial(self._append_once, r), what=f"append to {r.stream_id}")
+            except Exception as e:  # handed to the caller that made the request
+                r.error = e
+
+    def _group_once(self, group: list[_Request]) -> None:
+        """One attempt at a group's transaction: optimistic when every stream is known, else careful."""
+        for r in group:
+            r.result = r.error = None
+        if self._rows.optimistic:
+            planned = self._plan_known(group)
+            if planned is not None:
+                stored_by_request, head_before = planned
                 try:
-                    return self._append_with(stream_id, payloads, known, actor, trace_id, optimistic=True)
+                    with self.db.write() as conn:
+                        rows = [e for stored in stored_by_request for e in stored]
+                        self._rows.lock_and_insert(conn, self._lock_params, rows)
+                        for hook in self._hooks:
+                            hook(conn, rows, head_before)
                 except sa.exc.IntegrityError:
-                    pass  # another process appended since, or this is a retried event id: read the state
-            return self._append_with(
-                stream_id, payloads, None, actor, trace_id, expected_version=expected_version
+                    pass  # another process appended since, or a retried event id: read the state
+                else:
+                    self._finish(group, stored_by_request)
+                    return
+        self._group_careful(group)
+
+    def _plan_known(self, group: list[_Request]) -> tuple[list[list[StoredEvent]], int] | None:
+        """Seal every request from the remembered state, or None when some stream is not known (or an
+        expected version does not match it: the careful path then reports the conflict).
+        """
+        states: dict[str, tuple[int, bytes]] = {}
+        head = head_before = -1
+        stored_by_request: list[list[StoredEvent]] = []
+        for r in group:
+            state = states.get(r.stream_id)
+            if state is None:
+                known = self._known.get(r.stream_id)
+                if known is None:
+                    return None
+                if head < 0:
+                    head = head_before = known[0]
+                state = (known[1], known[2])
+            if r.expected_version not in (None, state[0]):
+                return None
+            stored = self._seal(r.stream_id, r.payloads, head, state[0], state[1], r.actor, r.trace_id)
+            stored_by_request.append(stored)
+            head = stored[-1].position
+            states[r.stream_id] = (stored[-1].stream_version, stored[-1].hash)
+        return stored_by_request, head_before
+
+    def _group_careful(self, group: list[_Request]) -> None:
+        """Read each request's state under the lock (own rows of this transaction included)."""
+        stored_by_request: list[list[StoredEvent]] = []
+        with self.db.write() as conn:
+            rows: list[StoredEvent] = []
+            head_before: int | None = None
+            for r in group:
+                head, version, last_hash, duplicate = self._rows.state(
+                    conn, self._lock_params, r.stream_id, r.payloads[0][0]
+                )
+                head_before = head if head_before is None else head_before
+                stored: list[StoredEvent] = []
+                if duplicate is not None:
+                    try:
+                        r.result = self._existing(conn, r.stream_id, [p[0] for p in r.payloads])
+                    except EventIdConflict as e:
+                        r.error = e
+                elif r.expected_version is not None and r.expected_version != version:
+                    r.error = StreamVersionConflict(r.stream_id, r.expected_version, version)
+                else:
+                    prev_hash = last_hash if last_hash is not None else GENESIS_HASH
+                    stored = self._seal(
+                        r.stream_id, r.payloads, head, version, prev_hash, r.actor, r.trace_id
+                    )
+                    self._rows.insert(conn, stored)  # a reused id fails the group: each goes alone then
+                    rows += stored
+                stored_by_request.append(stored)
+            if rows:
+                assert head_before is not None
+                for hook in self._hooks:
+                    hook(conn, rows, head_before)
+        self._finish(group, stored_by_request)
+
+    def _finish(self, group: list[_Request], stored_by_request: list[list[StoredEvent]]) -> None:
+        """After the commit: remember the streams' states and hand out the results."""
+        for r, stored in zip(group, stored_by_request, strict=True):
+            if not stored:
+                continue  # a duplicate or a conflict: its result or error is set
+            last = stored[-1]
+            self._known.put(r.stream_id, (last.position, last.stream_version, last.hash))
+            r.result = AppendResult(
+                positions=tuple(s.position for s in stored), stream_version=last.stream_version
             )
+
+    def _append_once(self, r: _Request) -> AppendResult:
+        """One append in its own transaction (a group of one, or a group's append done again alone)."""
+        known = self._known.get(r.stream_id) if self._rows.optimistic else None
+        if known is not None and r.expected_version in (None, known[1]):
+            try:
+                return self._append_with(r.stream_id, r.payloads, known, r.actor, r.trace_id, optimistic=True)
+            except sa.exc.IntegrityError:
+                pass  # another process appended since, or this is a retried event id: read the state
+        return self._append_with(
+            r.stream_id, r.payloads, None, r.actor, r.trace_id, expected_version=r.expected_version
+        )
 
     def _append_with(
         self,
         stream_id: str,
-        payloads: list[tuple[uuid.UUID, str, int, str]],
+        payloads: list[Payload],
         known: tuple[int, int, bytes] | None,
         actor: str,
         trace_id: str,
@@ -214,7 +379,7 @@ class SqlEventStore:
     @staticmethod
     def _seal(
         stream_id: str,
-        payloads: list[tuple[uuid.UUID, str, int, str]],
+        payloads: list[Payload],
         head_before: int,
         version: int,
         prev_hash: bytes,
@@ -328,7 +493,7 @@ class SqlEventStore:
                 remaining -= len(batch)
 
 
-def _first_conflicting_id(conn: Connection, payloads: list[tuple[uuid.UUID, str, int, str]]) -> str:
+def _first_conflicting_id(conn: Connection, payloads: list[Payload]) -> str:
     # The transaction is aborted on PostgreSQL; this lookup is best effort for the message.
     ids = [p[0] for p in payloads]
     try:

@@ -111,6 +111,21 @@ class OciRuntimeExecutor:
         finally:
             shutil.rmtree(bundle, ignore_errors=True)
 
+    def sweep(self) -> list[str]:
+        """Kill and delete every container under our state root and remove every bundle left.
+
+        Only for a daemon's start after a crash (nothing of ours runs then): a SIGKILLed daemon
+        leaves its ``run`` processes and their containers behind (they are in their own sessions).
+        Returns the ids of the containers removed.
+        """
+        found = self.list_containers()
+        for container_id in found:
+            self._command("kill", container_id, "KILL")
+            self._delete(container_id)
+        for leftover in os.listdir(self._bundles):
+            shutil.rmtree(os.path.join(self._bundles, leftover), ignore_errors=True)
+        return found
+
     def list_containers(self) -> list[str]:
         """Ids of the containers the runtime knows under our state root (should be none when idle)."""
         done = self._command("list", "--quiet")

@@ -17,6 +17,11 @@ directory), which gives the same guarantees the single index file used to:
 * a remove unlinks the metadata (and fsyncs) before removing the directory: a crash in between
   leaves an orphan directory, removed on open.
 
+The directory fsync that makes a rename or an unlink durable is shared: a thread that needs one
+after its own change joins a sync that starts after that change, so threads preparing, committing
+and removing snapshots at the same time pay for one directory fsync between them, not one each
+(``_DirectorySync``). Each file's own content is still fsynced before its rename.
+
 The files are read once, on open, into a dict guarded by a lock that is held only for dict work,
 never across a write. Operations on one snapshot (mount, unmount, commit, remove) are serialized by
 a per-key lock (``key_lock``), so threads working on different snapshots never queue behind each
@@ -85,6 +90,7 @@ class SnapshotIndex:
         for d in (self.snapshots_dir, self.mounts_dir, self.metadata_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
+        self._metadata_sync = _DirectorySync(self.metadata_dir)
         self._key_locks = tuple(threading.Lock() for _ in range(_KEY_LOCK_STRIPES))
         self._entries: dict[str, IndexEntry] = {}
         # Keys with a file being written or unlinked: taken, though not (or no longer) in _entries.
@@ -282,11 +288,7 @@ class SnapshotIndex:
 
     def _sync_metadata_dir(self) -> None:
         # Makes the rename (or unlink) itself durable, not only the file's content.
-        fd = os.open(self.metadata_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._metadata_sync.sync()
 
     def _load(self) -> None:
         for name in os.listdir(self.metadata_dir):
@@ -339,6 +341,62 @@ class SnapshotIndex:
         os.unlink(legacy)
         with suppress(FileNotFoundError):
             os.unlink(legacy + _TMP_SUFFIX)
+
+
+class _DirectorySync:
+    """fsync of one directory, shared by the threads that ask for it at the same time.
+
+    A caller's change (rename, unlink) is done before it calls :meth:`sync`; an fsync that *starts*
+    after the call covers it. So a caller takes a ticket; if an fsync is running it waits for it to
+    end and, unless a later one already covered its ticket, one of the waiters starts the next fsync
+    for all of them. A failed fsync fails every caller it was meant to cover.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._cond = threading.Condition()
+        self._issued = 0  # tickets handed out
+        self._covered = 0  # every ticket up to this one is durable
+        self._running = False
+        self._failures: dict[int, BaseException] = {}  # last ticket of a failed fsync -> its error
+
+    def sync(self) -> None:
+        """Return once an fsync that started after this call has completed (or raise its error)."""
+        with self._cond:
+            self._issued += 1
+            ticket = self._issued
+            while True:
+                if self._covered >= ticket:
+                    return
+                failed = next((e for last, e in self._failures.items() if last >= ticket), None)
+                if failed is not None:
+                    raise failed
+                if not self._running:
+                    break
+                self._cond.wait()
+            self._running = True
+            upto = self._issued
+            covered_before = self._covered
+        error: BaseException | None = None
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as e:
+            error = e
+        with self._cond:
+            self._running = False
+            if error is None:
+                self._covered = max(self._covered, upto)
+            else:
+                # Only the tickets this fsync was for fail; later ones get a new try.
+                self._failures = {k: v for k, v in self._failures.items() if k > covered_before}
+                self._failures[upto] = error
+            self._cond.notify_all()
+        if error is not None:
+            raise error
 
 
 def _read_metadata(path: str) -> SnapshotInfo:

@@ -101,9 +101,24 @@ class VertexContext:
 
     def read_inputs(self, committed: Sequence[str | None]) -> list[Path | None]:
         """Mounted read-only views of several inputs, announced in one append."""
-        # All views are announced in one append, then made.
+        # All views are announced in one append, then made. With no view to make there is no side
+        # effect to announce: what is pending goes with the step's next append instead.
         keys = [self._announce("view", parent) if parent is not None else None for parent in committed]
+        if any(k is not None for k in keys):
+            self.step.flush()
+        return self._make_views(keys, committed)
+
+    def prepare_reading(
+        self, parent: str | None, committed: Sequence[str | None]
+    ) -> tuple[str, list[Path | None]]:
+        """:meth:`prepare` and :meth:`read_inputs` announced in one append (one commit, not two)."""
+        key = self._announce("active", parent)
+        views = [self._announce("view", p) if p is not None else None for p in committed]
         self.step.flush()
+        self.worker.snapshotter.prepare(key, parent)
+        return key, self._make_views(views, committed)
+
+    def _make_views(self, keys: Sequence[str | None], committed: Sequence[str | None]) -> list[Path | None]:
         paths: list[Path | None] = []
         for view, source in zip(keys, committed, strict=True):
             if view is None or source is None:

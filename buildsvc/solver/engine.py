@@ -26,7 +26,7 @@ from typing import Protocol
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 
-from buildsvc.errors import BuildsvcError, InvalidInput
+from buildsvc.errors import BuildsvcError, ExecutionError, InvalidInput
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
 from buildsvc.events.store import NO_STREAM, EventStore, StreamVersionConflict
@@ -37,6 +37,8 @@ from buildsvc.solver.errors import BuildRefInUse, SolveCancelled, SolveError
 from buildsvc.solver.handlers import Backends, OpHandler, handler_for
 from buildsvc.solver.ops import Op, OpMetadata, Vertex, output_count
 from buildsvc.solver.recording import BuildRecorder, HeldRef, LogWriter, StepRecorder
+from buildsvc.solver.resume import ResumePlan, missing_local_dirs, repair
+from buildsvc.solver.source_excerpt import SourceExcerpt, locate
 from buildsvc.solver.worker import Worker, select_worker
 
 __all__ = ["CacheIndex", "ResultRef", "SolveRequest", "SolveResult", "Solver"]
@@ -68,6 +70,15 @@ class SolveRequest:
     trace_id: str = ""
     frontend: str = ""
     frontend_attrs: Mapping[str, str] = field(default_factory=dict)
+    # Recorded in SolveRequested so that a restarted daemon can finish the build (see resume).
+    exporters: Sequence[Mapping[str, str]] = ()
+    cache_exports: Sequence[Mapping[str, str]] = ()
+    cache_imports: Sequence[Mapping[str, str]] = ()
+    image_config: Mapping[str, object] | None = None
+    # Contexts from the context store (buildsvc.contexts): name -> manifest digest, recorded in
+    # SolveRequested in place of the directory, and the events that say how each arrived.
+    local_contexts: Mapping[str, str] = field(default_factory=dict)
+    received: Sequence[Event] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +88,8 @@ class ResultRef:
     worker: Worker
     snapshot_id: str | None
     cache_key: str
+    steps: Mapping[str, tuple[str, tuple[str | None, ...]]] = field(default_factory=dict)
+    """Every vertex the solve used: digest -> (cache key, output snapshots); for cache exports."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +158,7 @@ class Solver:
         state_dir: Path,
         max_parallel: int = 4,
         handler_factory: Callable[[Op, Backends], OpHandler] = handler_for,
+        daemon_id: str = "",
     ) -> None:
         if not workers:
             raise InvalidInput("the solver needs at least one worker")
@@ -155,6 +169,8 @@ class Solver:
         self.state_dir = state_dir
         self.max_parallel = max_parallel
         self.handler_factory = handler_factory
+        self.daemon_id = daemon_id
+        """Recorded with each solve's start, so a restart knows which process ran it."""
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="vertex")
         self._graph = _SharedGraph()
         # Content checksums by (worker, snapshot, selection): snapshots never change once committed.
@@ -188,8 +204,13 @@ class Solver:
         *,
         cancel: threading.Event | None = None,
         export: ExportFn | None = None,
+        resume: ResumePlan | None = None,
     ) -> SolveResult:
-        """Solve ``request``; raises SolveError, SolveCancelled or InvalidInput, recorded either way."""
+        """Solve ``request``; raises SolveError, SolveCancelled or InvalidInput, recorded either way.
+
+        With ``resume`` (a plan read from the build's stream after a daemon restart) the build goes
+        on where the dead process left it: see :mod:`buildsvc.solver.resume`.
+        """
         request.definition.validate()
         cancel = cancel or threading.Event()
         with self._lock:
@@ -200,7 +221,7 @@ class Solver:
             with _tracer.start_as_current_span(
                 "solve", attributes={"buildsvc.build_ref": request.build_ref}
             ) as span:
-                solve = _Solve(self, request, cancel, span)
+                solve = _Solve(self, request, cancel, span, resume)
                 try:
                     return solve.run(export)
                 except BaseException as e:
@@ -209,6 +230,26 @@ class Solver:
         finally:
             with self._lock:
                 self._cancels.pop(request.build_ref, None)
+
+    def abandon(self, plan: ResumePlan, reason: str) -> None:
+        """End a build a dead process left unfinished as cancelled, instead of resuming it.
+
+        Its interrupted vertices are recorded, its partial snapshots removed and the refs the dead
+        process held released, in the same appends a resume makes; then ``SolveCancelled``.
+        """
+        recorder = BuildRecorder(self.store, plan.build_ref)
+        recorder.append(
+            [
+                ev.VertexInterrupted(build_ref=plan.build_ref, vertex=v, reason=reason)
+                for v in plan.interrupted
+            ]
+        )
+        recorder.append(
+            [
+                *repair(plan, self.workers, reason=reason),
+                ev.SolveCancelled(build_ref=plan.build_ref, reason=reason),
+            ]
+        )
 
     def forget(self, snapshot_id: str) -> None:
         """Drop remembered cache records that point at ``snapshot_id`` (it is being removed)."""
@@ -258,8 +299,16 @@ class Solver:
 class _Solve:
     """The state of one solve while it runs."""
 
-    def __init__(self, solver: Solver, request: SolveRequest, cancel: threading.Event, span: Span) -> None:
+    def __init__(
+        self,
+        solver: Solver,
+        request: SolveRequest,
+        cancel: threading.Event,
+        span: Span,
+        resume: ResumePlan | None = None,
+    ) -> None:
         self.solver = solver
+        self.resume = resume
         self.request = request
         self.definition = request.definition
         self.cancel = cancel
@@ -282,27 +331,15 @@ class _Solve:
 
     def run(self, export: ExportFn | None) -> SolveResult:
         needed = self._needed()
-        d = self.definition
-        try:
-            self.recorder.append(
-                [
-                    ev.SolveRequested(
-                        build_ref=self.request.build_ref,
-                        frontend=self.request.frontend,
-                        frontend_attrs=dict(self.request.frontend_attrs),
-                        definition=d.to_dict(),
-                        definition_digest=d.output.digest if d.output else "",
-                        local_dirs={name: str(path) for name, path in self.request.local_dirs.items()},
-                    ),
-                    ev.SolveStarted(build_ref=self.request.build_ref, vertex_count=len(needed)),
-                ],
-                expected_version=NO_STREAM,
-            )
-        except StreamVersionConflict:
-            raise BuildRefInUse(self.request.build_ref) from None
+        if self.resume is not None:
+            self._begin_resumed(self.resume)
+        else:
+            self._begin(needed)
         output: ResultRef | None = None
         response: dict[str, str] = {}
         try:
+            if self.resume is not None:
+                self._check_resumable(self.resume)
             self._walk(needed)
             if self.failure is None:
                 output = self._output()
@@ -319,6 +356,67 @@ class _Solve:
             )
         )
         return SolveResult(build_ref=self.request.build_ref, output=output, exporter_response=response)
+
+    def _begin(self, needed: list[Vertex]) -> None:
+        d = self.definition
+        r = self.request
+        try:
+            self.recorder.append(
+                [
+                    ev.SolveRequested(
+                        build_ref=r.build_ref,
+                        frontend=r.frontend,
+                        frontend_attrs=dict(r.frontend_attrs),
+                        definition=d.to_dict(),
+                        definition_digest=d.output.digest if d.output else "",
+                        local_dirs={**{n: str(p) for n, p in r.local_dirs.items()}, **r.local_contexts},
+                        exporters=tuple(dict(x) for x in r.exporters),
+                        cache_exports=tuple(dict(x) for x in r.cache_exports),
+                        cache_imports=tuple(dict(x) for x in r.cache_imports),
+                        image_config=dict(r.image_config) if r.image_config is not None else None,
+                    ),
+                    *r.received,
+                    ev.SolveStarted(
+                        build_ref=r.build_ref, vertex_count=len(needed), daemon_id=self.solver.daemon_id
+                    ),
+                ],
+                expected_version=NO_STREAM,
+            )
+        except StreamVersionConflict:
+            raise BuildRefInUse(self.request.build_ref) from None
+
+    def _begin_resumed(self, plan: ResumePlan) -> None:
+        """Record the resume and each interrupted vertex, then clean up what the dead process left."""
+        ref = self.request.build_ref
+        reason = "daemon restarted"
+        self.recorder.append(
+            [
+                ev.SolveResumed(
+                    build_ref=ref,
+                    daemon_id=self.solver.daemon_id,
+                    previous_daemon_id=plan.previous_daemon_id,
+                    attempt=plan.attempt,
+                    interrupted=plan.interrupted,
+                ),
+                *(ev.VertexInterrupted(build_ref=ref, vertex=v, reason=reason) for v in plan.interrupted),
+            ]
+        )
+        self.recorder.append(repair(plan, self.solver.workers, reason=reason))
+
+    def _check_resumable(self, plan: ResumePlan) -> None:
+        """Fail (recorded) a resumed build whose recorded failure or missing inputs decide it."""
+        if plan.failure is not None:
+            f = plan.failure
+            name = self.definition.name_of(f.vertex) or f.vertex
+            # The vertex failed and the process died before the solve's end was recorded.
+            error: BaseException = (
+                SolveCancelled(self.request.build_ref) if f.error == "cancelled" else ExecutionError(f.error)
+            )
+            raise _VertexFailed(f.vertex, name, error, f.exit_code, f.log_tail)
+        located = {n: self.request.local_dirs.get(n) for n in plan.local_dirs}
+        missing = missing_local_dirs(plan, {n: p if p and p.is_dir() else None for n, p in located.items()})
+        if missing:
+            raise InvalidInput(f"cannot resume build {self.request.build_ref}: " + "; ".join(missing))
 
     def _needed(self) -> list[Vertex]:
         d = self.definition
@@ -338,7 +436,10 @@ class _Solve:
         if out is None:
             return None
         outcome = self.results[out.digest]
-        return ResultRef(worker=outcome.worker, snapshot_id=outcome.outputs[out.index], cache_key=outcome.key)
+        steps = {digest: (o.key, o.outputs) for digest, o in self.results.items()}
+        return ResultRef(
+            worker=outcome.worker, snapshot_id=outcome.outputs[out.index], cache_key=outcome.key, steps=steps
+        )
 
     def _end(self, final: Event) -> None:
         step = self.recorder.step()
@@ -357,12 +458,14 @@ class _Solve:
             self._end(ev.SolveCancelled(build_ref=ref, reason="cancelled"))
             raise SolveCancelled(ref, "cancelled") from failure
         if isinstance(failure, _VertexFailed):
+            source = locate(self.definition, failure.vertex) or SourceExcerpt("", "")
             self._end(
                 ev.SolveFailed(
                     build_ref=ref,
                     error=f"{failure.name}: {failure.error}",
                     vertex=failure.vertex,
                     exit_code=failure.exit_code,
+                    source_location=source.location,
                 )
             )
             raise SolveError(
@@ -372,6 +475,8 @@ class _Solve:
                 name=failure.name,
                 exit_code=failure.exit_code,
                 log_tail=failure.tail,
+                source_location=source.location,
+                source_excerpt=source.excerpt,
             ) from failure.error
         self._end(ev.SolveFailed(build_ref=ref, error=str(failure) or type(failure).__name__))
         if isinstance(failure, BuildsvcError):
@@ -578,6 +683,9 @@ class _Solve:
     ) -> tuple[str | None, ...]:
         expected = output_count(vertex.op)
         step = self.recorder.step()
+        reused = self._resumed_result(vertex, name, key, worker, expected, step)
+        if reused is not None:
+            return reused
         if not metadata.ignore_cache:
             hit = self.solver._lookup(key, worker.info.name)
             if hit:
@@ -602,6 +710,7 @@ class _Solve:
                 name=name,
                 worker=worker.info.name,
                 cache_key=key,
+                attempt=(self.resume.runs.get(vertex.digest, 0) if self.resume else 0) + 1,
             )
         )
         log = LogWriter(self.recorder, vertex.digest)
@@ -679,6 +788,30 @@ class _Solve:
         with self.lock:
             self.refs.extend(held)
         return outputs
+
+    def _resumed_result(
+        self, vertex: Vertex, name: str, key: str, worker: Worker, expected: int, step: StepRecorder
+    ) -> tuple[str | None, ...] | None:
+        """A resumed build's vertex that completed before the restart: its outputs, once each is found
+        on disk (never run again); a result that is gone is recorded missing and the vertex runs.
+        """
+        done = self.resume.completed.get(vertex.digest) if self.resume is not None else None
+        if done is None or done.cache_key != key or done.worker != worker.info.name:
+            return None
+        outputs: tuple[str | None, ...] = tuple(done.outputs.get(i) for i in range(expected))
+        gone = [s for s in outputs if s is not None and not self._exists(worker, s)]
+        if not gone:
+            self._use(vertex, name, key, worker, outputs)
+            return outputs
+        step.record(
+            ev.VertexResultMissing(
+                build_ref=self.request.build_ref,
+                vertex=vertex.digest,
+                snapshot_id=gone[0],
+                reason=f"snapshot {gone[0]} is not on worker {worker.info.name} after the restart",
+            )
+        )
+        return None
 
     @staticmethod
     def _exists(worker: Worker, snapshot_id: str) -> bool:

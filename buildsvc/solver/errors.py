@@ -8,7 +8,8 @@ They sit under :class:`buildsvc.errors.InvalidInput` in the tree drawn in ``buil
     Conflict
     └── BuildRefInUse        a solve asked for a build ref the log already has
     ExecutionError
-    ├── SolveError           a vertex failed: the vertex, its exit code and the tail of its output
+    ├── SolveError           a vertex failed: the vertex, its exit code, the tail of its output and
+    │                        the source lines (``Dockerfile:3``) it came from
     └── SolveCancelled       the solve was cancelled
 """
 
@@ -84,17 +85,25 @@ class SolveError(ExecutionError):
         name: str | None = None,
         exit_code: int | None = None,
         log_tail: str = "",
+        source_location: str = "",
+        source_excerpt: str = "",
     ) -> None:
         where = f" at {name!r}" if name else (f" at vertex {vertex}" if vertex else "")
         code = f" (exit code {exit_code})" if exit_code is not None else ""
         tail = f"\n--- last output ---\n{log_tail.rstrip()}" if log_tail.strip() else ""
-        super().__init__(f"build {build_ref} failed{where}{code}: {message}{tail}")
+        # As BuildKit prints it: the file and line, then the lines with the failing one marked.
+        source = f"\n{source_location}" if source_location else ""
+        source += f"\n{source_excerpt}" if source_location and source_excerpt else ""
+        super().__init__(f"build {build_ref} failed{where}{code}: {message}{source}{tail}")
         self.build_ref = build_ref
         self.reason = message
         self.vertex = vertex
         self.name = name
         self.exit_code = exit_code
         self.log_tail = log_tail
+        self.source_location = source_location
+        """``Dockerfile:3`` when the failed vertex came from a source file (see ``source_excerpt``)."""
+        self.source_excerpt = source_excerpt
 
 
 class SolveCancelled(ExecutionError):

@@ -239,12 +239,22 @@ class FileHandler:
         """Apply the actions onto a copy of each output's base."""
         op = vertex.op
         assert isinstance(op, FileOp)
-        bases = self.backend.output_bases(op, len(inputs))
-        readable = ctx.read_inputs(inputs)
+        bases = sorted(self.backend.output_bases(op, len(inputs)).items())
         results: list[str | None] = [None] * output_count(op)
+        # Snapshots are made before ``running`` so that their announcement carries the step's start
+        # (one append fewer); the first output's snapshot is announced with the input views.
+        actives: dict[int, str] = {}
+        readable: list[Path | None] = [None] * len(inputs)
+        for i, (output, base) in enumerate(bases):
+            parent = inputs[base] if base is not None else None
+            if i == 0:
+                actives[output], readable = ctx.prepare_reading(parent, inputs)
+            else:
+                actives[output] = ctx.prepare(parent)
+        if not bases:
+            readable = ctx.read_inputs(inputs)
         with ctx.running():
-            for output, base in sorted(bases.items()):
-                active = ctx.prepare(inputs[base] if base is not None else None)
+            for output, active in actives.items():
                 root = Path(ctx.mount(active).path)
                 self.backend.apply(op, output, root, readable)
                 results[output] = ctx.commit(active)
@@ -285,21 +295,23 @@ class LayerHandler:
     def run(self, vertex: Vertex, inputs: Sequence[str | None], ctx: VertexContext) -> tuple[str | None, ...]:
         """Merge the inputs in order, or write the diff of two."""
         op = vertex.op
-        with ctx.running():
-            if isinstance(op, MergeOp):
-                layers = [inputs[i] for i in op.inputs]
-                active = ctx.prepare(layers[0] if layers else None)
+        if isinstance(op, MergeOp):
+            # The new layer and the views of the layers merged onto it, announced in one append.
+            layers = [inputs[i] for i in op.inputs]
+            active, views = ctx.prepare_reading(layers[0] if layers else None, layers[1:])
+            with ctx.running():
                 dest = Path(ctx.mount(active).path)
-                self.backend.merge_into(dest, [p for p in ctx.read_inputs(layers[1:]) if p is not None])
-            else:
-                assert isinstance(op, DiffOp)
-                active = ctx.prepare(None)
-                dest = Path(ctx.mount(active).path)
-                empty = Path(ctx.mount(ctx.prepare(None)).path)
-                lower = ctx.read_input(inputs[op.lower]) if op.lower is not None else None
-                upper = ctx.read_input(inputs[op.upper]) if op.upper is not None else None
-                self.backend.diff_into(dest, lower or empty, upper or empty)
+                self.backend.merge_into(dest, [p for p in views if p is not None])
             return (ctx.commit(active),)
+        assert isinstance(op, DiffOp)
+        with ctx.running():
+            active = ctx.prepare(None)
+            dest = Path(ctx.mount(active).path)
+            empty = Path(ctx.mount(ctx.prepare(None)).path)
+            lower = ctx.read_input(inputs[op.lower]) if op.lower is not None else None
+            upper = ctx.read_input(inputs[op.upper]) if op.upper is not None else None
+            self.backend.diff_into(dest, lower or empty, upper or empty)
+        return (ctx.commit(active),)
 
 
 # --- sources --------------------------------------------------------------------------------------

@@ -137,7 +137,10 @@ class LogWriter:
         self.tail_bytes = tail_bytes
         self.on_chunk = on_chunk
         self._lock = threading.Lock()
-        self._buffers: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        # Output not written yet, as (stream, bytes) runs in arrival order: stdout and stderr
+        # interleave in the log as the process wrote them, not stream by stream.
+        self._runs: list[tuple[int, bytearray]] = []
+        self._buffered = 0
         self._offsets = {1: 0, 2: 0}
         self._last_flush = time.monotonic()
         self._tail = bytearray()
@@ -152,15 +155,16 @@ class LogWriter:
 
     def _write(self, stream: int, data: bytes) -> None:
         with self._lock:
-            self._buffers[stream] += data
+            if self._runs and self._runs[-1][0] == stream:
+                self._runs[-1][1].extend(data)
+            else:
+                self._runs.append((stream, bytearray(data)))
+            self._buffered += len(data)
             self._tail += data
             del self._tail[: max(len(self._tail) - self.tail_bytes, 0)]
             if self.on_chunk is not None:
                 self.on_chunk(stream, data)
-            if (
-                len(self._buffers[stream]) >= self.max_chunk
-                or time.monotonic() - self._last_flush >= self.interval
-            ):
+            if self._buffered >= self.max_chunk or time.monotonic() - self._last_flush >= self.interval:
                 self._flush_locked()
 
     def flush(self) -> None:
@@ -170,20 +174,19 @@ class LogWriter:
 
     def _flush_locked(self) -> None:
         events: list[Event] = []
-        for stream, buffer in self._buffers.items():
-            if buffer:
-                data = bytes(buffer)
-                buffer.clear()
-                events.append(
-                    ev.VertexLogChunk(
-                        build_ref=self.build.build_ref,
-                        vertex=self.vertex,
-                        data=data,
-                        stream=stream,
-                        offset=self._offsets[stream],
-                    )
+        runs, self._runs, self._buffered = self._runs, [], 0
+        for stream, buffer in runs:
+            data = bytes(buffer)
+            events.append(
+                ev.VertexLogChunk(
+                    build_ref=self.build.build_ref,
+                    vertex=self.vertex,
+                    data=data,
+                    stream=stream,
+                    offset=self._offsets[stream],
                 )
-                self._offsets[stream] += len(data)
+            )
+            self._offsets[stream] += len(data)
         self._last_flush = time.monotonic()
         self.build.append(events)
 

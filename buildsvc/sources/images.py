@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import threading
 import uuid
@@ -74,6 +75,7 @@ class ImageStore:
     def __init__(self, root: str, *, registry: RegistryClient | None = None) -> None:
         """Cache blobs under ``root``; talk to registries through ``registry`` (or a default)."""
         self.content = ContentStore(root)
+        self._by_diff_id = os.path.join(self.content.root, "layers-by-diff-id")
         self.registry = registry or RegistryClient()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -135,6 +137,7 @@ class ImageStore:
                     )
             keys.append(key)
             parent = key
+        self._remember_layers(name, manifest.layers, config.diff_ids)
         return PulledImage(
             source=name,
             manifest_digest=resolved.digest,
@@ -145,6 +148,35 @@ class ImageStore:
             snapshot_keys=tuple(keys),
             downloaded=tuple(fetcher.downloaded),
         )
+
+    def _remember_layers(self, name: str, layers: Sequence[Descriptor], diff_ids: Sequence[str]) -> None:
+        """Note each layer's blob by its diff id, so an export can reuse the compressed blob (as
+        containerd's ``containerd.io/uncompressed`` label does) and push it by mounting it from the
+        repository it came from.
+        """
+        os.makedirs(self._by_diff_id, exist_ok=True)
+        for layer, diff_id in zip(layers, diff_ids, strict=True):
+            path = os.path.join(self._by_diff_id, diff_id.replace(":", "-"))
+            if os.path.exists(path):
+                continue
+            doc = {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size, "source": name}
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, path)
+
+    def layer_blob(self, diff_id: str) -> tuple[Descriptor, str] | None:
+        """The compressed blob of a layer this store pulled (and the image it came from), if its
+        bytes are still in the content store.
+        """
+        path = os.path.join(self._by_diff_id, diff_id.replace(":", "-"))
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return None
+        desc = Descriptor(media_type=doc["mediaType"], digest=doc["digest"], size=int(doc["size"]))
+        return (desc, str(doc.get("source", ""))) if self.content.has(desc.digest) else None
 
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_guard:

@@ -8,8 +8,9 @@ part (a GET and a monolithic PUT). httpx gives a typed, pooled, streaming sync c
 pluggable auth flow (the Bearer challenge dance fits ``httpx.Auth`` exactly), so the protocol
 logic here is small and all ours to check. Retries are tenacity's, bounded.
 
-Plain HTTP is used only for loopback registries and only with ``insecure=True``: anything else is
-HTTPS, so a typo cannot send credentials in the clear.
+Plain HTTP is used only for loopback registries with ``insecure=True``, and for the hosts named in
+``insecure_hosts`` (the daemon's ``--insecure-registry``, buildkitd's ``http = true``): anything else
+is HTTPS, so a typo cannot send credentials in the clear.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class RegistryOptions:
 
     insecure: bool = False
     """Allow plain HTTP, for loopback hosts only (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    insecure_hosts: frozenset[str] = frozenset()
+    """Registries (``host[:port]`` as written in references, lowercase) always spoken to over plain HTTP."""
     credentials: Mapping[str, Credentials] = field(default_factory=dict)
     """Per registry host (``host[:port]``, as written in references); anonymous otherwise."""
     timeout: float = 60.0
@@ -161,20 +164,32 @@ class RegistryClient:
     # Push
 
     def push_blob(
-        self, ref: Reference, digest: str, chunks: Callable[[], Iterator[bytes]], size: int
+        self,
+        ref: Reference,
+        digest: str,
+        chunks: Callable[[], Iterator[bytes]],
+        size: int,
+        *,
+        mount_from: str = "",
     ) -> None:
         """Upload a blob (monolithic POST + PUT) unless the repository already has it.
 
         ``chunks`` is called once per try, so a retried upload starts again from the beginning.
+        ``mount_from`` names a repository of the same registry that has the blob: the registry is
+        asked to mount it from there (a cross-repository mount, no bytes sent); one that will not
+        answers with an upload session, and the bytes go up as usual.
         """
         if self.blob_exists(ref, digest):
             return
         start_url = self._url(ref, "blobs/uploads/")
+        mount = {"mount": digest, "from": mount_from} if mount_from and mount_from != ref.path else {}
 
         def attempt() -> None:
             # The POST carries no body, so an auth challenge is answered here and the PUT (whose
             # streamed body cannot be replayed) goes out with a token that already fits.
-            started = self._http.post(start_url, headers={"Content-Length": "0"})
+            started = self._http.post(start_url, params=mount, headers={"Content-Length": "0"})
+            if mount and started.status_code == 201:
+                return  # mounted
             self._check(started, ref, "blob upload", ok=(202,))
             location = started.headers.get("location")
             if not location:
@@ -214,7 +229,8 @@ class RegistryClient:
     def base_url(self, domain: str) -> str:
         """``scheme://host`` for a reference's domain."""
         host = DOCKER_HUB_HOST if domain == DEFAULT_DOMAIN else domain
-        scheme = "http" if self.options.insecure and is_loopback(host) else "https"
+        plain = host.lower() in self.options.insecure_hosts or (self.options.insecure and is_loopback(host))
+        scheme = "http" if plain else "https"
         return f"{scheme}://{host}"
 
     def _url(self, ref: Reference, tail: str) -> str:
@@ -247,7 +263,12 @@ class RegistryClient:
         except _TransientStatus as e:
             raise RegistryError(url, e.response.status_code, _error_message(e.response)) from e
         except httpx.HTTPError as e:
-            raise RegistryError(url, None, f"{type(e).__name__}: {e}") from e
+            hint = ""
+            if url.startswith("https://") and "WRONG_VERSION_NUMBER" in str(e):
+                # What TLS to a plain-HTTP server looks like: say how to allow it.
+                hint = " (the registry seems to serve plain HTTP: "
+                hint += "start the daemon with --insecure-registry HOST)"
+            raise RegistryError(url, None, f"{type(e).__name__}: {e}{hint}") from e
 
 
 def is_loopback(host: str) -> bool:

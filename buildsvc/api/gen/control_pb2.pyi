@@ -50,7 +50,7 @@ BUILD_HISTORY_EVENT_TYPE_STARTED: BuildHistoryEventType
 BUILD_HISTORY_EVENT_TYPE_COMPLETE: BuildHistoryEventType
 
 class SolveRequest(_message.Message):
-    __slots__ = ("ref", "definition", "frontend", "frontend_attrs", "exporters", "local_dirs", "actor")
+    __slots__ = ("ref", "definition", "frontend", "frontend_attrs", "exporters", "local_dirs", "actor", "local_contexts", "cache")
     class FrontendAttrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,13 @@ class SolveRequest(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LocalContextsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     REF_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_FIELD_NUMBER: _ClassVar[int]
     FRONTEND_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +79,8 @@ class SolveRequest(_message.Message):
     EXPORTERS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_DIRS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     ref: str
     definition: bytes
     frontend: str
@@ -79,7 +88,45 @@ class SolveRequest(_message.Message):
     exporters: _containers.RepeatedCompositeFieldContainer[Exporter]
     local_dirs: _containers.ScalarMap[str, str]
     actor: str
-    def __init__(self, ref: _Optional[str] = ..., definition: _Optional[bytes] = ..., frontend: _Optional[str] = ..., frontend_attrs: _Optional[_Mapping[str, str]] = ..., exporters: _Optional[_Iterable[_Union[Exporter, _Mapping]]] = ..., local_dirs: _Optional[_Mapping[str, str]] = ..., actor: _Optional[str] = ...) -> None: ...
+    local_contexts: _containers.ScalarMap[str, str]
+    cache: CacheOptions
+    def __init__(self, ref: _Optional[str] = ..., definition: _Optional[bytes] = ..., frontend: _Optional[str] = ..., frontend_attrs: _Optional[_Mapping[str, str]] = ..., exporters: _Optional[_Iterable[_Union[Exporter, _Mapping]]] = ..., local_dirs: _Optional[_Mapping[str, str]] = ..., actor: _Optional[str] = ..., local_contexts: _Optional[_Mapping[str, str]] = ..., cache: _Optional[_Union[CacheOptions, _Mapping]] = ...) -> None: ...
+
+class CacheOptions(_message.Message):
+    __slots__ = ("export_ref_deprecated", "import_refs_deprecated", "export_attrs_deprecated", "exports", "imports")
+    class ExportAttrsDeprecatedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EXPORT_REF_DEPRECATED_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_REFS_DEPRECATED_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_ATTRS_DEPRECATED_FIELD_NUMBER: _ClassVar[int]
+    EXPORTS_FIELD_NUMBER: _ClassVar[int]
+    IMPORTS_FIELD_NUMBER: _ClassVar[int]
+    export_ref_deprecated: str
+    import_refs_deprecated: _containers.RepeatedScalarFieldContainer[str]
+    export_attrs_deprecated: _containers.ScalarMap[str, str]
+    exports: _containers.RepeatedCompositeFieldContainer[CacheOptionsEntry]
+    imports: _containers.RepeatedCompositeFieldContainer[CacheOptionsEntry]
+    def __init__(self, export_ref_deprecated: _Optional[str] = ..., import_refs_deprecated: _Optional[_Iterable[str]] = ..., export_attrs_deprecated: _Optional[_Mapping[str, str]] = ..., exports: _Optional[_Iterable[_Union[CacheOptionsEntry, _Mapping]]] = ..., imports: _Optional[_Iterable[_Union[CacheOptionsEntry, _Mapping]]] = ...) -> None: ...
+
+class CacheOptionsEntry(_message.Message):
+    __slots__ = ("type", "attrs")
+    class AttrsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ATTRS_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    attrs: _containers.ScalarMap[str, str]
+    def __init__(self, type: _Optional[str] = ..., attrs: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Exporter(_message.Message):
     __slots__ = ("type", "attrs")

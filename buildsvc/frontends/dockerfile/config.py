@@ -3,7 +3,8 @@
 The frontend does no network I/O: base image metadata comes through an :class:`ImageConfigResolver`
 the caller passes (the daemon's is :class:`~buildsvc.frontends.dockerfile.resolver.RegistryImageResolver`,
 tests use a fake). The result's image config is the OCI image config JSON of the target stage,
-without ``rootfs`` and ``history``: those describe layers, which only the exporter knows.
+without ``history``. Its ``rootfs.diff_ids`` are the base image's layers (when the resolver tells
+them): the exporter reuses those layers' blobs and packs only what the build changed above them.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class ImageSpec:
     shell: list[str] | None = None
     onbuild: list[str] = field(default_factory=list)
     author: str = ""
+    base_diff_ids: list[str] = field(default_factory=list)
+    """The base image's layers (uncompressed digests, bottom first); empty for scratch."""
 
     @classmethod
     def from_base(cls, platform: Platform, base: ImageConfigLike | None) -> ImageSpec:
@@ -116,6 +119,9 @@ class ImageSpec:
             spec.entrypoint = list(base.entrypoint) or None
             spec.cmd = list(base.cmd) or None
             spec.labels = dict(base.labels)
+            # Not in the protocol: a resolver that cannot tell (a test's fake) gives no base layers,
+            # and the exporter then packs the whole tree as one layer.
+            spec.base_diff_ids = list(getattr(base, "diff_ids", ()))
         return spec
 
     def clone(self) -> ImageSpec:
@@ -163,4 +169,6 @@ class ImageSpec:
         if self.platform.variant:
             out["variant"] = self.platform.variant
         out["config"] = cfg
+        if self.base_diff_ids:
+            out["rootfs"] = {"type": "layers", "diff_ids": list(self.base_diff_ids)}
         return out

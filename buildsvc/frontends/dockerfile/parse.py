@@ -215,6 +215,11 @@ def _suggest(name: str) -> str:
     return f" (did you mean {close[0].upper()}?)" if close else ""
 
 
+def _suggest_flag(key: str, spec: Mapping[str, type]) -> str:
+    close = difflib.get_close_matches(key, sorted(spec), n=1, cutoff=0.6)
+    return f" (did you mean --{close[0]}?)" if close else ""
+
+
 FlagValue = str | bool | list[str]
 
 
@@ -232,7 +237,7 @@ def parse_flags(ins: Instruction, spec: Mapping[str, type]) -> dict[str, FlagVal
         key = flag[2:]
         kind = spec.get(key)
         if kind is None:
-            raise ValueError(f"unknown flag: {flag}")
+            raise ValueError(f"unknown flag: {flag}{_suggest_flag(key, spec)}")
         if key in out and kind is not list:
             raise ValueError(f"duplicate flag specified: {flag}")
         if kind is bool:

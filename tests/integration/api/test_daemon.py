@@ -52,7 +52,11 @@ def test_a_build_over_the_daemon_exports_its_result(daemon: Daemon, rootfs: Path
     assert any(line.startswith("#2 DONE ") for line in lines)
     assert "build over-daemon completed" in lines
     events = daemon.events("over-daemon")
-    assert isinstance(events[0], ev.SolveRequested) and events[0].local_dirs == {"rootfs": str(rootfs)}
+    # The CLI sent the dir over gRPC: the request names it by the manifest the daemon received.
+    received = next(e for e in events if isinstance(e, ev.LocalContextReceived))
+    assert received.source == "upload" and received.name == "rootfs"
+    assert isinstance(events[0], ev.SolveRequested)
+    assert events[0].local_dirs == {"rootfs": received.manifest_digest}
     completed = next(e for e in events if isinstance(e, ev.SolveCompleted))
     assert completed.exporter_response == {"local.dest": str(out), "tar.dest": str(tar)}
     assert daemon.stored("over-daemon")[0].actor  # who asked is recorded

@@ -172,3 +172,5 @@ def test_a_failing_step_is_named_like_buildkit_and_points_at_its_line(
     assert err.vertex is not None
     (loc,) = result.definition.locations[err.vertex]
     assert [(r.start_line, r.end_line) for r in loc.ranges] == [(3, 3)]
+    assert err.source_location == "Dockerfile:3"
+    assert " 3 | >>> RUN echo boom >&2; exit 3" in err.source_excerpt.splitlines()

@@ -52,6 +52,10 @@ def test_the_catalog_names_every_event_the_service_records() -> None:
         "CacheExportCompleted", "CacheExportFailed", "CacheImported", "ExportCompleted",
         "WorkerRegistered", "DaemonStarted", "DaemonStopped", "BuildHistoryPinned",
         "BuildHistoryDeleted",
+        "LocalContextReceived",
+        "SolveResumed", "VertexResultMissing",
+        "GatewaySolveRequested", "GatewaySolveCompleted", "GatewaySolveFailed", "GatewayWarning",
+        "GatewayReturned",
     }  # fmt: skip
     assert expected <= set(registered_types())
     assert set(catalog.__all__) == expected

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from buildsvc.executors import SnapshotExists, SnapshotInUse, SnapshotNotFound, SnapshotStateError
-from buildsvc.executors.snapshot_index import CorruptSnapshotMetadata, SnapshotIndex
+from buildsvc.executors.snapshot_index import CorruptSnapshotMetadata, SnapshotIndex, _DirectorySync
 from buildsvc.solver.worker import SnapshotInfo, SnapshotKind
 
 ACTIVE, COMMITTED, VIEW = SnapshotKind.ACTIVE, SnapshotKind.COMMITTED, SnapshotKind.VIEW
@@ -232,3 +232,80 @@ def test_concurrent_operations_on_different_keys(tmp_path: Path) -> None:
     assert listing(reopened) == listing(index)
     assert len(metadata_files(tmp_path)) == len(expected)
     assert len(os.listdir(tmp_path / "snapshots")) == len(expected)
+
+
+class BlockingFsync:
+    """Stands in for os.fsync on directories: the first call blocks until released; counts calls."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        self.fail_first = fail_first
+        self.real = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            assert self.release.wait(30)
+            if self.fail_first:
+                raise OSError(5, "Input/output error")
+        self.real(fd)
+
+
+def test_threads_needing_the_directory_synced_at_once_share_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync = _DirectorySync(str(tmp_path))
+    fake = BlockingFsync()
+    monkeypatch.setattr(os, "fsync", fake)
+    done: list[int] = []
+
+    def caller(i: int) -> None:
+        sync.sync()
+        done.append(i)
+
+    first = threading.Thread(target=caller, args=(0,))
+    first.start()
+    assert fake.entered.wait(30)
+    # These changes were made after the running fsync started: it does not cover them.
+    waiters = [threading.Thread(target=caller, args=(i,)) for i in range(1, 5)]
+    for t in waiters:
+        t.start()
+    while sync._issued < 5:  # every waiter has its ticket
+        threading.Event().wait(0.01)
+    assert done == []
+    fake.release.set()
+    for t in [first, *waiters]:
+        t.join(30)
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    assert fake.calls == 2  # the first caller's, then one for the four that came during it
+
+
+def test_a_failed_directory_fsync_fails_its_caller_and_the_next_callers_try_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync = _DirectorySync(str(tmp_path))
+    fake = BlockingFsync(fail_first=True)
+    monkeypatch.setattr(os, "fsync", fake)
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            sync.sync()
+        except OSError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert fake.entered.wait(30)
+    later = threading.Thread(target=sync.sync)
+    later.start()
+    while sync._issued < 2:
+        threading.Event().wait(0.01)
+    fake.release.set()
+    t.join(30)
+    later.join(30)
+    assert [str(e) for e in errors] == ["[Errno 5] Input/output error"]
+    assert fake.calls == 2  # the later caller was not covered by the failed fsync: it ran its own

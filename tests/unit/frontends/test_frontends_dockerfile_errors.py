@@ -16,7 +16,12 @@ from tests.unit.frontends.fakes import FakeResolver, build
     ("text", "line", "message"),
     [
         ("FROM busybox\nRUN true\n\n# c\nRUNN x\n", 5, "unknown instruction: RUNN (did you mean RUN?)"),
-        ("FROM busybox\nCOPY --form=a b c\n", 2, "unknown flag: --form"),
+        ("FROM busybox\nCOPY --form=a b c\n", 2, "unknown flag: --form (did you mean --from?)"),
+        (
+            "FROM busybox\nRUN --mout=type=cache,target=/x true\n",
+            2,
+            "unknown flag: --mout (did you mean --mount?)",
+        ),
         ("FROM busybox\nRUN --network=bridge true\n", 2, 'invalid network mode "bridge"'),
         ("FROM busybox\nRUN --mount=type=nfs,target=/x true\n", 2, "unsupported mount type 'nfs'"),
         ("FROM busybox\nRUN --mount=type=cache true\n", 2, "the cache mount needs a target"),

@@ -1,0 +1,190 @@
+"""Cache export and import against same-run baselines: ``cp -r`` (local) and a plain httpx push/pull.
+
+Run (as root): ``.venv/bin/python -m benchmarks.cache [--steps 20] [--mb 10] [--compression uncompressed]``.
+
+A build of ``--steps`` exec steps on a busybox tree, each writing ``--mb`` MB of random bytes (default
+20 x 10 MB = 200 MB), is solved once on an embedded engine (SQLite). Then, each beside its baseline
+measured in the same run on the same bytes:
+
+1. local export (``mode=max``), cold: every layer is written (tar + hash) -- against ``cp -r`` of the
+   exported layout;
+2. local export again (layers reused from ``<root>/cache/layers``) -- against the same ``cp -r``;
+3. local import into a fresh root and database (verify, unpack, record) -- against ``cp -r`` again;
+4. registry export to Debian's ``docker-registry`` on loopback -- against an httpx client pushing the
+   same blob files (POST + PUT each) to another repository;
+5. registry import into a fresh state -- against httpx GETs of the same blobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+
+from buildsvc.cache.options import parse_export, parse_import
+from buildsvc.daemon.cache_exports import export_caches, import_caches
+from buildsvc.daemon.engine import open_engine
+from buildsvc.daemon.state import open_state
+from buildsvc.executors import make_busybox_rootfs
+from buildsvc.executors.mounts import mounts_under, unmount
+from buildsvc.solver import llb
+from buildsvc.solver.engine import ResultRef, SolveRequest
+from tests.support.registry import TestRegistry
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def cp_r(src: Path, work: Path) -> float:
+    dest = work / f"copy-{time.monotonic_ns()}"
+    seconds = timed(lambda: subprocess.run(["cp", "-r", str(src), str(dest)], check=True))
+    shutil.rmtree(dest)
+    return seconds
+
+
+def blobs_of(layout: Path) -> list[Path]:
+    return sorted((layout / "blobs" / "sha256").iterdir())
+
+
+def httpx_push(host: str, repo: str, blobs: list[Path]) -> None:
+    with httpx.Client(base_url=f"http://{host}", timeout=300) as http:
+        for blob in blobs:
+            digest = "sha256:" + blob.name
+            started = http.post(f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
+            started.raise_for_status()
+            url = (
+                httpx.URL(f"http://{host}")
+                .join(started.headers["location"])
+                .copy_merge_params({"digest": digest})
+            )
+
+            def chunks(path: Path = blob) -> Iterator[bytes]:
+                with path.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        yield chunk
+
+            done = http.put(url, content=chunks(), headers={"Content-Length": str(blob.stat().st_size)})
+            done.raise_for_status()
+
+
+def httpx_pull(host: str, repo: str, blobs: list[Path], work: Path) -> None:
+    with httpx.Client(base_url=f"http://{host}", timeout=300) as http:
+        for blob in blobs:
+            sha = hashlib.sha256()
+            with (
+                http.stream("GET", f"/v2/{repo}/blobs/sha256:{blob.name}") as r,
+                (work / blob.name).open("wb") as f,
+            ):
+                r.raise_for_status()
+                for chunk in r.iter_bytes(1 << 20):
+                    sha.update(chunk)
+                    f.write(chunk)
+            assert sha.hexdigest() == blob.name
+            (work / blob.name).unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--mb", type=int, default=10)
+    parser.add_argument("--compression", default="uncompressed", choices=["uncompressed", "gzip", "zstd"])
+    options = parser.parse_args()
+    rows: list[tuple[str, float, str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-cache-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        rootfs = Path(make_busybox_rootfs(str(work / "rootfs")))
+        state = llb.local("rootfs")
+        for n in range(options.steps):
+            state = state.run(f"head -c {options.mb << 20} /dev/urandom > /d{n}", name=f"step {n}").root()
+        definition = state.marshal()
+        layout = work / "layout"
+        comp = options.compression
+        try:
+            with TestRegistry(work / "registry") as registry:
+                st = open_state(work / "root", f"sqlite:///{work / 'a.db'}")
+                with open_engine(st) as engine:
+                    seen: dict[str, float] = {}
+
+                    def export(result: ResultRef | None) -> dict[str, str]:
+                        local = parse_export(
+                            {"type": "local", "dest": str(layout), "mode": "max", "compression": comp}
+                        )
+                        seen["cold"] = timed(
+                            lambda: export_caches(engine, result, "bench", definition, [local])
+                        )
+                        seen["warm"] = timed(
+                            lambda: export_caches(engine, result, "bench", definition, [local])
+                        )
+                        ref = f"{registry.host}/bench/cache:max"
+                        remote = parse_export(
+                            {
+                                "type": "registry",
+                                "ref": ref,
+                                "mode": "max",
+                                "compression": comp,
+                                "registry.insecure": "true",
+                            }
+                        )
+                        seen["push"] = timed(
+                            lambda: export_caches(engine, result, "bench", definition, [remote])
+                        )
+                        return {}
+
+                    engine.solver.solve(
+                        SolveRequest(definition=definition, build_ref="bench", local_dirs={"rootfs": rootfs}),
+                        export=export,
+                    )
+                size = sum(p.stat().st_size for p in blobs_of(layout))
+                copy = cp_r(layout, work)
+                rows.append(("local export, cold (writes layers)", seen["cold"], "cp -r", copy))
+                rows.append(("local export, layers reused", seen["warm"], "cp -r", cp_r(layout, work)))
+                blobs = blobs_of(layout)
+                push = timed(lambda: httpx_push(registry.host, "bench/raw", blobs))
+                rows.append(("registry export (layers reused)", seen["push"], "httpx push", push))
+                for kind, attrs, base_name, base in (
+                    (
+                        "local import (verify, unpack, record)",
+                        {"type": "local", "src": str(layout)},
+                        "cp -r",
+                        cp_r(layout, work),
+                    ),
+                    (
+                        "registry import (fetch, unpack, record)",
+                        {
+                            "type": "registry",
+                            "ref": f"{registry.host}/bench/cache:max",
+                            "registry.insecure": "true",
+                        },
+                        "httpx pull",
+                        timed(lambda: httpx_pull(registry.host, "bench/raw", blobs, work)),
+                    ),
+                ):
+                    fresh = open_state(work / f"root-{len(rows)}", f"sqlite:///{work / f'{len(rows)}.db'}")
+                    with open_engine(fresh) as other:
+                        spent = timed(lambda: import_caches(other, "bench-import", [parse_import(attrs)]))  # noqa: B023
+                    rows.append((kind, spent, base_name, base))
+        finally:
+            for point in sorted(mounts_under(str(work)), key=len, reverse=True):
+                unmount(point)
+    print(f"{options.steps} steps x {options.mb} MB, compression={comp}, {size / 1e6:.0f} MB of blobs")
+    print(f"{'figure':42} {'buildsvc':>10} {'baseline':>22} {'ratio':>7}")
+    for name, ours, base_name, base in rows:
+        print(f"{name:42} {ours:9.2f}s {base:9.2f}s ({base_name:10}) {ours / base:6.2f}x")
+    print(json.dumps({name: round(ours / base, 2) for name, ours, _, base in rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Local contexts, content-addressed: what BuildKit's session filesync does, in our own way.
+
+The sending side scans a directory into a :class:`Manifest` (``scan``, honouring ``.dockerignore``
+through ``dockerignore``); the daemon keeps file bytes as blobs named by their sha256 and manifests
+named by theirs (``store``), so a rebuild after a one-line edit sends one file; a build's local dirs
+are trees made from a manifest (``receive``), and ``LocalContextReceived`` records each in the log.
+No gRPC here: the wire is in :mod:`buildsvc.api.content_server` and :mod:`buildsvc.api.client`.
+"""
+
+from buildsvc.contexts.dockerignore import read_ignore_file, scan_rules
+from buildsvc.contexts.manifest import Entry, InvalidManifest, Manifest, check_digest, parse_manifest
+from buildsvc.contexts.receive import ReceivedContexts, receive_contexts
+from buildsvc.contexts.scan import Scan, ScanRules, scan_dir
+from buildsvc.contexts.store import ContextStore, ContextTransfer, MissingBlobs
+
+__all__ = [
+    "ContextStore",
+    "ContextTransfer",
+    "Entry",
+    "InvalidManifest",
+    "Manifest",
+    "MissingBlobs",
+    "ReceivedContexts",
+    "Scan",
+    "ScanRules",
+    "check_digest",
+    "parse_manifest",
+    "read_ignore_file",
+    "receive_contexts",
+    "scan_dir",
+    "scan_rules",
+]

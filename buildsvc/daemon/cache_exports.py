@@ -1,0 +1,500 @@
+"""Cache export and import around a solve (``--export-cache``, ``--import-cache``), recorded.
+
+Import runs before the solve: each source's records are unpacked eagerly into committed snapshots
+keyed by chain id (announced as made, as image layers are: content-addressed, remaking is
+harmless), and each becomes a cache record (``CacheRecordAdded`` with ``source=import:<type>`` and
+a ref held by the record), so the solver's ordinary lookup finds it. A record whose key the index
+already has on the worker is matched, not unpacked. Everything an import does goes to its own
+stream ``cache-import-<id>`` (the build's stream starts with the solve), ending with
+``CacheImported``. A corrupt or missing blob fails the build with a message naming it, or, with
+``ignore-error=true``, leaves that record out (a miss, never a wrong hit).
+
+Export runs in the solve's export step, while the solve still holds its results: the records the
+mode picks, their snapshot chains as layers (a layer per snapshot, written once per snapshot and
+compression, then reused from ``<root>/cache/layers``), recorded as ``CacheExportStarted`` then
+``CacheExportCompleted`` or ``CacheExportFailed`` in the build's stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import sqlalchemy as sa
+
+from buildsvc.cache.export import Step, plan_records, write_cache
+from buildsvc.cache.imports import ImportLayer, ImportRecord
+from buildsvc.cache.layers import LayerBlob, write_layer
+from buildsvc.cache.local import LocalSource, LocalTarget
+from buildsvc.cache.options import CacheExportSpec, CacheImportSpec, parse_export, parse_import
+from buildsvc.daemon.cache_registry import RegistrySource, RegistryTarget
+from buildsvc.daemon.engine import Engine
+from buildsvc.daemon.registry_push import client_for
+from buildsvc.errors import BuildsvcError, Conflict, InvalidInput, NotFound
+from buildsvc.events import catalog as ev
+from buildsvc.events.codec import Event
+from buildsvc.executors import Worker
+from buildsvc.projections.schema import cache_records
+from buildsvc.solver.definition import Definition
+from buildsvc.solver.engine import ResultRef
+from buildsvc.solver.worker import SnapshotKind
+from buildsvc.solver.worker import Worker as SolverWorker
+from buildsvc.sources import apply_layer
+from buildsvc.sources.images import overlay_upper_dir
+from buildsvc.sources.unpack import WhiteoutMode
+
+__all__ = [
+    "CACHE_IMPORTS_OPTION",
+    "CacheOptions",
+    "check_cache_options",
+    "export_caches",
+    "frontend_attrs_with_imports",
+    "import_caches",
+]
+
+CACHE_IMPORTS_OPTION = "cache-imports"
+"""The frontend option that carries the imports (JSON list of ``{"type", "attrs"}``), as BuildKit's."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheOptions:
+    """A solve's checked cache exports and imports."""
+
+    exports: tuple[CacheExportSpec, ...] = ()
+    imports: tuple[CacheImportSpec, ...] = ()
+
+
+def check_cache_options(
+    exports: Sequence[Mapping[str, str]],
+    imports: Sequence[Mapping[str, str]],
+    frontend_attrs: Mapping[str, str] | None = None,
+    *,
+    absolute_paths: bool = False,
+) -> CacheOptions:
+    """Check the specs (``InvalidInput`` naming the bad one); imports a frontend option names are added.
+
+    ``absolute_paths`` (the daemon): local dirs must be absolute, the daemon's cwd means nothing.
+    """
+    attrs = dict(frontend_attrs or {})
+    wanted = [dict(i) for i in imports] + _frontend_imports(attrs.get(CACHE_IMPORTS_OPTION, ""))
+    checked_exports = tuple(parse_export(e) for e in exports)
+    checked_imports = tuple(parse_import(i) for i in wanted)
+    if absolute_paths:
+        for e in checked_exports:
+            if e.type == "local" and not os.path.isabs(e.dest):
+                raise InvalidInput(f"export-cache type=local: dest= must be an absolute path, got {e.dest!r}")
+        for i in checked_imports:
+            if i.type == "local" and not os.path.isabs(i.src):
+                raise InvalidInput(f"import-cache type=local: src= must be an absolute path, got {i.src!r}")
+    return CacheOptions(exports=checked_exports, imports=checked_imports)
+
+
+def frontend_attrs_with_imports(
+    attrs: Mapping[str, str], imports: Sequence[CacheImportSpec]
+) -> dict[str, str]:
+    """The frontend options with ``cache-imports`` naming ``imports`` (how a frontend learns them)."""
+    out = dict(attrs)
+    if imports:
+        out[CACHE_IMPORTS_OPTION] = json.dumps(
+            [{"type": i.type, "attrs": {k: v for k, v in i.attrs.items() if k != "type"}} for i in imports],
+            sort_keys=True,
+        )
+    return out
+
+
+def _frontend_imports(text: str) -> list[dict[str, str]]:
+    if not text:
+        return []
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise InvalidInput(f"frontend option {CACHE_IMPORTS_OPTION} is not JSON: {e}") from None
+    if not isinstance(doc, list):
+        raise InvalidInput(f"frontend option {CACHE_IMPORTS_OPTION} must be a JSON list of {{type, attrs}}")
+    out: list[dict[str, str]] = []
+    for item in doc:
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            raise InvalidInput(f"frontend option {CACHE_IMPORTS_OPTION}: each entry needs a string type")
+        attrs = item.get("attrs", {}) or {}
+        if not isinstance(attrs, dict) or not all(isinstance(v, str) for v in attrs.values()):
+            raise InvalidInput(f"frontend option {CACHE_IMPORTS_OPTION}: attrs must map strings to strings")
+        out.append({**attrs, "type": item["type"]})
+    return out
+
+
+# --- import ---------------------------------------------------------------------------------------
+
+
+class _Source(Protocol):
+    manifest_digest: str
+    records: list[ImportRecord]
+    bytes_read: int
+
+    def blob(self, digest: str, size: int, work: Path) -> tuple[Path, int]: ...
+
+
+_unpack_locks: dict[str, threading.Lock] = {}
+_unpack_guard = threading.Lock()
+
+
+def import_caches(engine: Engine, build_ref: str, imports: Sequence[CacheImportSpec]) -> None:
+    """Import each source before a solve (see the module doc); raises on a failure unless ignored."""
+    for spec in imports:
+        _import_one(engine, build_ref, spec)
+
+
+def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
+    stream = f"cache-import-{uuid.uuid4().hex[:16]}"
+    worker = engine.workers[0]
+    with client_for(engine.registry, insecure=spec.insecure) as client:
+        try:
+            source: _Source
+            if spec.type == "local":
+                source = LocalSource(spec.src, tag=spec.tag, digest=spec.digest)
+            else:
+                source = RegistrySource(client, spec.ref, engine.images.content, digest=spec.digest)
+        except BuildsvcError as e:
+            _import_failed(engine, stream, build_ref, spec, str(e))
+            if spec.ignore_error:
+                return
+            raise
+        imported = matched = skipped = layers = 0
+        read = source.bytes_read
+        errors: list[str] = []
+        with tempfile.TemporaryDirectory(prefix="cache-import-", dir=engine.state.root) as work:
+            for record in source.records:
+                if _has_record(engine, record, worker):
+                    matched += 1
+                    continue
+                try:
+                    made, moved, size = _unpack_chain(worker, source, record.layers, Path(work))
+                except BuildsvcError as e:
+                    errors.append(str(e))
+                    if not spec.ignore_error:
+                        _import_failed(engine, stream, build_ref, spec, str(e))
+                        raise
+                    skipped += 1
+                    continue
+                read += moved
+                layers += len(made)
+                events: list[Event] = _snapshot_events(worker, made)
+                events.append(
+                    ev.CacheRecordAdded(
+                        cache_key=record.key,
+                        vertex="",
+                        snapshot_id=record.snapshot,
+                        output=record.output,
+                        worker=worker.name,
+                        build_ref=build_ref,
+                        source=f"import:{spec.type}",
+                        size_bytes=size,
+                    )
+                )
+                events.append(
+                    ev.RefAcquired(
+                        ref_id=f"ref-{uuid.uuid4().hex}",
+                        snapshot_id=record.snapshot,
+                        holder_kind="cache",
+                        holder_id=record.key,
+                        build_ref=build_ref,
+                    )
+                )
+                engine.state.store.append(stream, events)
+                imported += 1
+    engine.state.store.append(
+        stream,
+        [
+            ev.CacheImported(
+                build_ref=build_ref,
+                type=spec.type,
+                attrs=dict(spec.attrs),
+                manifest_digest=source.manifest_digest,
+                records=imported,
+                records_matched=matched,
+                records_skipped=skipped,
+                layers=layers,
+                bytes_read=read,
+                error="; ".join(errors),
+            )
+        ],
+    )
+
+
+def _import_failed(engine: Engine, stream: str, build_ref: str, spec: CacheImportSpec, error: str) -> None:
+    engine.state.store.append(
+        stream,
+        [ev.CacheImported(build_ref=build_ref, type=spec.type, attrs=dict(spec.attrs), error=error)],
+    )
+
+
+def _has_record(engine: Engine, record: ImportRecord, worker: Worker) -> bool:
+    with engine.state.db.read() as conn:
+        found = conn.execute(
+            sa.select(cache_records.c.snapshot_id).where(
+                cache_records.c.cache_key == record.key,
+                cache_records.c.output == record.output,
+                cache_records.c.worker == worker.name,
+            )
+        ).first()
+    return found is not None
+
+
+def _unpack_chain(
+    worker: Worker, source: _Source, chain: Sequence[ImportLayer], work: Path
+) -> tuple[list[ImportLayer], int, int]:
+    """Unpack the layers of ``chain`` not yet on the worker: (layers made, bytes read, blob bytes)."""
+    made: list[ImportLayer] = []
+    moved = 0
+    for layer in chain:
+        with _lock(f"{worker.name}/{layer.key}"):
+            if _committed(worker, layer.key):
+                continue
+            path, read = source.blob(layer.blob, layer.size, work)
+            moved += read
+            _unpack_layer(worker, layer, path)
+            made.append(layer)
+    return made, moved, sum(layer.size for layer in chain)
+
+
+def _lock(key: str) -> threading.Lock:
+    with _unpack_guard:
+        return _unpack_locks.setdefault(key, threading.Lock())
+
+
+def _committed(worker: Worker, key: str) -> bool:
+    try:
+        info = worker.snapshotter.stat(key)
+    except NotFound:
+        return False
+    return info.kind is SnapshotKind.COMMITTED
+
+
+def _unpack_layer(worker: Worker, layer: ImportLayer, blob: Path) -> None:
+    snapshotter = worker.snapshotter
+    active = f"{layer.key}.import-{uuid.uuid4().hex[:12]}"
+    snapshotter.prepare(active, layer.parent)
+    try:
+        mount = snapshotter.mount(active)
+        try:
+            upper = overlay_upper_dir(mount.path)
+        finally:
+            snapshotter.unmount(active)
+        if upper is not None:
+            apply_layer(
+                str(blob), upper, mode=WhiteoutMode.OVERLAY, layer=layer.blob, expected_diff_id=layer.diff_id
+            )
+        else:
+            target = snapshotter.mount(active)
+            try:
+                apply_layer(
+                    str(blob),
+                    target.path,
+                    mode=WhiteoutMode.DELETE,
+                    layer=layer.blob,
+                    expected_diff_id=layer.diff_id,
+                )
+            finally:
+                snapshotter.unmount(active)
+        try:
+            snapshotter.commit(layer.key, active)
+        except Conflict:
+            if not _committed(worker, layer.key):
+                raise
+            snapshotter.remove(active)
+    except BaseException:
+        with contextlib.suppress(NotFound):
+            snapshotter.remove(active)
+        raise
+
+
+def _snapshot_events(worker: Worker, made: Sequence[ImportLayer]) -> list[Event]:
+    events: list[Event] = []
+    for layer in made:
+        # Content-addressed layers are made, then recorded (as image layers): remaking one is harmless.
+        events.append(
+            ev.SnapshotCreated(
+                snapshot_id=layer.key,
+                worker=worker.name,
+                snapshotter=worker.snapshotter.name,
+                parent=layer.parent,
+                kind="committed",
+            )
+        )
+        events.append(ev.SnapshotCommitted(snapshot_id=layer.key, size_bytes=layer.size, parent=layer.parent))
+    return events
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+def export_caches(
+    engine: Engine,
+    result: ResultRef | None,
+    build_ref: str,
+    definition: Definition,
+    exports: Sequence[CacheExportSpec],
+) -> dict[str, str]:
+    """Run each export (see the module doc); returns ``cache.export.<n>.digest`` keys for the response."""
+    response: dict[str, str] = {}
+    for n, spec in enumerate(exports):
+        digest = _export_one(engine, result, build_ref, definition, spec)
+        if digest:
+            response[f"cache.export.{n}.digest"] = digest
+    return response
+
+
+def _export_one(
+    engine: Engine, result: ResultRef | None, build_ref: str, definition: Definition, spec: CacheExportSpec
+) -> str:
+    export_id = uuid.uuid4().hex[:16]
+    stream = f"build-{build_ref}"
+    engine.state.store.append(
+        stream,
+        [
+            ev.CacheExportStarted(
+                build_ref=build_ref,
+                export_id=export_id,
+                type=spec.type,
+                attrs=dict(spec.attrs),
+                mode=spec.mode,
+            )
+        ],
+    )
+    try:
+        if spec.type == "inline":
+            raise InvalidInput(
+                "export-cache type=inline is not supported yet (use type=local or type=registry)"
+            )
+        records = []
+        if result is not None and result.snapshot_id is not None and definition.output is not None:
+            steps = {
+                digest: Step(
+                    vertex=digest,
+                    key=key,
+                    outputs=outputs,
+                    inputs=tuple((e.digest, e.index) for e in definition.vertices[digest].inputs),
+                )
+                for digest, (key, outputs) in result.steps.items()
+            }
+            records = plan_records(steps, (definition.output.digest, definition.output.index), spec.mode)
+        worker: SolverWorker = result.worker if result is not None else engine.workers[0]
+        layers = _LayerCache(engine, worker, build_ref, spec)
+        with client_for(engine.registry, insecure=spec.insecure) as client:
+            target = (
+                LocalTarget(spec.dest, spec.tag) if spec.type == "local" else RegistryTarget(client, spec.ref)
+            )
+            summary = write_cache(
+                records,
+                layers.parent_of,
+                layers.layer_of,
+                target,
+                oci=spec.oci_mediatypes,
+                image_manifest=spec.image_manifest,
+            )
+    except BaseException as e:
+        engine.state.store.append(
+            stream,
+            [
+                ev.CacheExportFailed(
+                    build_ref=build_ref,
+                    export_id=export_id,
+                    error=str(e) or type(e).__name__,
+                    ignored=spec.ignore_error,
+                )
+            ],
+        )
+        if spec.ignore_error and isinstance(e, Exception):
+            return ""
+        raise
+    engine.state.store.append(
+        stream,
+        [
+            ev.CacheExportCompleted(
+                build_ref=build_ref,
+                export_id=export_id,
+                manifest_digest=summary.manifest_digest,
+                records=summary.records,
+                layers=summary.layers,
+                layers_written=summary.layers_written,
+                bytes_written=summary.bytes_written,
+            )
+        ],
+    )
+    return summary.manifest_digest
+
+
+class _LayerCache:
+    """Each committed snapshot's layer blob, written once per compression and reused after.
+
+    A committed snapshot never changes, so its diff over its parent is the same blob every time;
+    blobs live under ``<root>/cache/layers`` with a small JSON note of their digests.
+    """
+
+    def __init__(self, engine: Engine, worker: SolverWorker, build_ref: str, spec: CacheExportSpec) -> None:
+        self.engine = engine
+        self.worker = worker
+        self.build_ref = build_ref
+        self.spec = spec
+        self.dir = engine.state.root / "cache" / "layers"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def parent_of(self, snapshot: str) -> str | None:
+        return self.worker.snapshotter.stat(snapshot).parent
+
+    def layer_of(self, snapshot: str) -> LayerBlob:
+        spec = self.spec
+        level = spec.compression_level
+        name = f"{snapshot.replace(':', '-')}.{spec.compression}.{level}.{int(spec.oci_mediatypes)}"
+        note = self.dir / f"{name}.json"
+        blob_path = self.dir / f"{name}.blob"
+        with _lock(f"layer/{name}"):
+            if note.is_file() and blob_path.is_file():
+                doc = json.loads(note.read_text())
+                if blob_path.stat().st_size == doc["size"]:
+                    return LayerBlob(
+                        path=blob_path,
+                        digest=doc["digest"],
+                        diff_id=doc["diff_id"],
+                        size=doc["size"],
+                        media_type=doc["media_type"],
+                    )
+            changes = self.worker.snapshotter.changes(snapshot)
+            partial = self.dir / f".{name}.{uuid.uuid4().hex[:8]}"
+            try:
+                view = ResultRef(worker=self.worker, snapshot_id=snapshot, cache_key="")
+                with self.engine.view(view, self.build_ref) as root:
+                    blob = write_layer(
+                        root,
+                        changes,
+                        partial,
+                        compression=spec.compression,
+                        level=spec.compression_level,
+                        oci=spec.oci_mediatypes,
+                    )
+                os.replace(partial, blob_path)
+            finally:
+                partial.unlink(missing_ok=True)
+            doc = {
+                "digest": blob.digest,
+                "diff_id": blob.diff_id,
+                "size": blob.size,
+                "media_type": blob.media_type,
+            }
+            tmp = note.with_name(f".{note.name}.tmp")
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, note)
+            return LayerBlob(
+                path=blob_path,
+                digest=blob.digest,
+                diff_id=blob.diff_id,
+                size=blob.size,
+                media_type=blob.media_type,
+            )

@@ -1,0 +1,86 @@
+"""``type=registry``: a repository as a cache export target and import source.
+
+The blobs, the config and the root document go through the engine's registry client (the same one
+pulls images), the root tagged with the reference's tag. Reading back fetches the root by tag (or
+digest), then each layer blob into the engine's content store, verified against its digest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from buildsvc.cache.config import CacheConfig, parse_config
+from buildsvc.cache.imports import ImportRecord, import_records
+from buildsvc.cache.layers import LayerBlob
+from buildsvc.cache.manifest import parse_root
+from buildsvc.daemon.registry_push import file_chunks
+from buildsvc.errors import InvalidInput
+from buildsvc.sources import ContentStore, Descriptor, RegistryClient, parse_reference
+from buildsvc.sources.manifests import sha256_digest
+from buildsvc.sources.reference import Reference
+
+__all__ = ["RegistrySource", "RegistryTarget", "cache_reference"]
+
+
+def cache_reference(text: str) -> Reference:
+    """The repository and tag a cache ref names (``InvalidInput`` for a digest-only ref)."""
+    ref = parse_reference(text)
+    if ref.tag is None:
+        raise InvalidInput(f"cache ref {text!r} needs a tag")
+    return Reference(domain=ref.domain, path=ref.path, tag=ref.tag)
+
+
+class RegistryTarget:
+    """Pushes an export to ``ref`` (its tag names the root)."""
+
+    def __init__(self, client: RegistryClient, ref: str) -> None:
+        self.client = client
+        self.ref = cache_reference(ref)
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the repository has the blob."""
+        return self.client.blob_exists(self.ref, digest)
+
+    def put_blob(self, blob: LayerBlob) -> int:
+        """Upload a layer blob."""
+        self.client.push_blob(self.ref, blob.digest, lambda: file_chunks(blob.path), blob.size)
+        return blob.size
+
+    def put_bytes(self, data: bytes, media_type: str) -> int:
+        """Upload the config."""
+        self.client.push_blob_bytes(self.ref, data)
+        return len(data)
+
+    def put_root(self, data: bytes, media_type: str) -> str:
+        """Upload the root document under the tag."""
+        return self.client.push_manifest(self.ref, data, media_type, tag=self.ref.tag)
+
+
+class RegistrySource:
+    """Reads a cache from ``ref`` (by its tag, or ``digest``)."""
+
+    def __init__(self, client: RegistryClient, ref: str, content: ContentStore, *, digest: str = "") -> None:
+        self.client = client
+        self.ref = cache_reference(ref)
+        self.content = content
+        self.where = f"{ref}{'@' + digest if digest else ''}"
+        data, _ = client.get_manifest(self.ref, digest or self.ref.tag)
+        self.manifest_digest = sha256_digest(data)
+        self.root = parse_root(data, self.where)
+        config_path = self.content.path(self.root.config.digest)
+        if not self.content.has(self.root.config.digest):
+            client.fetch_blob(self.ref, self._desc(self.root.config.digest, self.root.config.size), content)
+        self.config: CacheConfig = parse_config(self.content.read(self.root.config.digest), self.where)
+        self.records: list[ImportRecord] = import_records(self.config, self.root, self.where)
+        self.bytes_read = len(data) + Path(config_path).stat().st_size
+
+    def blob(self, digest: str, size: int, work: Path) -> tuple[Path, int]:
+        """The layer blob, fetched into the content store when missing (verified); bytes read."""
+        if self.content.has(digest):
+            return Path(self.content.path(digest)), 0
+        path = self.client.fetch_blob(self.ref, self._desc(digest, size), self.content)
+        return Path(path), size
+
+    @staticmethod
+    def _desc(digest: str, size: int) -> Descriptor:
+        return Descriptor(media_type="application/octet-stream", digest=digest, size=size)

@@ -1,0 +1,55 @@
+"""Fixtures for cache export/import: a second, empty state (root and database) to import into."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from buildsvc.executors.mounts import mounts_under, unmount
+from tests.integration.test_build_cli import Cli
+from tests.support.databases import PostgresTemplates, open_test_database, sqlite_url
+from tests.support.registry import TestRegistry
+
+
+@pytest.fixture
+def fresh_cli(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iterator[Callable[[], Cli]]:
+    """Makes a new, empty state each call (root and database of the same backend as ``db_url``)."""
+    backend = request.node.callspec.params["db_url"]
+    stack = contextlib.ExitStack()
+    made: list[Path] = []
+
+    def make() -> Cli:
+        n = len(made)
+        root = tmp_path / f"fresh-{n}"
+        made.append(root)
+        if backend == "sqlite":
+            (tmp_path / f"fresh-db-{n}").mkdir()
+            url = sqlite_url(tmp_path / f"fresh-db-{n}")
+            open_test_database(url).dispose()
+        else:
+            templates: PostgresTemplates = request.getfixturevalue("pg_templates")
+            url = stack.enter_context(templates.fresh())
+        return Cli(url, root / "root")
+
+    with stack:
+        yield make
+        for root in made:
+            for point in sorted(mounts_under(str(root)), key=len, reverse=True):
+                unmount(point)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[TestRegistry]:
+    with TestRegistry(tmp_path / "registry") as reg:
+        yield reg
+
+
+def wipe(cli: Cli) -> None:
+    """Remove a state's root (the test then uses a fresh database too)."""
+    for point in sorted(mounts_under(str(cli.root)), key=len, reverse=True):
+        unmount(point)
+    shutil.rmtree(cli.root, ignore_errors=True)

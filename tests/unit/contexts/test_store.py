@@ -1,0 +1,121 @@
+"""The context store: verified blobs, ingest, and trees made from manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from buildsvc.contexts import ContextStore, Entry, Manifest, MissingBlobs, receive_contexts, scan_dir
+from buildsvc.errors import InvalidInput, NotFound
+from buildsvc.events import catalog as ev
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_a_blob_is_stored_only_when_its_bytes_match(tmp_path: Path) -> None:
+    store = ContextStore(tmp_path / "store")
+    good = store.open_blob(_sha(b"hello"), "greeting.txt")
+    good.write(b"hel")
+    good.write(b"lo")
+    good.commit()
+    assert store.blob_path(_sha(b"hello")).read_bytes() == b"hello"
+    bad = store.open_blob(_sha(b"hello, world"), "src/a.txt")
+    bad.write(b"tampered")
+    with pytest.raises(InvalidInput, match=r"upload of 'src/a\.txt'.*" + _sha(b"tampered")):
+        bad.commit()
+    assert not store.has_blob(_sha(b"hello, world"))
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+    with pytest.raises(InvalidInput, match="not a digest"):
+        store.open_blob("sha256:../../../etc/passwd", "x")
+
+
+def test_ingest_then_materialize_reproduces_the_tree(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "d" / "ro").mkdir(parents=True)
+    (src / "d" / "f").write_text("f\n")
+    (src / "d" / "same").write_text("f\n")  # same bytes: one blob
+    (src / "x").write_bytes(b"")
+    os.chmod(src / "x", 0o4755)
+    (src / "d" / "ro" / "inside").write_text("i\n")
+    os.chmod(src / "d" / "ro", 0o555)
+    (src / "link").symlink_to("/etc/passwd")
+    os.utime(src / "d" / "f", ns=(5_000_000_000, 5_000_000_000))
+    scan = scan_dir(src)
+    store = ContextStore(tmp_path / "store")
+    first = store.ingest(scan)
+    assert (first.files, first.files_uploaded, first.files_reused) == (4, 3, 0)
+    assert store.ingest(scan).files_uploaded == 0
+    tree = store.materialize(scan.manifest)
+    assert store.materialize(scan.manifest) == tree  # made once
+    assert (tree / "d" / "f").read_text() == "f\n" and (tree / "d" / "ro" / "inside").read_text() == "i\n"
+    assert stat.S_IMODE(os.stat(tree / "x").st_mode) == 0o4755
+    assert stat.S_IMODE(os.stat(tree / "d" / "ro").st_mode) == 0o555
+    assert os.readlink(tree / "link") == "/etc/passwd"
+    assert os.stat(tree / "d" / "f").st_mtime_ns == 5_000_000_000
+    assert scan_dir(tree).manifest == scan.manifest  # the tree is what was scanned, entry for entry
+    # Trees are copies: changing one never changes the blob another tree shares.
+    assert os.stat(tree / "d" / "f").st_ino != os.stat(store.blob_path(_sha(b"f\n"))).st_ino
+
+
+def test_materialize_refuses_a_manifest_whose_files_are_missing(tmp_path: Path) -> None:
+    store = ContextStore(tmp_path / "store")
+    manifest = Manifest.of([Entry(path="a", type="file", mode=0o644, size=1, digest=_sha(b"a"))])
+    with pytest.raises(MissingBlobs, match="'a'"):
+        store.materialize(manifest)
+    with pytest.raises(NotFound, match="never sent"):
+        store.load_manifest(manifest.digest)
+    received, missing = store.receive_manifest(manifest.canonical())
+    assert received == manifest and missing == [_sha(b"a")]
+    writer = store.open_blob(_sha(b"a"), "a")
+    writer.write(b"a")
+    writer.commit()
+    assert store.transfer(manifest).files_uploaded == 1  # what was missing when it was received
+    assert (store.materialize(store.load_manifest(manifest.digest)) / "a").read_bytes() == b"a"
+
+
+def test_a_symlink_in_the_tree_is_never_written_through(tmp_path: Path) -> None:
+    # Manifest.of refuses entries below a symlink, so a tree cannot be made to write outside itself.
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    with pytest.raises(InvalidInput, match="below a symlink"):
+        Manifest.of(
+            [
+                Entry(path="l", type="symlink", mode=0o777, target=str(victim)),
+                Entry(path="l/owned", type="file", mode=0o644, digest=_sha(b"")),
+            ]
+        )
+    assert list(victim.iterdir()) == []
+
+
+def test_receive_contexts_records_how_each_dir_arrived(tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
+    (ctx / ".dockerignore").write_text("ignored\n")
+    (ctx / "ignored").write_text("no\n")
+    (ctx / "kept").write_text("yes\n")
+    store = ContextStore(tmp_path / "store")
+    got = receive_contexts(
+        store,
+        "ref-1",
+        host_dirs={"context": ctx, "dockerfile": ctx},
+        host_source="embedded",
+        frontend="dockerfile.v0",
+    )
+    assert sorted(p.name for p in got.dirs["context"].iterdir()) == [".dockerignore", "Dockerfile", "kept"]
+    assert sorted(p.name for p in got.dirs["dockerfile"].iterdir()) == [".dockerignore", "Dockerfile"]
+    assert [type(e) for e in got.events] == [ev.LocalContextReceived, ev.LocalContextReceived]
+    context = next(e for e in got.events if e.name == "context")
+    assert (context.build_ref, context.source, context.host_path) == ("ref-1", "embedded", str(ctx))
+    assert context.manifest_digest == got.digests["context"] and context.files == 3
+    # Sent contexts are looked up by digest; one never sent is named in the error.
+    again = receive_contexts(store, "ref-2", sent={"context": got.digests["context"]})
+    assert again.dirs["context"] == got.dirs["context"] and again.events[0].source == "upload"
+    with pytest.raises(NotFound, match="never sent"):
+        receive_contexts(store, "ref-3", sent={"context": "sha256:" + "0" * 64})
