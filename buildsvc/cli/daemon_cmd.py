@@ -100,8 +100,13 @@ def daemon(
     check_listen(address, tls, insecure_loopback)  # before anything is opened or recorded
     plain_http_hosts = [registry_host(h) for h in insecure_registries]
     stop = threading.Event()
+    serving: list[SolveGate] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # Close the gate here, not when the main loop next wakes (up to 0.5 s later): a Solve that
+        # comes in after the signal is refused, never admitted into a shutdown already under way.
+        for gate in serving:
+            gate.stop_accepting()
         stop.set()
 
     # Installed first: a SIGTERM during startup still ends in an orderly stop.
@@ -124,6 +129,7 @@ def daemon(
             click.echo(recovery.describe(), err=True)
             servicer = ControlServicer(engine, gate)
             server = start_server(servicer, address, tls=tls, insecure_loopback=insecure_loopback)
+            serving.append(gate)
             projections.start()
             click.echo(
                 f"buildsvc daemon {engine.daemon_id} listening on {addr or address.target} "

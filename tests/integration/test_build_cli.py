@@ -64,7 +64,7 @@ class Cli:
 
     def assert_no_leaks(self) -> None:
         report = json.loads(self.run("leaks", "--format", "json").stdout)
-        assert report == {"refs": [], "snapshots": []}
+        assert report == {"refs": [], "snapshots": [], "untracked": [], "missing": [], "mounts": []}
 
 
 @pytest.fixture(scope="module")
