@@ -8,7 +8,8 @@ measured in the same run on the same bytes:
 
 1. local export (``mode=max``), cold: every layer is written (tar + hash) -- against ``cp -r`` of the
    exported layout;
-2. local export again (layers reused from ``<root>/cache/layers``) -- against the same ``cp -r``;
+2. local export again into a new directory (layers reused from ``<root>/cache/layers``, every blob
+   copied) -- against the same ``cp -r``;
 3. local import into a fresh root and database (verify, unpack, record) -- against ``cp -r`` again;
 4. registry export to Debian's ``docker-registry`` on loopback -- against an httpx client pushing the
    same blob files (POST + PUT each) to another repository;
@@ -125,8 +126,17 @@ def main() -> None:
                         seen["cold"] = timed(
                             lambda: export_caches(engine, result, "bench", definition, [local])
                         )
+                        # Into a new directory: layers come from <root>/cache/layers, every blob is copied.
+                        again = parse_export(
+                            {
+                                "type": "local",
+                                "dest": str(work / "layout2"),
+                                "mode": "max",
+                                "compression": comp,
+                            }
+                        )
                         seen["warm"] = timed(
-                            lambda: export_caches(engine, result, "bench", definition, [local])
+                            lambda: export_caches(engine, result, "bench", definition, [again])
                         )
                         ref = f"{registry.host}/bench/cache:max"
                         remote = parse_export(
