@@ -1,6 +1,7 @@
 """Cache export and import against same-run baselines: ``cp -r`` (local) and a plain httpx push/pull.
 
-Run (as root): ``.venv/bin/python -m benchmarks.cache [--steps 20] [--mb 10] [--compression uncompressed]``.
+Run (as root): ``.venv/bin/python -m benchmarks.cache [--steps 20] [--mb 10] [--compression uncompressed]
+[--repeat 3]``.
 
 A build of ``--steps`` exec steps on a busybox tree, each writing ``--mb`` MB of random bytes (default
 20 x 10 MB = 200 MB), is solved once on an embedded engine (SQLite). Then, each beside its baseline
@@ -14,6 +15,10 @@ measured in the same run on the same bytes:
 4. registry export to Debian's ``docker-registry`` on loopback -- against an httpx client pushing the
    same blob files (POST + PUT each) to another repository;
 5. registry import into a fresh state -- against httpx GETs of the same blobs.
+
+Each figure is run ``--repeat`` times, each run right after its baseline's (the machines are shared:
+interleaving keeps a burst of load from landing on one side only); medians are printed. A cold
+export is repeated by removing ``<root>/cache/layers`` and the layout first.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -102,7 +108,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--mb", type=int, default=10)
     parser.add_argument("--compression", default="uncompressed", choices=["uncompressed", "gzip", "zstd"])
+    parser.add_argument("--repeat", type=int, default=3)
     options = parser.parse_args()
+    repeat = max(1, options.repeat)
     rows: list[tuple[str, float, str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-cache-", dir="/var/tmp") as tmp:
         work = Path(tmp)
@@ -118,14 +126,22 @@ def main() -> None:
                 st = open_state(work / "root", f"sqlite:///{work / 'a.db'}")
                 with open_engine(st) as engine:
                     seen: dict[str, float] = {}
+                    cold_base: list[float] = []
 
                     def export(result: ResultRef | None) -> dict[str, str]:
                         local = parse_export(
                             {"type": "local", "dest": str(layout), "mode": "max", "compression": comp}
                         )
-                        seen["cold"] = timed(
-                            lambda: export_caches(engine, result, "bench", definition, [local])
-                        )
+                        cold: list[float] = []
+                        for n in range(repeat):
+                            if n:
+                                cold_base.append(cp_r(layout, work))
+                                shutil.rmtree(layout)
+                                shutil.rmtree(work / "root" / "cache" / "layers")
+                            cold.append(
+                                timed(lambda: export_caches(engine, result, "bench", definition, [local]))
+                            )
+                        seen["cold"] = statistics.median(cold)
                         # Into a new directory: layers come from <root>/cache/layers, every blob is copied.
                         again = parse_export(
                             {
@@ -158,18 +174,18 @@ def main() -> None:
                         export=export,
                     )
                 size = sum(p.stat().st_size for p in blobs_of(layout))
-                copy = cp_r(layout, work)
+                copy = statistics.median(cold_base or [cp_r(layout, work)])
                 rows.append(("local export, cold (writes layers)", seen["cold"], "cp -r", copy))
                 rows.append(("local export, layers reused", seen["warm"], "cp -r", cp_r(layout, work)))
                 blobs = blobs_of(layout)
                 push = timed(lambda: httpx_push(registry.host, "bench/raw", blobs))
                 rows.append(("registry export (layers reused)", seen["push"], "httpx push", push))
-                for kind, attrs, base_name, base in (
+                imports: list[tuple[str, dict[str, str], str, Callable[[], float]]] = [
                     (
                         "local import (verify, unpack, record)",
                         {"type": "local", "src": str(layout)},
                         "cp -r",
-                        cp_r(layout, work),
+                        lambda: cp_r(layout, work),
                     ),
                     (
                         "registry import (fetch, unpack, record)",
@@ -179,17 +195,28 @@ def main() -> None:
                             "registry.insecure": "true",
                         },
                         "httpx pull",
-                        timed(lambda: httpx_pull(registry.host, "bench/raw", blobs, work)),
+                        lambda: timed(lambda: httpx_pull(registry.host, "bench/raw", blobs, work)),
                     ),
-                ):
-                    fresh = open_state(work / f"root-{len(rows)}", f"sqlite:///{work / f'{len(rows)}.db'}")
-                    with open_engine(fresh) as other:
-                        spent = timed(lambda: import_caches(other, "bench-import", [parse_import(attrs)]))  # noqa: B023
-                    rows.append((kind, spent, base_name, base))
+                ]
+                for kind, attrs, base_name, baseline in imports:
+                    spent: list[float] = []
+                    bases: list[float] = []
+                    for n in range(repeat):
+                        bases.append(baseline())
+                        name = f"{len(rows)}-{n}"
+                        fresh = open_state(work / f"root-{name}", f"sqlite:///{work / f'{name}.db'}")
+                        with open_engine(fresh) as other:
+                            spent.append(
+                                timed(lambda: import_caches(other, "bench-import", [parse_import(attrs)]))  # noqa: B023
+                            )
+                    rows.append((kind, statistics.median(spent), base_name, statistics.median(bases)))
         finally:
             for point in sorted(mounts_under(str(work)), key=len, reverse=True):
                 unmount(point)
-    print(f"{options.steps} steps x {options.mb} MB, compression={comp}, {size / 1e6:.0f} MB of blobs")
+    print(
+        f"{options.steps} steps x {options.mb} MB, compression={comp}, {size / 1e6:.0f} MB of blobs, "
+        f"median of {repeat}"
+    )
     print(f"{'figure':42} {'buildsvc':>10} {'baseline':>22} {'ratio':>7}")
     for name, ours, base_name, base in rows:
         print(f"{name:42} {ours:9.2f}s {base:9.2f}s ({base_name:10}) {ours / base:6.2f}x")

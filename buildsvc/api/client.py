@@ -6,6 +6,7 @@ Every call returns the API's model objects and raises the same buildsvc errors t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ from buildsvc.api.model import (
 from buildsvc.api.serve import TlsFiles, parse_address
 from buildsvc.contexts import ContextTransfer, Scan
 from buildsvc.errors import InvalidInput
+from buildsvc.events.envelope import StoredEvent
 
 __all__ = ["Client", "StatusStream", "connect"]
 
@@ -186,6 +188,34 @@ class Client:
             raise error_from_rpc(e, addr=self.addr) from None
         finally:
             call.cancel()
+
+    def build_events(
+        self, *, build_ref: str = "", stream_id: str = "", after_position: int = 0, until_position: int = 0
+    ) -> Iterator[StoredEvent]:
+        """The log's events as stored: ``build-<build_ref>``'s, or ``stream_id``'s, or (neither) the
+        whole log; after ``after_position``, up to ``until_position`` (0: the end as it is now).
+        """
+        request = pb.BuildEventsRequest(
+            ref=build_ref,
+            stream_id=stream_id,
+            after_position=after_position,
+            until_position=until_position,
+        )
+        call = self._stub.BuildEvents(request)
+        try:
+            for response in call:
+                for message in response.events:
+                    yield convert.stored_event_from_pb(message)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e, addr=self.addr) from None
+        finally:
+            call.cancel()
+
+    def leaks(self, *, build_ref: str = "") -> dict[str, Any]:
+        """The daemon's leak report as JSON (see ``buildsvc.daemon.leaks.report_to_json``)."""
+        response: pb.LeaksResponse = self._call("Leaks", pb.LeaksRequest(ref=build_ref), timeout=300)
+        found: dict[str, Any] = json.loads(response.report_json)
+        return found
 
 
 def connect(

@@ -1,22 +1,25 @@
 """The Content servicer: local dirs sent to the daemon's context store (``content.proto``).
 
 Missing stores a client's manifest and answers the file contents the store lacks; Upload receives
-them, each verified against its digest before it is stored. What a Solve then names by manifest
+them, each verified against its digest before it is stored. Download sends an output staged for
+its client (see :mod:`buildsvc.daemon.outputs`). What a Solve then names by manifest
 digest is made into a tree by :func:`buildsvc.contexts.receive_contexts` (see ``server.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
 from buildsvc.api.errors import abort_with
 from buildsvc.api.gen import content_pb2 as pb
 from buildsvc.api.gen import content_pb2_grpc as pb_grpc
+from buildsvc.api.peercred import actor_of
 from buildsvc.contexts import ContextStore
 from buildsvc.contexts.store import BlobWriter
-from buildsvc.errors import InvalidInput
+from buildsvc.daemon.outputs import OutputStaging
+from buildsvc.errors import InvalidInput, NotFound
 
 __all__ = ["MAX_MANIFEST_BYTES", "ContentServicer", "add_content_service"]
 
@@ -25,10 +28,18 @@ MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
 
 class ContentServicer(pb_grpc.ContentServicer):
-    """The daemon's Content service over its context store."""
+    """The daemon's Content service over its context store (and its outputs staged for clients)."""
 
-    def __init__(self, store: ContextStore) -> None:
+    def __init__(
+        self,
+        store: ContextStore,
+        outputs: OutputStaging | None = None,
+        peer_nonce: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.store = store
+        self.outputs = outputs
+        self.peer_nonce = peer_nonce
+        """The unix socket relay's nonce once serving (who fetched an output is recorded)."""
 
     def Missing(
         self, request_iterator: Iterator[pb.ManifestChunk], context: grpc.ServicerContext
@@ -68,7 +79,30 @@ class ContentServicer(pb_grpc.ContentServicer):
             abort_with(context, e)
         return pb.UploadResponse(blobs=blobs, bytes=size)
 
+    def Download(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadChunk]:
+        """Stream a staged output once; removed (and recorded) when the client has every byte."""
+        try:
+            if self.outputs is None:
+                raise NotFound("this server stages no outputs")
+            with self.outputs.downloading(request.build_ref, request.index) as staged:
+                yield pb.DownloadChunk(exporter=staged.exporter, digest=staged.digest, size=staged.size)
+                for data in staged.chunks():
+                    if not context.is_active():
+                        return  # the client went away: the output stays for a retry or a prune
+                    yield pb.DownloadChunk(data=data)
+                self.outputs.delivered(staged, actor=actor_of(context, self.peer_nonce()))
+        except Exception as e:  # not GeneratorExit: a client that left mid-stream just leaves
+            abort_with(context, e)
 
-def add_content_service(server: grpc.Server, store: ContextStore) -> None:
+
+def add_content_service(
+    server: grpc.Server,
+    store: ContextStore,
+    outputs: OutputStaging | None = None,
+    peer_nonce: Callable[[], str | None] = lambda: None,
+) -> None:
     """Serve the Content service on ``server``."""
-    pb_grpc.add_ContentServicer_to_server(ContentServicer(store), server)  # type: ignore[no-untyped-call]  # generated
+    servicer = ContentServicer(store, outputs, peer_nonce)
+    pb_grpc.add_ContentServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # generated

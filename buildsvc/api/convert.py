@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -26,6 +27,7 @@ from buildsvc.api.model import (
     VertexUpdate,
     WorkerRecord,
 )
+from buildsvc.events.envelope import StoredEvent
 
 __all__ = [
     "build_record_from_pb",
@@ -39,6 +41,8 @@ __all__ = [
     "solve_from_pb",
     "solve_to_pb",
     "status_from_pb",
+    "stored_event_from_pb",
+    "stored_event_to_pb",
     "status_to_pb",
     "usage_from_pb",
     "usage_to_pb",
@@ -109,6 +113,10 @@ def solve_to_pb(options: SolveOptions) -> pb.SolveRequest:
             exports=[_cache_entry(e) for e in options.cache_exports],
             imports=[_cache_entry(i) for i in options.cache_imports],
         ),
+        frontend_inputs=dict(options.frontend_inputs),
+        rerun_of=options.rerun_of,
+        from_failure=options.from_failure,
+        debug_command=list(options.debug_command),
     )
 
 
@@ -143,6 +151,10 @@ def solve_from_pb(request: pb.SolveRequest) -> SolveOptions:
         local_contexts=dict(request.local_contexts),
         cache_exports=_cache_from_pb(request.cache)[0],
         cache_imports=_cache_from_pb(request.cache)[1],
+        frontend_inputs=dict(request.frontend_inputs),
+        rerun_of=request.rerun_of,
+        from_failure=request.from_failure,
+        debug_command=tuple(request.debug_command),
     )
 
 
@@ -377,4 +389,41 @@ def history_event_from_pb(message: pb.BuildHistoryEvent) -> HistoryEvent:
     """A history event as the client sees it."""
     return HistoryEvent(
         type=_HISTORY_TYPE_NAMES.get(message.type, "unknown"), record=build_record_from_pb(message.record)
+    )
+
+
+# --- BuildEvents ------------------------------------------------------------------------------------
+
+
+def stored_event_to_pb(stored: StoredEvent) -> pb.LogEvent:
+    """An event of the log on the wire, exactly as stored."""
+    return pb.LogEvent(
+        position=stored.position,
+        event_id=str(stored.event_id),
+        stream_id=stored.stream_id,
+        stream_version=stored.stream_version,
+        type=stored.type,
+        schema_version=stored.schema_version,
+        payload_json=stored.payload_json,
+        recorded_at=_timestamp(stored.recorded_at),
+        actor=stored.actor,
+        trace_id=stored.trace_id,
+        hash=stored.hash,
+    )
+
+
+def stored_event_from_pb(message: pb.LogEvent) -> StoredEvent:
+    """The event as the log holds it (the projections take it as if read from the store)."""
+    return StoredEvent(
+        position=message.position,
+        event_id=UUID(message.event_id),
+        stream_id=message.stream_id,
+        stream_version=message.stream_version,
+        type=message.type,
+        schema_version=message.schema_version,
+        payload_json=message.payload_json,
+        recorded_at=_datetime(message.recorded_at),
+        actor=message.actor,
+        trace_id=message.trace_id,
+        hash=message.hash,
     )

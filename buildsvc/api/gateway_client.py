@@ -15,10 +15,16 @@ the build ref in the metadata key ``buildsvc-buildid``. What ``fn`` returns (a :
 for an empty result, or a :class:`FrontendResult` with metadata) is sent with Return and exported like
 any build's result; if ``fn`` raises, the error is returned instead and raised here. Refs are valid
 for the job only: the daemon releases all of them when it ends.
+
+:class:`Gateway` is the interface a frontend is written against; :class:`GrpcGateway` speaks
+LLBBridge to a daemon, and :class:`buildsvc.api.gateway_local.LocalGateway` calls a job of the
+embedded engine in this process (``buildsvc build --client-side`` with no daemon), so the same
+frontend code runs either way.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import threading
@@ -49,7 +55,9 @@ __all__ = [
     "FileStat",
     "FrontendResult",
     "Gateway",
+    "as_result",
     "GatewayImageResolver",
+    "GrpcGateway",
     "Pong",
     "Ref",
     "dockerfile_frontend",
@@ -111,8 +119,65 @@ def _ref_id(ref: Ref | str | None) -> str:
     return ref if isinstance(ref, str) else ref.id
 
 
-class Gateway:
-    """The frontend's side of one job: solves, file reads, warnings, and the one Return."""
+class Gateway(abc.ABC):
+    """The frontend's side of one job: solves, file reads, warnings, and the one Return.
+
+    Errors are buildsvc's own (``SolveError`` with the failed vertex, its exit code and log tail,
+    ``NotFound``, ``InvalidInput``...), the same from a daemon as in this process.
+    """
+
+    build_ref: str
+    returned: bool
+    """Whether the job's one Return was sent."""
+
+    @abc.abstractmethod
+    def solve(
+        self,
+        definition: Definition | None = None,
+        *,
+        frontend: str = "",
+        options: Mapping[str, str] | None = None,
+    ) -> Ref:
+        """Solve ``definition`` (or run ``frontend`` with ``options``); a ref to its result, held for
+        the job (neither: the empty result). ``options`` may take a frontend input as a local dir:
+        ``context:DIR=input:NAME``.
+        """
+
+    @abc.abstractmethod
+    def resolve_image_config(self, ref: str, platform: str = "") -> tuple[str, bytes]:
+        """A base image's digest and config blob, as the engine's registry client sees them."""
+
+    @abc.abstractmethod
+    def read_file(self, ref: Ref | str | None, path: str, *, offset: int = 0, length: int = 0) -> bytes:
+        """Bytes of a file in ``ref`` from ``offset`` (``length`` 0: to the end; past it: fewer)."""
+
+    @abc.abstractmethod
+    def read_dir(self, ref: Ref | str | None, path: str = "/", *, include: str = "") -> list[FileStat]:
+        """The entries of a directory in ``ref`` whose names match ``include`` (a glob; empty: all)."""
+
+    @abc.abstractmethod
+    def stat_file(self, ref: Ref | str | None, path: str) -> FileStat:
+        """A file's metadata in ``ref`` (a symlink itself, with its ``linkname``)."""
+
+    @abc.abstractmethod
+    def inputs(self) -> dict[str, Definition]:
+        """The definitions the build was given as frontend inputs."""
+
+    @abc.abstractmethod
+    def ping(self) -> Pong:
+        """The gateway's capabilities and the engine's workers."""
+
+    @abc.abstractmethod
+    def warn(self, message: str, *, level: int = 2, detail: Sequence[str] = (), url: str = "") -> None:
+        """Record a warning with the build."""
+
+    @abc.abstractmethod
+    def return_(self, result: FrontendResult | None = None, *, error: str | None = None) -> None:
+        """Send the job's one Return: a result or an error (``build`` does this with ``fn``'s value)."""
+
+
+class GrpcGateway(Gateway):
+    """A job on a daemon, over LLBBridge (the build ref in the metadata key ``buildsvc-buildid``)."""
 
     def __init__(self, channel: grpc.Channel, build_ref: str, *, addr: str = "") -> None:
         self.build_ref = build_ref
@@ -213,7 +278,8 @@ class Gateway:
         self.returned = True
 
 
-def _as_result(value: object) -> FrontendResult:
+def as_result(value: object) -> FrontendResult:
+    """What a frontend function returned, as the result its Return sends."""
     if isinstance(value, FrontendResult):
         return value
     if value is None or isinstance(value, Ref):
@@ -231,8 +297,15 @@ def run_client_build(
     frontend_attrs: Mapping[str, str] | None = None,
     actor: str = "",
     local_contexts: Mapping[str, str] | None = None,
+    frontend_inputs: Mapping[str, Definition] | None = None,
+    cache_exports: Sequence[Mapping[str, str]] = (),
+    cache_imports: Sequence[Mapping[str, str]] = (),
 ) -> BuildOutcome:
-    """Open a job on the daemon, run ``fn(gateway)`` here, Return its value; the exporters' response."""
+    """Open a job on the daemon, run ``fn(gateway)`` here, Return its value; the exporters' response.
+
+    ``frontend_inputs`` are definitions ``fn`` gets from ``gateway.inputs()`` (BuildKit's
+    FrontendInputs), and that its frontend solves can use as local dirs (``context:DIR=input:NAME``).
+    """
     ref = build_ref or uuid.uuid4().hex[:25]
     options = SolveOptions(
         build_ref=ref,
@@ -242,6 +315,11 @@ def run_client_build(
         local_dirs=dict(local_dirs or {}),
         actor=actor,
         local_contexts=dict(local_contexts or {}),
+        frontend_inputs={
+            name: d.to_json(indent=None).encode() for name, d in (frontend_inputs or {}).items()
+        },
+        cache_exports=tuple(dict(c) for c in cache_exports),  # run by the job on the returned result
+        cache_imports=tuple(dict(c) for c in cache_imports),
     )
     done: dict[str, Any] = {}
 
@@ -253,11 +331,11 @@ def run_client_build(
 
     job = threading.Thread(target=solve, name=f"gateway-job-{ref}", daemon=True)
     job.start()
-    gateway = Gateway(client.channel, ref, addr=client.addr)
+    gateway = GrpcGateway(client.channel, ref, addr=client.addr)
     try:
         value = fn(gateway)
         if not gateway.returned:
-            gateway.return_(_as_result(value))
+            gateway.return_(as_result(value))
     except BaseException as e:
         if not job.is_alive() and "error" in done:
             # The job never opened (bad options): that is the error, not the frontend's NotFound.

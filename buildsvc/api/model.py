@@ -60,6 +60,14 @@ class SolveOptions:
     cache_exports: tuple[Mapping[str, str], ...] = ()
     """Each cache export's attrs with its ``type`` among them (``type=local,dest=DIR,mode=max``)."""
     cache_imports: tuple[Mapping[str, str], ...] = ()
+    frontend_inputs: Mapping[str, bytes] = field(default_factory=dict)
+    """Name -> definition (JSON form) for a client-side frontend's LLBBridge Inputs."""
+    rerun_of: str = ""
+    """``build --rerun REF``: the recorded build to run again (see buildsvc.daemon.rerun)."""
+    from_failure: bool = False
+    """With ``rerun_of``: start from its failed vertex, what completed before it reused."""
+    debug_command: tuple[str, ...] = ()
+    """With ``rerun_of``: run this in place of its failed step (``history debug``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PeerCredRelay", "actor_of"]
+__all__ = ["PeerCredRelay", "actor_of", "local_actor"]
 
 _PEER_PREFIX = "unix-abstract:buildsvc-peer/"
 _CRED = struct.Struct("3i")
@@ -41,6 +41,18 @@ def _user(uid: int) -> str:
         return ""
 
 
+def _uid_gid(uid: int, gid: int) -> str:
+    name = _user(uid)
+    return f"uid={uid} gid={gid}" + (f" ({name})" if name else "")
+
+
+def local_actor() -> str:
+    """This process's own identity, in the form :func:`actor_of` gives a unix peer (for what an
+    embedded command records: the kernel vouches for it as much as for a peer).
+    """
+    return _uid_gid(os.getuid(), os.getgid())
+
+
 def actor_of(context: Any, nonce: str | None) -> str:
     """The verified identity of a call's client ("" when the transport says nothing).
 
@@ -51,9 +63,7 @@ def actor_of(context: Any, nonce: str | None) -> str:
     if nonce is not None and peer.startswith(_PEER_PREFIX):
         parts = peer[len(_PEER_PREFIX) :].split("/")
         if len(parts) == 5 and parts[0] == nonce:
-            uid, gid = int(parts[1]), int(parts[2])
-            name = _user(uid)
-            return f"uid={uid} gid={gid}" + (f" ({name})" if name else "")
+            return _uid_gid(int(parts[1]), int(parts[2]))
     auth = context.auth_context() or {}
     for key in ("x509_subject", "x509_common_name"):
         values = auth.get(key)

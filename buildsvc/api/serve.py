@@ -11,6 +11,7 @@ import atexit
 import ipaddress
 import os
 import socket
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +28,15 @@ from buildsvc.api.peercred import PeerCredRelay
 from buildsvc.api.server import ControlServicer
 from buildsvc.errors import InvalidInput
 
-__all__ = ["Address", "TlsFiles", "check_listen", "default_address", "parse_address", "start_server"]
+__all__ = [
+    "Address",
+    "Serving",
+    "TlsFiles",
+    "check_listen",
+    "default_address",
+    "parse_address",
+    "start_server",
+]
 
 SOCKET_MODE = 0o660
 
@@ -148,7 +157,7 @@ def _unix_listen(server: grpc.Server, address: Address) -> PeerCredRelay:
         relay.close()
         raise
     relay.start()
-    atexit.register(relay.close)
+    atexit.register(relay.close)  # a backstop: Serving.stop closes it
     return relay
 
 
@@ -192,6 +201,25 @@ def _tcp_listen(server: grpc.Server, address: Address, tls: TlsFiles | None) -> 
         _bind(lambda: int(server.add_insecure_port(address.target)), what)
 
 
+class Serving:
+    """The gRPC server and, on a unix socket, the peer-credential relay in front of it."""
+
+    def __init__(self, server: grpc.Server, relay: PeerCredRelay | None) -> None:
+        self.server = server
+        self.relay = relay
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop taking connections (the relay's socket goes first, and its file with it), then stop
+        the server as ``grpc.Server.stop`` does: calls in flight get ``grace`` seconds.
+        """
+        if self.relay is not None:
+            self.relay.close()
+            atexit.unregister(self.relay.close)
+            self.relay = None
+        stopped: threading.Event = self.server.stop(grace)
+        return stopped
+
+
 def start_server(
     servicer: ControlServicer,
     address: Address,
@@ -199,22 +227,28 @@ def start_server(
     tls: TlsFiles | None = None,
     insecure_loopback: bool = False,
     max_workers: int = 64,
-) -> grpc.Server:
+) -> Serving:
     """Listen on ``address`` and start serving (each stream holds a thread: size the pool for them)."""
     server = grpc.server(ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"))
     pb_grpc.add_ControlServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # generated
     # Client-side frontends call LLBBridge on the same socket, for the jobs the Control Solve opened.
     gateway = GatewayServicer(servicer.engine, servicer.gateway_jobs)
     gateway_grpc.add_LLBBridgeServicer_to_server(gateway, server)  # type: ignore[no-untyped-call]
-    add_content_service(server, servicer.contexts)  # local dirs sent before a Solve names them
+    # Local dirs sent before a Solve names them; outputs staged for their clients after it.
+    add_content_service(server, servicer.contexts, servicer.outputs, lambda: servicer.peer_nonce)
+    relay: PeerCredRelay | None = None
     try:
         check_listen(address, tls, insecure_loopback)
         if address.scheme == "unix":
-            servicer.peer_nonce = _unix_listen(server, address).nonce
+            relay = _unix_listen(server, address)
+            servicer.peer_nonce = relay.nonce
         else:
             _tcp_listen(server, address, tls)
+        server.start()
     except BaseException:
+        if relay is not None:
+            relay.close()
+            atexit.unregister(relay.close)
         server.stop(None)
         raise
-    server.start()
-    return server
+    return Serving(server, relay)

@@ -8,6 +8,7 @@ shutdown stops new solves and lets the running ones finish (see ``buildsvc daemo
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -27,6 +28,7 @@ from buildsvc.api import convert
 from buildsvc.api.errors import DaemonUnavailable, abort_with
 from buildsvc.api.gen import control_pb2 as pb
 from buildsvc.api.gen import control_pb2_grpc as pb_grpc
+from buildsvc.api.log_reads import read_events
 from buildsvc.api.model import (
     FINAL_EVENT_TYPES,
     BuildRecord,
@@ -38,19 +40,24 @@ from buildsvc.api.model import (
 )
 from buildsvc.api.peercred import actor_of
 from buildsvc.api.status_wake import StreamWaker
-from buildsvc.contexts import ContextStore, receive_contexts
+from buildsvc.contexts import ContextStore, ReceivedContexts, receive_contexts
 from buildsvc.daemon.cache_exports import (
+    CacheOptions,
     check_cache_options,
     export_caches,
     frontend_attrs_with_imports,
     import_caches,
+    inline_cache_for,
 )
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.exporters import check_exporter, run_exporters
 from buildsvc.daemon.frontend import run_frontend
 from buildsvc.daemon.gateway import GatewayJob, GatewayJobs
 from buildsvc.daemon.history import update_build_history
+from buildsvc.daemon.leaks import report_to_json, scan_leaks
+from buildsvc.daemon.outputs import CLIENT_OUTPUT, OutputStaging, is_client_output
 from buildsvc.daemon.prune import disk_usage, prune
+from buildsvc.daemon.rerun import plan_rerun
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.envelope import StoredEvent
@@ -125,18 +132,26 @@ def _package_version() -> str:
 
 
 def _exporters(specs: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
-    for spec in specs:
+    checked: list[Mapping[str, str]] = []
+    for n, spec in enumerate(specs):
         try:
             check_exporter(spec)
         except InvalidInput as e:
             raise InvalidInput(f"exporter: {e}") from e
         kind, dest = spec["type"], spec.get("dest", "")
+        if is_client_output(spec):
+            # Staged for the client to download (daemon/outputs.py), numbered by its position.
+            if dest:
+                raise InvalidInput(f"exporter {kind}: give dest= (daemon host) or client-dest=, not both")
+            checked.append({**spec, CLIENT_OUTPUT: str(n)})
+            continue
         # The daemon's working directory means nothing to the client: only absolute paths.
         if kind != "image" and not Path(dest).is_absolute():
             raise InvalidInput(
                 f"exporter {kind}: dest= must be an absolute path on the daemon host, got {dest!r}"
             )
-    return list(specs)
+        checked.append(spec)
+    return checked
 
 
 def _local_dirs(dirs: Mapping[str, Path]) -> dict[str, Path]:
@@ -174,6 +189,8 @@ class ControlServicer(pb_grpc.ControlServicer):
         """Builds whose frontend runs in the client, for the LLBBridge servicer (same socket)."""
         self.contexts = ContextStore.under(engine.state.root)
         """Local dirs sent with the Content service (served beside this one, see serve.py)."""
+        self.outputs = OutputStaging(engine.state.root, engine.state.store)
+        """Outputs staged for their clients' Content Download (see buildsvc.daemon.outputs)."""
 
     # --- Solve, Cancel ------------------------------------------------------------------------------
 
@@ -195,9 +212,36 @@ class ControlServicer(pb_grpc.ControlServicer):
 
     def _solve(self, options: SolveOptions, context: grpc.ServicerContext) -> pb.SolveResponse:
         exporters = _exporters(options.exporters)
+        if options.frontend_inputs and (options.frontend or options.definition_json):
+            raise InvalidInput(
+                "frontend inputs go to a client-side frontend: "
+                "a Solve with neither a definition nor a frontend"
+            )
         options = replace(options, build_ref=options.build_ref or uuid.uuid4().hex[:25])
+        rerun = None
+        if options.rerun_of:  # `build --rerun`: definition, options and contexts from the record
+            given = bool(
+                options.definition_json or options.frontend or options.local_dirs or options.local_contexts
+            )
+            rerun = plan_rerun(
+                self.state.store,
+                options.rerun_of,
+                from_failure=options.from_failure,
+                inputs_given=given,
+                debug_command=options.debug_command,
+                debug_ref=options.build_ref,
+            )
+            options = replace(
+                options,
+                **rerun.solve_options(options.exporters, options.cache_exports, options.cache_imports),
+            )
+            exporters = _exporters(options.exporters)
         cache = check_cache_options(
-            options.cache_exports, options.cache_imports, options.frontend_attrs, absolute_paths=True
+            options.cache_exports,
+            options.cache_imports,
+            options.frontend_attrs,
+            absolute_paths=True,
+            outputs=exporters,
         )
         # As BuildKit's daemon: the frontend learns the imports through its cache-imports option.
         options = replace(
@@ -214,8 +258,8 @@ class ControlServicer(pb_grpc.ControlServicer):
         )
         local_dirs = received.dirs
         if not options.frontend and not options.definition_json:
-            return self._gateway_job(options, exporters, local_dirs, context)
-        image_config: dict[str, Any] | None = None
+            return self._gateway_job(options, exporters, received, context, cache)
+        image_config: dict[str, Any] | None = rerun.image_config if rerun is not None else None
         if options.frontend:
             made = run_frontend(options.frontend, options.frontend_attrs, local_dirs, self.engine.images)
             definition, image_config = made.definition, made.image_config
@@ -228,8 +272,16 @@ class ControlServicer(pb_grpc.ControlServicer):
             context.add_callback(cancel.set)
 
             def export(result: ResultRef | None) -> Mapping[str, str]:
-                response = dict(run_exporters(self.engine, result, ref, exporters, image_config=image_config))
-                return {**response, **export_caches(self.engine, result, ref, definition, cache.exports)}
+                inline = inline_cache_for(result, definition, cache.exports)
+                response = dict(
+                    run_exporters(
+                        self.engine, result, ref, exporters, image_config=image_config, inline_cache=inline
+                    )
+                )
+                made = export_caches(
+                    self.engine, result, ref, definition, cache.exports, exporter_response=response
+                )
+                return {**response, **made}
 
             import_caches(self.engine, ref, cache.imports)
             result = self.engine.solver.solve(
@@ -238,14 +290,16 @@ class ControlServicer(pb_grpc.ControlServicer):
                     build_ref=ref,
                     local_dirs=local_dirs,
                     actor=options.actor,
-                    frontend=options.frontend,
+                    frontend=rerun.frontend if rerun is not None else options.frontend,
                     frontend_attrs=options.frontend_attrs,
                     exporters=exporters,  # recorded, so a restarted daemon can finish the build
                     cache_exports=options.cache_exports,  # recorded too: a resume runs those left
                     cache_imports=options.cache_imports,
                     image_config=image_config,
                     local_contexts=received.digests,
-                    received=received.events,
+                    received=(*received.events, *(rerun.events if rerun is not None else ())),
+                    rerun_of=options.rerun_of,
+                    reuse=rerun.reuse if rerun is not None else {},
                 ),
                 cancel=cancel,
                 export=export,
@@ -256,8 +310,9 @@ class ControlServicer(pb_grpc.ControlServicer):
         self,
         options: SolveOptions,
         exporters: Sequence[Mapping[str, str]],
-        local_dirs: Mapping[str, Path],
+        received: ReceivedContexts,
         context: grpc.ServicerContext,
+        cache: CacheOptions,
     ) -> pb.SolveResponse:
         """Neither a definition nor a frontend: the client runs the frontend over LLBBridge (issue 7)."""
         ref = options.build_ref or uuid.uuid4().hex[:25]
@@ -267,10 +322,13 @@ class ControlServicer(pb_grpc.ControlServicer):
                 self.engine,
                 ref,
                 cancel=cancel,
-                local_dirs=local_dirs,
+                contexts=received,  # each of its solves records the same manifests
+                inputs=options.frontend_inputs,
                 actor=options.actor,
                 frontend_attrs=options.frontend_attrs,
+                cache_exports=cache.exports,
             )
+            import_caches(self.engine, ref, cache.imports)  # the frontend's solves then find them
             job.start(exporters)
             with self.gateway_jobs.registered(job):
                 response = job.finish(exporters)
@@ -384,7 +442,11 @@ class ControlServicer(pb_grpc.ControlServicer):
                 all=request.all,
                 keep_duration=request.keep_duration_seconds or None,
                 filters=dict(request.filters),
+                # Who asked (unix peer, TLS subject); a plaintext loopback caller proves nothing.
+                actor=actor_of(context, self.peer_nonce) or "unverified:",
             )
+            # Outputs whose client never came for them: any of a build that no longer runs here.
+            self.outputs.discard(keep=self.gate.is_active, reason="prune: the client never downloaded it")
         except BaseException as e:
             abort_with(context, e)
         for removed in report.removed:
@@ -407,6 +469,32 @@ class ControlServicer(pb_grpc.ControlServicer):
         except BaseException as e:
             abort_with(context, e)
         return pb.UpdateBuildHistoryResponse()
+
+    # --- Reading the log (issue 5): what `history inspect|logs|replay|provenance` and `leaks` ask ----
+
+    def BuildEvents(
+        self, request: pb.BuildEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BuildEventsResponse]:
+        """The log's events as stored: one stream's, or the whole log between two positions."""
+        try:
+            yield from read_events(
+                self.state.store,
+                ref=request.ref,
+                stream_id=request.stream_id,
+                after=request.after_position,
+                until=request.until_position,
+            )
+        except BaseException as e:
+            abort_with(context, e)
+
+    def Leaks(self, request: pb.LeaksRequest, context: grpc.ServicerContext) -> pb.LeaksResponse:
+        """The leak report of this daemon's log and root (the projections caught up first)."""
+        try:
+            self.state.runner.run_once()
+            report = scan_leaks(self.state, build_ref=request.ref or None)
+            return pb.LeaksResponse(report_json=json.dumps(report_to_json(report)))
+        except BaseException as e:
+            abort_with(context, e)
 
     def ListenBuildHistory(
         self, request: pb.BuildHistoryRequest, context: grpc.ServicerContext

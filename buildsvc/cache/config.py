@@ -11,8 +11,10 @@ A layer is one blob whose parent (by index) is the layer below it; a record is o
 results (BuildKit names the list ``layers`` in JSON) point at the top layer of the chain that holds
 the result, and whose inputs link to the records of the vertex's inputs. A record's ``digest`` is
 buildsvc's cache key for output 0; for another output it is derived from the key and the index, and
-``buildsvc.key``/``buildsvc.output`` (ignored by BuildKit) say which. Parsing checks every index, so a
-malformed config fails here, naming the problem, never later as a wrong cache hit.
+``buildsvc.key``/``buildsvc.output`` (ignored by BuildKit) say which; ``buildsvc.vertex`` names the
+vertex that made it, so an import records it (a BuildKit cache has none: the vertex stays empty).
+Parsing checks every index, so a malformed config fails here, naming the problem, never later as a
+wrong cache hit.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class CacheRecord:
     output: int = 0
     results: tuple[CacheResult, ...] = ()
     inputs: tuple[tuple[CacheInput, ...], ...] = ()
+    vertex: str = ""
+    """The vertex digest that made the result, when the exporter knew it (``buildsvc.vertex``)."""
 
     @property
     def digest(self) -> str:
@@ -156,6 +160,8 @@ def config_json(config: CacheConfig) -> bytes:
             doc["inputs"] = [
                 [{"selector": i.selector, "link": i.link} for i in group] for group in record.inputs
             ]
+        if record.vertex:
+            doc["buildsvc.vertex"] = record.vertex
         if record.output != 0:
             doc["buildsvc.key"] = record.key
             doc["buildsvc.output"] = record.output
@@ -231,7 +237,12 @@ def parse_config(data: bytes, where: str) -> CacheConfig:
                     raise CacheConfigError(where, f"records[{i}].inputs[{j}][{k}].link is not a record index")
                 links.append(CacheInput(link=target, selector=str(ln.get("selector", ""))))
             inputs.append(tuple(links))
-        records.append(CacheRecord(key=key, output=output, results=tuple(results), inputs=tuple(inputs)))
+        vertex = item.get("buildsvc.vertex", "")
+        if vertex:
+            vertex = _digest(vertex, where, f"records[{i}].buildsvc.vertex")
+        records.append(
+            CacheRecord(key=key, output=output, results=tuple(results), inputs=tuple(inputs), vertex=vertex)
+        )
     return CacheConfig(layers=tuple(layers), records=tuple(records))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +49,7 @@ class PlannedRecord:
     output: int
     snapshot: str
     inputs: tuple[tuple[str, int], ...] = ()
+    vertex: str = ""
 
 
 def plan_records(steps: Mapping[str, Step], result: tuple[str, int], mode: str) -> list[PlannedRecord]:
@@ -56,7 +58,11 @@ def plan_records(steps: Mapping[str, Step], result: tuple[str, int], mode: str) 
     if mode == "min":
         step = steps[vertex]
         snapshot = step.outputs[index]
-        return [] if snapshot is None else [PlannedRecord(key=step.key, output=index, snapshot=snapshot)]
+        return (
+            []
+            if snapshot is None
+            else [PlannedRecord(key=step.key, output=index, snapshot=snapshot, vertex=step.vertex)]
+        )
     planned: list[PlannedRecord] = []
     for step in steps.values():
         inputs = tuple(
@@ -64,7 +70,11 @@ def plan_records(steps: Mapping[str, Step], result: tuple[str, int], mode: str) 
         )
         for output, snapshot in enumerate(step.outputs):
             if snapshot is not None:
-                planned.append(PlannedRecord(key=step.key, output=output, snapshot=snapshot, inputs=inputs))
+                planned.append(
+                    PlannedRecord(
+                        key=step.key, output=output, snapshot=snapshot, inputs=inputs, vertex=step.vertex
+                    )
+                )
     return planned
 
 
@@ -107,11 +117,17 @@ def write_cache(
     *,
     oci: bool = True,
     image_manifest: bool = False,
+    parallel: int = 2,
 ) -> ExportSummary:
-    """Write ``records`` (their layers first, then config and root) to ``target``."""
+    """Write ``records`` (their layers first, then config and root) to ``target``.
+
+    The layers of every snapshot needed are made first, ``parallel`` at a time (tarring and
+    hashing one layer leaves a core idle: hashing and file I/O release the GIL).
+    """
     layer_index: dict[str, int] = {}
     layers: list[CacheLayer] = []
     blobs: dict[str, LayerBlob] = {}
+    made = _make_layers(records, parent_of, layer_of, parallel)
 
     def add_chain(snapshot: str) -> int:
         chain: list[str] = []
@@ -121,7 +137,7 @@ def write_cache(
             current = parent_of(current)
         parent = -1 if current is None else layer_index[current]
         for snap in reversed(chain):
-            blob = layer_of(snap)
+            blob = made[snap]
             blobs[blob.digest] = blob
             layers.append(
                 CacheLayer(
@@ -141,7 +157,13 @@ def write_cache(
         top = add_chain(record.snapshot)
         links = tuple((CacheInput(link=position[i]),) for i in record.inputs if i in position)
         out.append(
-            CacheRecord(key=record.key, output=record.output, results=(CacheResult(layer=top),), inputs=links)
+            CacheRecord(
+                key=record.key,
+                output=record.output,
+                results=(CacheResult(layer=top),),
+                inputs=links,
+                vertex=record.vertex,
+            )
         )
     config = config_json(CacheConfig(layers=tuple(layers), records=tuple(out)))
     moved = 0
@@ -160,6 +182,27 @@ def write_cache(
         layers_written=written,
         bytes_written=moved + len(root),
     )
+
+
+def _make_layers(
+    records: Sequence[PlannedRecord],
+    parent_of: Callable[[str], str | None],
+    layer_of: Callable[[str], LayerBlob],
+    parallel: int,
+) -> dict[str, LayerBlob]:
+    """The layer of every snapshot in the records' chains, by snapshot."""
+    wanted: list[str] = []
+    seen: set[str] = set()
+    for record in records:
+        current: str | None = record.snapshot
+        while current is not None and current not in seen:
+            seen.add(current)
+            wanted.append(current)
+            current = parent_of(current)
+    if parallel <= 1 or len(wanted) <= 1:
+        return {snap: layer_of(snap) for snap in wanted}
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="cache-layer") as pool:
+        return dict(zip(wanted, pool.map(layer_of, wanted), strict=True))
 
 
 def _digest(data: bytes) -> str:

@@ -37,6 +37,8 @@ class ImportRecord:
     key: str
     output: int
     layers: tuple[ImportLayer, ...]
+    vertex: str = ""
+    """The vertex that made it, when the cache says (empty for BuildKit's caches)."""
 
     @property
     def snapshot(self) -> str:
@@ -84,5 +86,5 @@ def import_records(config: CacheConfig, root: CacheRoot, where: str) -> list[Imp
             )
             for j, (i, diff, key) in enumerate(zip(indexes, diff_ids, keys, strict=True))
         )
-        out.append(ImportRecord(key=record.key, output=record.output, layers=chain))
+        out.append(ImportRecord(key=record.key, output=record.output, layers=chain, vertex=record.vertex))
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from buildsvc.solver.worker import Change, ChangeKind
 
 __all__ = ["LayerBlob", "layer_media_type", "write_layer"]
 
+_COPY_CHUNK = 1 << 20
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 
@@ -59,7 +61,7 @@ class _Hashing:
         self.sha = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self.sha.update(data)
         self.size += len(data)
         self.sink.write(data)
@@ -114,9 +116,8 @@ def write_layer(
 
 
 def _write_tar(root: Path | None, changes: Sequence[Change], sink: _Hashing) -> None:
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-        if root is None:
-            return
+    tar = _TarWriter(sink)
+    if root is not None:
         deleted: set[str] = set()
         for change in changes:
             rel = change.path.lstrip("/")
@@ -130,12 +131,50 @@ def _write_tar(root: Path | None, changes: Sequence[Change], sink: _Hashing) -> 
             if rel in deleted and host.is_dir() and not host.is_symlink():
                 # Deleted then added: a directory that replaced the one below (opaque).
                 deleted.discard(rel)
-                tar.addfile(_marker(f"{rel}/{OPAQUE_MARKER}"))
+                tar.add(_marker(f"{rel}/{OPAQUE_MARKER}"))
         for rel in sorted(deleted):
             parent, _, name = rel.rpartition("/")
-            tar.addfile(
-                _marker(f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}")
-            )
+            tar.add(_marker(f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}"))
+    tar.close()
+
+
+class _TarWriter:
+    """A tar stream writer: tarfile's headers, file data copied in 1 MiB pieces.
+
+    tarfile's own stream mode moves data in 10 KiB records through Python, which cost more than
+    hashing it; here a header is ``TarInfo.tobuf`` (PAX) and a file's bytes go to the sink as read.
+    """
+
+    def __init__(self, sink: _Hashing) -> None:
+        self.sink = sink
+        self.written = 0
+        self.buffer = bytearray(_COPY_CHUNK)
+        # gettarinfo is a TarFile method that remembers inodes, so a file linked to one already in
+        # this layer becomes a hard link entry: one TarFile (writing nowhere) per layer.
+        self.infos = tarfile.TarFile(fileobj=io.BytesIO(), mode="w")
+
+    def add(self, info: tarfile.TarInfo, source: BinaryIO | None = None) -> None:
+        self._write(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+        if source is None or not info.isreg():
+            return
+        left = info.size
+        view = memoryview(self.buffer)
+        while left:
+            n = source.readinto(view[: min(left, _COPY_CHUNK)])  # type: ignore[attr-defined]
+            if not n:
+                raise OSError(f"{info.name}: the file shrank while it was being written to a layer")
+            self._write(view[:n])
+            left -= n
+        self._write(bytes(-info.size % tarfile.BLOCKSIZE))
+
+    def close(self) -> None:
+        # Two zero blocks end the archive; tarfile pads the stream to whole records, so do we.
+        self._write(bytes(2 * tarfile.BLOCKSIZE))
+        self._write(bytes(-self.written % tarfile.RECORDSIZE))
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.sink.write(data)
+        self.written += len(data)
 
 
 def _marker(name: str) -> tarfile.TarInfo:
@@ -147,13 +186,13 @@ def _marker(name: str) -> tarfile.TarInfo:
     return info
 
 
-def _add(tar: tarfile.TarFile, host: Path, rel: str) -> None:
-    info = tar.gettarinfo(str(host), arcname=rel)
+def _add(tar: _TarWriter, host: Path, rel: str) -> None:
+    info = tar.infos.gettarinfo(str(host), arcname=rel)
     if info is None:  # a socket: not in layers
         return
     info.uname = info.gname = ""
     if info.isreg():
-        with host.open("rb") as f:
-            tar.addfile(info, f)
+        with host.open("rb", buffering=0) as f:
+            tar.add(info, f)
     else:
-        tar.addfile(info)
+        tar.add(info)

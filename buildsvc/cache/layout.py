@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,19 +60,23 @@ class LayoutStore:
         """Whether the blob is present."""
         return self.blob_path(digest).is_file()
 
-    def put_file(self, digest: str, source: Path) -> int:
-        """Copy the file ``source`` in as blob ``digest`` (unless present); bytes written."""
+    def put_file(self, digest: str, source: Path, *, link: bool = False) -> int:
+        """Put the file ``source`` in as blob ``digest`` (unless present); bytes written.
+
+        With ``link``, a hard link when ``source`` is on the same filesystem (no bytes move; the
+        caller must notice if the shared file is later changed in place), else a copy.
+        """
         target = self.blob_path(digest)
         if target.is_file():
             return 0
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        os.close(fd)
+        tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
         try:
-            shutil.copyfile(source, tmp)  # copy_file_range/sendfile: no trip through Python
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache dir is read by others
+            if not (link and _linked(source, tmp)):
+                shutil.copyfile(source, tmp)  # copy_file_range/sendfile: no trip through Python
+            os.chmod(tmp, 0o644)  # a shared cache dir is read by others
             os.rename(tmp, target)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return target.stat().st_size
 
@@ -173,6 +178,14 @@ class LayoutStore:
                 yield
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _linked(source: Path, dest: Path) -> bool:
+    try:
+        os.link(source, dest)
+    except OSError:  # another filesystem (EXDEV), or links not allowed there
+        return False
+    return True
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from buildsvc.cache.config import CacheConfig, parse_config
+from buildsvc.cache.config import CacheConfig, CacheConfigError, parse_config
 from buildsvc.cache.imports import ImportRecord, import_records
 from buildsvc.cache.layers import LayerBlob
 from buildsvc.cache.layout import LayoutStore
 from buildsvc.cache.manifest import parse_root
 
-__all__ = ["LocalSource", "LocalTarget"]
+__all__ = ["BlobAccess", "LocalSource", "LocalTarget", "is_compressed"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def is_compressed(magic: bytes) -> bool:
+    """Whether a blob's first bytes are gzip's or zstd's (the unpacker sniffs the same way)."""
+    return magic[:2] == _GZIP_MAGIC or magic[:4] == _ZSTD_MAGIC
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobAccess:
+    """A layer blob ready to unpack: where it is, the bytes read to get it, and how it is checked."""
+
+    path: Path
+    read: int
+    check_on_unpack: bool = False
+    """Not hashed yet: the unpacker's diff-id check (diff id == digest) verifies it."""
 
 
 class LocalTarget:
     """Writes an export into a layout directory (created when missing), tagged ``tag``."""
 
-    def __init__(self, dest: str, tag: str) -> None:
+    def __init__(self, dest: str, tag: str, *, link_blobs: bool = False) -> None:
         self.store = LayoutStore(dest, create=True)
         self.tag = tag
+        self.link_blobs = link_blobs
+        """Hard-link layer blobs in when they are on the same filesystem (see ``put_file``)."""
 
     def has_blob(self, digest: str) -> bool:
         """Whether the layout has the blob."""
@@ -26,7 +48,7 @@ class LocalTarget:
 
     def put_blob(self, blob: LayerBlob) -> int:
         """Copy a layer blob in."""
-        return self.store.put_file(blob.digest, blob.path)
+        return self.store.put_file(blob.digest, blob.path, link=self.link_blobs)
 
     def put_bytes(self, data: bytes, media_type: str) -> int:
         """Store the config."""
@@ -53,9 +75,25 @@ class LocalSource:
         self.records: list[ImportRecord] = import_records(self.config, self.root, self.where)
         self.bytes_read = self.root.config.size
 
-    def blob(self, digest: str, size: int, work: Path) -> tuple[Path, int]:
-        """The layer blob in the layout, its size and digest checked; bytes read.
+    def blob(self, digest: str, size: int, work: Path, diff_id: str = "") -> BlobAccess:
+        """The layer blob in the layout, read in place (no copy), its size checked.
 
-        Read in place (no copy): the diff id is checked again as the layer is unpacked.
+        A plain tar whose digest is its diff id (``compression=uncompressed``) is read once: the
+        unpacker hashes every byte for the diff id anyway, so its check is the digest check and the
+        caller discards the layer when it fails (``check_on_unpack``). Any other blob is hashed here
+        first.
         """
-        return self.store.blob_path(digest), self.store.verify_blob(digest, size)
+        path = self.store.blob_path(digest)
+        try:
+            with path.open("rb") as f:
+                magic = f.read(4)
+                actual = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            raise CacheConfigError(str(self.store.path), f"layer blob {digest} is missing") from None
+        if size and actual != size:
+            raise CacheConfigError(
+                str(self.store.path), f"layer blob {digest} is corrupt ({actual} bytes, not {size})"
+            )
+        if diff_id == digest and not is_compressed(magic):
+            return BlobAccess(path=path, read=actual, check_on_unpack=True)
+        return BlobAccess(path=path, read=self.store.verify_blob(digest, size), check_on_unpack=False)

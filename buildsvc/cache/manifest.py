@@ -22,6 +22,7 @@ __all__ = [
     "BlobRef",
     "CacheRoot",
     "build_root",
+    "parse_descriptor",
     "parse_root",
 ]
 
@@ -94,7 +95,7 @@ def parse_root(data: bytes, where: str) -> CacheRoot:
     if not isinstance(doc, dict):
         raise CacheConfigError(where, "cache manifest is not a JSON object")
     if isinstance(doc.get("config"), dict):
-        config = _blob(doc["config"], where)
+        config = parse_descriptor(doc["config"], where)
         if config.media_type != CACHE_CONFIG_MEDIA_TYPE:
             raise CacheConfigError(where, f"manifest config is {config.media_type!r}, not a cache config")
         entries = doc.get("layers", [])
@@ -107,15 +108,16 @@ def parse_root(data: bytes, where: str) -> CacheRoot:
         ]
         if len(configs) != 1:
             raise CacheConfigError(where, f"cache index names {len(configs)} cache configs, not one")
-        config = _blob(configs[0], where)
+        config = parse_descriptor(configs[0], where)
         entries = [e for e in entries if e is not configs[0]]
     if not isinstance(entries, list):
         raise CacheConfigError(where, "cache manifest layers are not a list")
-    layers = {b.digest: b for b in (_blob(e, where) for e in entries)}
+    layers = {b.digest: b for b in (parse_descriptor(e, where) for e in entries)}
     return CacheRoot(config=config, layers=layers)
 
 
-def _blob(raw: object, where: str) -> BlobRef:
+def parse_descriptor(raw: object, where: str) -> BlobRef:
+    """One descriptor (digest, size, media type), checked."""
     if not isinstance(raw, dict):
         raise CacheConfigError(where, "a descriptor is not an object")
     digest, size = raw.get("digest"), raw.get("size", 0)

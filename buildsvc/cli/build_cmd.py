@@ -23,14 +23,21 @@ import click
 from buildsvc.api.client import Client
 from buildsvc.api.errors import DaemonUnavailable
 from buildsvc.api.model import SolveOptions, status_update
+from buildsvc.api.output_client import fetch_outputs, for_daemon, recorded_exporters
 from buildsvc.cache.options import legacy_export, legacy_import
 from buildsvc.cli.attach import attach_build, connection_lost
-from buildsvc.cli.client_side import run_client_side_build
+from buildsvc.cli.client_side import run_client_side_build, run_embedded_client_side_build
 from buildsvc.cli.common import open_from
 from buildsvc.cli.local_contexts import embedded_contexts, send_local_dirs
 from buildsvc.cli.progress import PROGRESS_CHOICES, make_printer
 from buildsvc.cli.remote import connect_from
-from buildsvc.daemon.cache_exports import CacheOptions, check_cache_options, export_caches, import_caches
+from buildsvc.daemon.cache_exports import (
+    CacheOptions,
+    check_cache_options,
+    export_caches,
+    import_caches,
+    inline_cache_for,
+)
 from buildsvc.daemon.engine import Engine, open_engine
 from buildsvc.daemon.exporters import check_exporter, run_exporters
 from buildsvc.daemon.frontend import run_frontend
@@ -119,9 +126,12 @@ def run_build(
     watcher.start()
 
     def export(result: ResultRef | None) -> Mapping[str, str]:
-        response = dict(run_exporters(engine, result, ref, outputs, image_config=image_config))
-        if cache is not None:
-            response.update(export_caches(engine, result, ref, definition, cache.exports))
+        exports = cache.exports if cache is not None else ()
+        inline = inline_cache_for(result, definition, exports)
+        response = dict(
+            run_exporters(engine, result, ref, outputs, image_config=image_config, inline_cache=inline)
+        )
+        response.update(export_caches(engine, result, ref, definition, exports, exporter_response=response))
         return response
 
     request = SolveRequest(
@@ -167,12 +177,15 @@ def run_remote_build(
     local_contexts: Mapping[str, str] | None = None,
     cache_exports: Sequence[Mapping[str, str]] = (),
     cache_imports: Sequence[Mapping[str, str]] = (),
+    rerun_of: str = "",
+    from_failure: bool = False,
 ) -> tuple[str, Mapping[str, str]]:
     """Solve ``definition`` on a daemon, printing progress from its Status stream.
 
     Returns the build ref and the exporters' response. ``local_contexts`` names dirs already sent
-    (see :mod:`buildsvc.cli.local_contexts`); ``local_dirs`` and destinations are paths on the
-    daemon host, made absolute here because the daemon's working directory is not ours.
+    (see :mod:`buildsvc.cli.local_contexts`); ``local_dirs`` are paths on the daemon host, made
+    absolute here because the daemon's working directory is not ours. Outputs are written here from
+    what the daemon staged (:mod:`buildsvc.api.output_client`), unless ``daemon-host=true``.
     """
     ref = build_ref or uuid.uuid4().hex[:25]
     printer = make_printer(progress)
@@ -193,14 +206,14 @@ def run_remote_build(
         definition_json=definition.to_json(indent=None).encode() if definition is not None else b"",
         frontend=frontend,
         frontend_attrs=dict(frontend_attrs or {}),
-        exporters=tuple(
-            {**out, "dest": os.path.abspath(out["dest"])} if out.get("dest") else dict(out) for out in outputs
-        ),
+        exporters=tuple(for_daemon(outputs)),  # written here from what the daemon stages
         local_dirs={name: path.resolve() for name, path in local_dirs.items()},
         actor=_actor(),
         local_contexts=dict(local_contexts or {}),
         cache_exports=tuple(_absolute(c, "dest", "store") for c in cache_exports),
         cache_imports=tuple(_absolute(c, "src", "store") for c in cache_imports),
+        rerun_of=rerun_of,
+        from_failure=from_failure,
     )
     try:
         response = client.solve(options)
@@ -215,6 +228,7 @@ def run_remote_build(
         watcher.join(5)
         if printer is not None:
             printer.close()
+    fetch_outputs(client.channel, ref, options.exporters, addr=client.addr)
     return ref, response
 
 
@@ -247,7 +261,7 @@ def run_remote_build(
     "-o",
     "outputs",
     multiple=True,
-    metavar="type=local|tar|oci,dest=PATH[,name=REF] | type=image,name=REF,push=true",
+    metavar="type=local|tar|oci,dest=PATH|-[,name=REF][,daemon-host=true] | type=image,name=REF,push=true",
     help="Where the result goes (repeatable).",
 )
 @click.option(
@@ -284,7 +298,17 @@ def run_remote_build(
 @click.option(
     "--client-side",
     is_flag=True,
-    help="Run the Dockerfile frontend in this process over the daemon's gateway (LLBBridge).",
+    help="Run the Dockerfile frontend in this process over the gateway (a daemon's LLBBridge, or the "
+    "embedded engine's).",
+)
+@click.option(
+    "--rerun",
+    "rerun_of",
+    metavar="REF",
+    help="Run the recorded build REF again: its definition, options and local dirs from the log.",
+)
+@click.option(
+    "--from-failure", is_flag=True, help="With --rerun: start at REF's failed step, reusing what came before."
 )
 @click.pass_context
 def build(
@@ -304,6 +328,8 @@ def build(
     export_cache: tuple[str, ...],
     export_cache_opts: tuple[str, ...],
     import_cache: tuple[str, ...],
+    rerun_of: str | None,
+    from_failure: bool,
 ) -> None:
     """Build a definition (--llb) or a Dockerfile (CONTEXT, or --frontend dockerfile.v0 with
     --local context=DIR --local dockerfile=DIR) on a daemon or with the embedded engine.
@@ -312,12 +338,40 @@ def build(
     """
     local_dirs = _locals(locals_)
     frontend_attrs = dict(_opt(o) for o in opts)
+    if rerun_of or from_failure:
+        if context or llb_file or frontend or dockerfile or locals_ or opts or client_side or workers:
+            raise click.UsageError("--rerun takes the build from the log: give no inputs, only --output")
+        if not rerun_of:
+            raise click.UsageError("--from-failure goes with --rerun REF")
+        client = connect_from(ctx)
+        if client is None:
+            raise click.UsageError("--rerun REF runs a build recorded by a daemon: none answers")
+        ref, response = run_remote_build(
+            client,
+            None,
+            local_dirs={},
+            outputs=_outputs(outputs),
+            progress=progress,
+            build_ref=build_ref,
+            rerun_of=rerun_of,
+            from_failure=from_failure,
+        )
+        _write_metadata(metadata_file, ref, response)
+        click.echo(f"build {ref} completed (a rerun of {rerun_of})", err=True)
+        return
     if build_ref and not (context or llb_file or frontend or dockerfile or locals_ or outputs or opts):
         # --ref alone: re-attach to a build that runs (or ran) on the daemon, e.g. a resumed one.
         attached = connect_from(ctx)
         if attached is None:
             raise click.UsageError("--ref alone re-attaches to a daemon's build: no daemon answers")
-        _write_metadata(metadata_file, build_ref, attach_build(attached, build_ref, progress))
+        response = attach_build(attached, build_ref, progress)
+        # Its outputs for the client, staged again if the build was resumed, go where it asked.
+        exporters = recorded_exporters(attached, build_ref)
+        skipped: list[str] = []  # fetched already by its own client, or never staged
+        fetch_outputs(attached.channel, build_ref, exporters, addr=attached.addr, skipped=skipped)
+        for note in skipped:
+            click.echo(f"note: {note}", err=True)
+        _write_metadata(metadata_file, build_ref, response)
         click.echo(f"build {build_ref} completed", err=True)
         return
     if llb_file is not None:
@@ -342,11 +396,13 @@ def build(
     if client_side and definition is not None:
         raise click.UsageError("--client-side runs the Dockerfile frontend: give CONTEXT or -f, not --llb")
     parsed_outputs = _outputs(outputs)
+    if progress == "rawjson" and any(o.get("dest") == "-" for o in parsed_outputs):
+        raise InvalidInput("--progress rawjson prints to stdout: no output can go to stdout (dest=-) with it")
     cache_exports, export_warnings = legacy_export(export_cache, export_cache_opts)
     cache_imports, import_warnings = legacy_import(import_cache)
     for warning in (*export_warnings, *import_warnings):
         click.echo(f"warning: {warning}", err=True)
-    cache = check_cache_options(cache_exports, cache_imports, frontend_attrs)
+    cache = check_cache_options(cache_exports, cache_imports, frontend_attrs, outputs=parsed_outputs)
     client = connect_from(ctx)
     if client is not None:
         if workers:
@@ -355,17 +411,21 @@ def build(
             client, local_dirs, frontend=frontend or "", frontend_attrs=frontend_attrs, progress=progress
         )
         if client_side:
+            sent_outputs = for_daemon(parsed_outputs)
             ref, response = run_client_side_build(
                 client,
                 local_dirs=local_dirs,
                 local_contexts={name: t.manifest_digest for name, t in sent.items()},
-                outputs=parsed_outputs,
+                outputs=sent_outputs,
                 progress=progress,
                 build_ref=build_ref,
                 frontend=frontend or "",
                 frontend_attrs=frontend_attrs,
                 actor=_actor(),
+                cache_exports=[_absolute(c, "dest", "store") for c in cache_exports],
+                cache_imports=[_absolute(c, "src", "store") for c in cache_imports],
             )
+            fetch_outputs(client.channel, ref, sent_outputs, addr=client.addr)
             _write_metadata(metadata_file, ref, response)
             click.echo(f"build {ref} completed", err=True)
             return
@@ -385,10 +445,8 @@ def build(
         _write_metadata(metadata_file, ref, response)
         click.echo(f"build {ref} completed", err=True)
         return
-    if client_side:
-        raise click.UsageError(
-            "--client-side runs the frontend against a daemon's gateway: no daemon answers"
-        )
+    if any(o.get("dest") == "-" for o in parsed_outputs):
+        raise InvalidInput("--output dest=- (stdout) needs a daemon; the embedded engine writes files")
     state = open_from(ctx)
     build_ref = build_ref or uuid.uuid4().hex[:25]
     contexts = embedded_contexts(
@@ -401,6 +459,21 @@ def build(
     )
     local_dirs = contexts.dirs
     with open_engine(state, worker_names=list(workers) or None) as engine:
+        if client_side:  # the frontend runs here, over the embedded engine's gateway
+            ref, response = run_embedded_client_side_build(
+                engine,
+                contexts=contexts,
+                outputs=parsed_outputs,
+                progress=progress,
+                build_ref=build_ref,
+                frontend=frontend or "",
+                frontend_attrs=frontend_attrs,
+                actor=_actor(),
+                cache=cache,
+            )
+            _write_metadata(metadata_file, ref, response)
+            click.echo(f"build {ref} completed", err=True)
+            return
         image_config: dict[str, Any] | None = None
         if definition is None:
             made = run_frontend(frontend, frontend_attrs, local_dirs, engine.images)

@@ -4,22 +4,32 @@ The Dockerfile is read and lowered here; base images are resolved by the daemon 
 ResolveImageConfig (its registry client and settings, so the digest pinned here is the one its
 solver pulls), and the definition is solved there. Progress shows the job's stream and, as each
 solve the frontend asks for starts, that solve's stream too.
+
+With no daemon the same frontend runs against the embedded engine's gateway, in this process
+(:mod:`buildsvc.api.gateway_local`): the same job, solves, events and released refs.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from buildsvc.api.client import Client, StatusStream
 from buildsvc.api.gateway_client import dockerfile_frontend, read_dockerfile
+from buildsvc.api.gateway_local import run_local_build
+from buildsvc.api.model import status_update
 from buildsvc.cli.progress import ProgressPrinter, make_printer
+from buildsvc.contexts import ReceivedContexts
+from buildsvc.daemon.cache_exports import CacheOptions
+from buildsvc.daemon.engine import Engine
 from buildsvc.errors import InvalidInput
+from buildsvc.events.subscription import Subscription
 
-__all__ = ["run_client_side_build"]
+__all__ = ["run_client_side_build", "run_embedded_client_side_build"]
 
 
 class _Follower:
@@ -79,13 +89,11 @@ def run_client_side_build(
     frontend: str,
     frontend_attrs: Mapping[str, str],
     actor: str,
+    cache_exports: Sequence[Mapping[str, str]] = (),
+    cache_imports: Sequence[Mapping[str, str]] = (),
 ) -> tuple[str, Mapping[str, str]]:
     """Run ``dockerfile.v0`` here against the daemon's gateway; the build ref and exporters' response."""
-    if frontend != "dockerfile.v0":
-        raise InvalidInput(f"--client-side runs the dockerfile.v0 frontend, not {frontend!r}")
-    if "dockerfile" not in local_dirs:
-        raise InvalidInput("--client-side needs the Dockerfile's dir (CONTEXT, -f or --local dockerfile=DIR)")
-    text = read_dockerfile(local_dirs["dockerfile"], frontend_attrs.get("filename", "Dockerfile"))
+    text = _dockerfile(frontend, frontend_attrs, local_dirs)
     ref = build_ref or uuid.uuid4().hex[:25]
     follower = _Follower(client, make_printer(progress))
     follower.follow(ref)
@@ -100,7 +108,70 @@ def run_client_side_build(
             local_contexts=local_contexts,
             frontend_attrs=frontend_attrs,
             actor=actor,
+            cache_exports=cache_exports,
+            cache_imports=cache_imports,
         )
     finally:
         follower.stop(30)
     return outcome.build_ref, outcome.exporter_response
+
+
+def run_embedded_client_side_build(
+    engine: Engine,
+    *,
+    contexts: ReceivedContexts,
+    outputs: Sequence[Mapping[str, str]],
+    progress: str,
+    build_ref: str,
+    frontend: str,
+    frontend_attrs: Mapping[str, str],
+    actor: str,
+    cache: CacheOptions | None = None,
+) -> tuple[str, Mapping[str, str]]:
+    """Run ``dockerfile.v0`` here against the embedded engine's gateway (no daemon)."""
+    text = _dockerfile(frontend, frontend_attrs, contexts.dirs)
+    store = engine.state.store
+    printer = make_printer(progress)
+    follow = Subscription(store, after=store.head(), poll_interval=0.05)
+    job_stream = f"build-{build_ref}"
+
+    def show() -> None:
+        # The job's stream and its solves' (build-<job>-<n>), as the daemon's Status would send them.
+        for stored in follow:
+            if printer is not None and (
+                stored.stream_id == job_stream or stored.stream_id.startswith(f"{job_stream}-")
+            ):
+                printer.feed(status_update(stored))
+
+    watcher = threading.Thread(target=show, name="progress", daemon=True)
+    watcher.start()
+    try:
+        outcome = run_local_build(
+            engine,
+            dockerfile_frontend(text, frontend_attrs),
+            build_ref=build_ref,
+            outputs=outputs,
+            contexts=contexts,
+            frontend_attrs=frontend_attrs,
+            actor=actor,
+            cache=cache,
+        )
+    finally:
+        # Print everything the build recorded before returning (or raising).
+        last = store.head()
+        deadline = time.monotonic() + 10
+        while follow.position < last and watcher.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        follow.close()
+        watcher.join(5)
+        if printer is not None:
+            printer.close()
+    return outcome.build_ref, outcome.exporter_response
+
+
+def _dockerfile(frontend: str, frontend_attrs: Mapping[str, str], local_dirs: Mapping[str, Path]) -> str:
+    if frontend != "dockerfile.v0":
+        raise InvalidInput(f"--client-side runs the dockerfile.v0 frontend, not {frontend!r}")
+    if "dockerfile" not in local_dirs:
+        raise InvalidInput("--client-side needs the Dockerfile's dir (CONTEXT, -f or --local dockerfile=DIR)")
+    return read_dockerfile(local_dirs["dockerfile"], frontend_attrs.get("filename", "Dockerfile"))

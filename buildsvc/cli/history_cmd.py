@@ -18,17 +18,18 @@ import click
 from buildsvc.api.model import status_update
 from buildsvc.cli.attach import follow_build, result_of
 from buildsvc.cli.common import FORMAT_OPTION, console, echo_json, open_from, print_table
+from buildsvc.cli.debug_cmd import debug
+from buildsvc.cli.log_source import LogSource, log_source
 from buildsvc.cli.progress import PlainProgress
 from buildsvc.cli.remote import connect_from
 from buildsvc.cli.replay_render import gantt_html, print_timeline, replay_json
 from buildsvc.daemon.history import update_build_history
-from buildsvc.daemon.leaks import RootLeakReport, scan_leaks
-from buildsvc.daemon.state import State
+from buildsvc.daemon.leaks import RootLeakReport, report_from_json, report_to_json, scan_leaks
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.envelope import StoredEvent, format_time
 from buildsvc.projections.build_request import BuildRequest, build_request
-from buildsvc.projections.builds import get_build, list_builds
+from buildsvc.projections.builds import list_builds
 from buildsvc.projections.provenance import provenance_statement
 from buildsvc.projections.replay import Cut, replay
 from buildsvc.projections.timeline import build_spans
@@ -83,13 +84,11 @@ def inspect(ctx: click.Context, ref: str, fmt: str) -> None:
 
     Works while the build runs (its rows are caught up from the log first).
     """
-    state = open_from(ctx)
-    state.runner.run_once()
-    with state.db.read() as conn:
-        build = get_build(conn, ref)
+    source = log_source(ctx)
+    build = source.build(ref)
     if build is None:
         raise NotFound(f"no build {ref!r} in the history")
-    request = build_request(state.store.read_stream(f"build-{ref}"))
+    request = build_request(source.stream(f"build-{ref}"))
     locations = request.locations if request is not None else {}
     if request is not None:
         _add_queued(build, request)
@@ -199,8 +198,8 @@ def _echo_request(request: BuildRequest) -> None:
         click.echo(f"{'input:':<14}{item.identifier} {item.digest or '(not resolved)'}")
 
 
-def _stream(state: State, ref: str) -> list[StoredEvent]:
-    events = state.store.read_stream(f"build-{ref}")
+def _stream(source: LogSource, ref: str) -> list[StoredEvent]:
+    events = source.stream(f"build-{ref}")
     if not events:
         raise NotFound(f"no build {ref!r} in the log")
     return events
@@ -212,8 +211,7 @@ def _stream(state: State, ref: str) -> list[StoredEvent]:
 @click.pass_context
 def trace(ctx: click.Context, ref: str, fmt: str) -> None:
     """Print the spans of a build (the solve and each vertex), rebuilt from its events."""
-    state = open_from(ctx)
-    spans = build_spans(_stream(state, ref))
+    spans = build_spans(_stream(log_source(ctx), ref))
     if fmt == "json":
         echo_json(
             [
@@ -254,9 +252,8 @@ def logs(ctx: click.Context, ref: str, follow: bool) -> None:
             result_of(final, ref)  # a failed or cancelled build exits 1 with its error
             click.echo(f"build {ref} completed", err=True)
         return
-    state = open_from(ctx)
     printer = PlainProgress(out=sys.stdout)
-    for stored in _stream(state, ref):
+    for stored in _stream(log_source(ctx), ref):
         printer.feed(status_update(stored))
 
 
@@ -296,14 +293,16 @@ def replay_cmd(
     """Rebuild, from events alone, the build and the daemon at a moment (default: the build's end)."""
     if at_text is not None and position is not None:
         raise InvalidInput("give --at or --position, not both")
-    state = open_from(ctx)
-    own = _stream(state, ref)
+    source = log_source(ctx)
+    own = _stream(source, ref)
+    until = 0  # a time cut ends the fold where it passes; a position cut ends the read there too
     if at_text is not None:
         cut = Cut(at=_parse_at(at_text, own[0].recorded_at))
     else:
         # By default the moment the build's last event was recorded (or still is, while it runs).
         cut = Cut(position=position if position is not None else own[-1].position)
-    replayed = replay(state.store.read_all(batch_size=5000), ref, cut)
+        until = cut.position or 0
+    replayed = replay(source.log(until=until), ref, cut)
     if html_file is not None:
         html_file.write_text(gantt_html(replayed), encoding="utf-8")
     if fmt == "json":
@@ -322,11 +321,11 @@ def replay_cmd(
 @click.pass_context
 def provenance(ctx: click.Context, ref: str, output: Path | None) -> None:
     """Write an in-toto statement with a SLSA provenance v1 predicate, built from the log."""
-    state = open_from(ctx)
-    events = _stream(state, ref)
+    source = log_source(ctx)
+    events = _stream(source, ref)
     started = next((s for s in events if s.type == ev.SolveStarted.type_name), None)
     daemon_id = started.payload.get("daemon_id", "") if started is not None else ""
-    daemon_events = state.store.read_stream(f"daemon-{daemon_id}") if daemon_id else []
+    daemon_events = source.stream(f"daemon-{daemon_id}") if daemon_id else []
     try:
         statement = provenance_statement(events, daemon_events)
     except ValueError as e:
@@ -377,19 +376,15 @@ def leaks(ctx: click.Context, build_ref: str | None, fmt: str) -> None:
     nothing references, data on disk no live snapshot accounts for, snapshots and cache records
     whose data is gone, and mounts left under the root. Exits 1 when there is a leak.
     """
-    state = open_from(ctx)
-    state.runner.run_once()
-    report = scan_leaks(state, build_ref=build_ref)
+    client = connect_from(ctx)
+    if client is not None:  # the daemon scans its own root
+        report = report_from_json(client.leaks(build_ref=build_ref or ""))
+    else:
+        state = open_from(ctx)
+        state.runner.run_once()
+        report = scan_leaks(state, build_ref=build_ref)
     if fmt == "json":
-        echo_json(
-            {
-                "refs": [_fields(r.ref) | {"life": [_fields(e) for e in r.life]} for r in report.refs],
-                "snapshots": [_fields(s) for s in report.unreferenced],
-                "untracked": [_fields(u) for u in report.untracked],
-                "missing": [_fields(m) for m in report.missing],
-                "mounts": [_fields(m) for m in report.mounts],
-            }
-        )
+        echo_json(report_to_json(report))
     else:
         _print_leaks(report)
     if not report.empty:
@@ -443,8 +438,6 @@ def _print_leaks(report: RootLeakReport) -> None:
         click.echo("no leaks")
 
 
-def _fields(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
-
+history_group.add_command(debug)  # buildsvc/cli/debug_cmd.py (issue 5)
 
 COMMANDS = [history_group, leaks]

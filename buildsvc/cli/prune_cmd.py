@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from buildsvc.api.model import PruneSkipped, UsageRecord
+from buildsvc.api.peercred import local_actor
 from buildsvc.cli.common import FORMAT_OPTION, echo_json, open_from, print_table
 from buildsvc.cli.du_cmd import usage_json
 from buildsvc.cli.remote import connect_from
@@ -59,7 +60,9 @@ def prune_command(
     else:
         state = open_from(ctx)
         with open_engine(state) as engine:
-            report = prune(engine, all=all_, keep_duration=keep_duration, filters=filters)
+            report = prune(
+                engine, all=all_, keep_duration=keep_duration, filters=filters, actor=local_actor()
+            )
         removed, skipped = list(report.removed), list(report.skipped)
     reclaimed = sum(r.size_bytes for r in removed)
     if fmt == "json":

@@ -9,7 +9,7 @@ every build's inputs are content-addressed and ``.dockerignore`` applies to both
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from buildsvc.contexts.dockerignore import scan_rules
@@ -30,6 +30,24 @@ class ReceivedContexts:
     digests: dict[str, str] = field(default_factory=dict)
     """Name -> manifest digest (recorded in ``SolveRequested``)."""
     events: tuple[ev.LocalContextReceived, ...] = ()
+
+    def handed_to(self, build_ref: str) -> ReceivedContexts:
+        """The same dirs as another build gets them from this one (a gateway job's solves): the same
+        manifests, recorded in ``build_ref``'s stream with ``source`` ``job`` and nothing sent again.
+        """
+        events = tuple(
+            replace(
+                e,
+                build_ref=build_ref,
+                source="job",
+                host_path="",
+                files_uploaded=0,
+                bytes_uploaded=0,
+                files_reused=e.files,
+            )
+            for e in self.events
+        )
+        return replace(self, events=events)
 
 
 def _event(

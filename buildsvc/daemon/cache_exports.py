@@ -6,13 +6,18 @@ harmless), and each becomes a cache record (``CacheRecordAdded`` with ``source=i
 a ref held by the record), so the solver's ordinary lookup finds it. A record whose key the index
 already has on the worker is matched, not unpacked. Everything an import does goes to its own
 stream ``cache-import-<id>`` (the build's stream starts with the solve), ending with
-``CacheImported``. A corrupt or missing blob fails the build with a message naming it, or, with
-``ignore-error=true``, leaves that record out (a miss, never a wrong hit).
+``CacheImported``; the import's events go in one append. A corrupt or missing blob fails the build
+with a message naming it, or, with ``ignore-error=true``, leaves that record out (a miss, never a
+wrong hit): a blob is verified before its layer is committed (a plain tar by the unpacker's diff-id
+hash, in the same read; anything else by hashing it first). An imported record carries the vertex
+the cache names (empty for BuildKit's caches).
 
 Export runs in the solve's export step, while the solve still holds its results: the records the
 mode picks, their snapshot chains as layers (a layer per snapshot, written once per snapshot and
 compression, then reused from ``<root>/cache/layers``), recorded as ``CacheExportStarted`` then
-``CacheExportCompleted`` or ``CacheExportFailed`` in the build's stream.
+``CacheExportCompleted`` or ``CacheExportFailed`` in the build's stream. Layers are made two at a
+time, and a local export hard-links them into the layout when it can. ``type=inline`` is written by
+the image exporter (:func:`inline_cache_for` gives it the record) and only recorded here.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
+from buildsvc.cache.config import CacheConfigError
 from buildsvc.cache.export import Step, plan_records, write_cache
 from buildsvc.cache.imports import ImportLayer, ImportRecord
+from buildsvc.cache.inline import InlineCache
 from buildsvc.cache.layers import LayerBlob, write_layer
-from buildsvc.cache.local import LocalSource, LocalTarget
+from buildsvc.cache.local import BlobAccess, LocalSource, LocalTarget
 from buildsvc.cache.options import CacheExportSpec, CacheImportSpec, parse_export, parse_import
 from buildsvc.daemon.cache_registry import RegistrySource, RegistryTarget
 from buildsvc.daemon.engine import Engine
@@ -48,6 +55,7 @@ from buildsvc.solver.engine import ResultRef
 from buildsvc.solver.worker import SnapshotKind
 from buildsvc.solver.worker import Worker as SolverWorker
 from buildsvc.sources import apply_layer
+from buildsvc.sources.errors import DigestMismatch, InvalidImage
 from buildsvc.sources.images import overlay_upper_dir
 from buildsvc.sources.unpack import WhiteoutMode
 
@@ -58,6 +66,7 @@ __all__ = [
     "export_caches",
     "frontend_attrs_with_imports",
     "import_caches",
+    "inline_cache_for",
 ]
 
 CACHE_IMPORTS_OPTION = "cache-imports"
@@ -78,10 +87,12 @@ def check_cache_options(
     frontend_attrs: Mapping[str, str] | None = None,
     *,
     absolute_paths: bool = False,
+    outputs: Sequence[Mapping[str, str]] | None = None,
 ) -> CacheOptions:
     """Check the specs (``InvalidInput`` naming the bad one); imports a frontend option names are added.
 
     ``absolute_paths`` (the daemon): local dirs must be absolute, the daemon's cwd means nothing.
+    ``outputs`` (when known): an inline export needs an image output to carry it.
     """
     attrs = dict(frontend_attrs or {})
     wanted = [dict(i) for i in imports] + _frontend_imports(attrs.get(CACHE_IMPORTS_OPTION, ""))
@@ -94,7 +105,28 @@ def check_cache_options(
         for i in checked_imports:
             if i.type == "local" and not os.path.isabs(i.src):
                 raise InvalidInput(f"import-cache type=local: src= must be an absolute path, got {i.src!r}")
+    inline = any(e.type == "inline" for e in checked_exports)
+    if inline and outputs is not None and not any(o.get("type") in IMAGE_OUTPUTS for o in outputs):
+        raise InvalidInput(
+            "export-cache type=inline: the cache goes in an image's config, and this build has "
+            "no image output (add --output type=image,... or type=oci,...)"
+        )
     return CacheOptions(exports=checked_exports, imports=checked_imports)
+
+
+IMAGE_OUTPUTS = ("image", "oci")
+"""The outputs whose image config carries an inline cache."""
+
+
+def inline_cache_for(
+    result: ResultRef | None, definition: Definition, exports: Sequence[CacheExportSpec]
+) -> InlineCache | None:
+    """The record an image output carries when ``type=inline`` is asked for (and there is a result)."""
+    if not any(e.type == "inline" for e in exports):
+        return None
+    if result is None or result.snapshot_id is None or definition.output is None:
+        return None  # an empty result: no layer to point at, nothing to reuse
+    return InlineCache(key=result.cache_key, output=definition.output.index, vertex=definition.output.digest)
 
 
 def frontend_attrs_with_imports(
@@ -137,8 +169,9 @@ class _Source(Protocol):
     manifest_digest: str
     records: list[ImportRecord]
     bytes_read: int
+    where: str
 
-    def blob(self, digest: str, size: int, work: Path) -> tuple[Path, int]: ...
+    def blob(self, digest: str, size: int, work: Path, diff_id: str = "") -> BlobAccess: ...
 
 
 _unpack_locks: dict[str, threading.Lock] = {}
@@ -169,6 +202,9 @@ def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
         imported = matched = skipped = layers = 0
         read = source.bytes_read
         errors: list[str] = []
+        # What the import made, recorded in one append with its end (an append per record cost
+        # more than unpacking a small layer); a failure records what was made before it.
+        events: list[Event] = []
         with tempfile.TemporaryDirectory(prefix="cache-import-", dir=engine.state.root) as work:
             for record in source.records:
                 if _has_record(engine, record, worker):
@@ -179,17 +215,17 @@ def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
                 except BuildsvcError as e:
                     errors.append(str(e))
                     if not spec.ignore_error:
-                        _import_failed(engine, stream, build_ref, spec, str(e))
+                        _import_failed(engine, stream, build_ref, spec, str(e), events)
                         raise
                     skipped += 1
                     continue
                 read += moved
                 layers += len(made)
-                events: list[Event] = _snapshot_events(worker, made)
+                events.extend(_snapshot_events(worker, made))
                 events.append(
                     ev.CacheRecordAdded(
                         cache_key=record.key,
-                        vertex="",
+                        vertex=record.vertex,
                         snapshot_id=record.snapshot,
                         output=record.output,
                         worker=worker.name,
@@ -207,11 +243,11 @@ def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
                         build_ref=build_ref,
                     )
                 )
-                engine.state.store.append(stream, events)
                 imported += 1
     engine.state.store.append(
         stream,
         [
+            *events,
             ev.CacheImported(
                 build_ref=build_ref,
                 type=spec.type,
@@ -223,15 +259,22 @@ def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
                 layers=layers,
                 bytes_read=read,
                 error="; ".join(errors),
-            )
+            ),
         ],
     )
 
 
-def _import_failed(engine: Engine, stream: str, build_ref: str, spec: CacheImportSpec, error: str) -> None:
+def _import_failed(
+    engine: Engine,
+    stream: str,
+    build_ref: str,
+    spec: CacheImportSpec,
+    error: str,
+    made: Sequence[Event] = (),
+) -> None:
     engine.state.store.append(
         stream,
-        [ev.CacheImported(build_ref=build_ref, type=spec.type, attrs=dict(spec.attrs), error=error)],
+        [*made, ev.CacheImported(build_ref=build_ref, type=spec.type, attrs=dict(spec.attrs), error=error)],
     )
 
 
@@ -257,9 +300,16 @@ def _unpack_chain(
         with _lock(f"{worker.name}/{layer.key}"):
             if _committed(worker, layer.key):
                 continue
-            path, read = source.blob(layer.blob, layer.size, work)
-            moved += read
-            _unpack_layer(worker, layer, path)
+            blob = source.blob(layer.blob, layer.size, work, layer.diff_id)
+            moved += blob.read
+            try:
+                _unpack_layer(worker, layer, blob.path)
+            except (DigestMismatch, InvalidImage) as e:
+                if not blob.check_on_unpack:
+                    raise
+                # The unpack was the blob's digest check (see LocalSource.blob): it failed, the
+                # layer was discarded, and the blob is what is wrong.
+                raise CacheConfigError(str(source.where), f"layer blob {layer.blob} is corrupt ({e})") from e
             made.append(layer)
     return made, moved, sum(layer.size for layer in chain)
 
@@ -341,18 +391,29 @@ def export_caches(
     build_ref: str,
     definition: Definition,
     exports: Sequence[CacheExportSpec],
+    *,
+    exporter_response: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Run each export (see the module doc); returns ``cache.export.<n>.digest`` keys for the response."""
+    """Run each export (see the module doc); returns ``cache.export.<n>.digest`` keys for the response.
+
+    An inline export was written by the image exporter (see :func:`inline_cache_for`); here it is
+    recorded, with the image's manifest digest from ``exporter_response``.
+    """
     response: dict[str, str] = {}
     for n, spec in enumerate(exports):
-        digest = _export_one(engine, result, build_ref, definition, spec)
+        digest = _export_one(engine, result, build_ref, definition, spec, exporter_response or {})
         if digest:
             response[f"cache.export.{n}.digest"] = digest
     return response
 
 
 def _export_one(
-    engine: Engine, result: ResultRef | None, build_ref: str, definition: Definition, spec: CacheExportSpec
+    engine: Engine,
+    result: ResultRef | None,
+    build_ref: str,
+    definition: Definition,
+    spec: CacheExportSpec,
+    exporter_response: Mapping[str, str],
 ) -> str:
     export_id = uuid.uuid4().hex[:16]
     stream = f"build-{build_ref}"
@@ -370,9 +431,15 @@ def _export_one(
     )
     try:
         if spec.type == "inline":
-            raise InvalidInput(
-                "export-cache type=inline is not supported yet (use type=local or type=registry)"
-            )
+            image_digest = exporter_response.get("containerimage.digest", "")
+            if not image_digest:
+                raise InvalidInput(
+                    "export-cache type=inline: no image output carried it "
+                    "(add --output type=image,... or type=oci,...)"
+                )
+            has_result = inline_cache_for(result, definition, [spec]) is not None
+            _record_inline(engine, stream, build_ref, export_id, image_digest, has_result)
+            return image_digest
         records = []
         if result is not None and result.snapshot_id is not None and definition.output is not None:
             steps = {
@@ -389,7 +456,10 @@ def _export_one(
         layers = _LayerCache(engine, worker, build_ref, spec)
         with client_for(engine.registry, insecure=spec.insecure) as client:
             target = (
-                LocalTarget(spec.dest, spec.tag) if spec.type == "local" else RegistryTarget(client, spec.ref)
+                # Linked, not copied: _LayerCache notices a blob changed in place (its mtime).
+                LocalTarget(spec.dest, spec.tag, link_blobs=True)
+                if spec.type == "local"
+                else RegistryTarget(client, spec.ref)
             )
             summary = write_cache(
                 records,
@@ -431,6 +501,25 @@ def _export_one(
     return summary.manifest_digest
 
 
+def _record_inline(
+    engine: Engine, stream: str, build_ref: str, export_id: str, image_digest: str, has_result: bool
+) -> None:
+    engine.state.store.append(
+        stream,
+        [
+            ev.CacheExportCompleted(
+                build_ref=build_ref,
+                export_id=export_id,
+                manifest_digest=image_digest,
+                records=1 if has_result else 0,
+                layers=0,  # the image's own layers: the image exporter wrote and recorded them
+                layers_written=0,
+                bytes_written=0,
+            )
+        ],
+    )
+
+
 class _LayerCache:
     """Each committed snapshot's layer blob, written once per compression and reused after.
 
@@ -458,7 +547,10 @@ class _LayerCache:
         with _lock(f"layer/{name}"):
             if note.is_file() and blob_path.is_file():
                 doc = json.loads(note.read_text())
-                if blob_path.stat().st_size == doc["size"]:
+                st = blob_path.stat()
+                # Same size and mtime: untouched since written (a layout it is linked into shares
+                # the file, and an edit there changes the mtime; then the layer is made again).
+                if st.st_size == doc["size"] and st.st_mtime_ns == doc.get("mtime_ns"):
                     return LayerBlob(
                         path=blob_path,
                         digest=doc["digest"],
@@ -487,6 +579,7 @@ class _LayerCache:
                 "diff_id": blob.diff_id,
                 "size": blob.size,
                 "media_type": blob.media_type,
+                "mtime_ns": blob_path.stat().st_mtime_ns,
             }
             tmp = note.with_name(f".{note.name}.tmp")
             tmp.write_text(json.dumps(doc))

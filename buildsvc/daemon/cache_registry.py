@@ -2,16 +2,19 @@
 
 The blobs, the config and the root document go through the engine's registry client (the same one
 pulls images), the root tagged with the reference's tag. Reading back fetches the root by tag (or
-digest), then each layer blob into the engine's content store, verified against its digest.
+digest), then each layer blob into the engine's content store, verified against its digest. A ref
+naming an image (not a cache root) is read for the inline cache its config carries.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from buildsvc.cache.config import CacheConfig, parse_config
+from buildsvc.cache.config import parse_config
 from buildsvc.cache.imports import ImportRecord, import_records
+from buildsvc.cache.inline import image_manifest_parts, parse_inline
 from buildsvc.cache.layers import LayerBlob
+from buildsvc.cache.local import BlobAccess
 from buildsvc.cache.manifest import parse_root
 from buildsvc.daemon.registry_push import file_chunks
 from buildsvc.errors import InvalidInput
@@ -66,20 +69,30 @@ class RegistrySource:
         self.where = f"{ref}{'@' + digest if digest else ''}"
         data, _ = client.get_manifest(self.ref, digest or self.ref.tag)
         self.manifest_digest = sha256_digest(data)
-        self.root = parse_root(data, self.where)
-        config_path = self.content.path(self.root.config.digest)
-        if not self.content.has(self.root.config.digest):
-            client.fetch_blob(self.ref, self._desc(self.root.config.digest, self.root.config.size), content)
-        self.config: CacheConfig = parse_config(self.content.read(self.root.config.digest), self.where)
+        image = image_manifest_parts(data, self.where)
+        config_blob = image[0] if image is not None else parse_root(data, self.where).config
+        config_bytes = self._small_blob(config_blob.digest, config_blob.size)
+        if image is not None:
+            # An image pushed with --export-cache type=inline: the cache is in its config.
+            self.config, self.root = parse_inline(config_bytes, config_blob, image[1], self.where)
+        else:
+            self.root = parse_root(data, self.where)
+            self.config = parse_config(config_bytes, self.where)
         self.records: list[ImportRecord] = import_records(self.config, self.root, self.where)
-        self.bytes_read = len(data) + Path(config_path).stat().st_size
+        self.bytes_read = len(data) + len(config_bytes)
 
-    def blob(self, digest: str, size: int, work: Path) -> tuple[Path, int]:
-        """The layer blob, fetched into the content store when missing (verified); bytes read."""
+    def _small_blob(self, digest: str, size: int) -> bytes:
+        """A config blob, through the content store (verified as it is fetched)."""
+        if not self.content.has(digest):
+            self.client.fetch_blob(self.ref, self._desc(digest, size), self.content)
+        return self.content.read(digest)
+
+    def blob(self, digest: str, size: int, work: Path, diff_id: str = "") -> BlobAccess:
+        """The layer blob, fetched into the content store when missing (verified as it is written)."""
         if self.content.has(digest):
-            return Path(self.content.path(digest)), 0
+            return BlobAccess(path=Path(self.content.path(digest)), read=0)
         path = self.client.fetch_blob(self.ref, self._desc(digest, size), self.content)
-        return Path(path), size
+        return BlobAccess(path=Path(path), read=size)
 
     @staticmethod
     def _desc(digest: str, size: int) -> Descriptor:

@@ -38,7 +38,7 @@ from buildsvc.projections.schema import cache_records
 from buildsvc.solver.engine import ResultRef, Solver
 from buildsvc.solver.handlers import Backends
 from buildsvc.solver.http_source import HttpDownloader
-from buildsvc.solver.recording import BuildRecorder
+from buildsvc.solver.recording import DAEMON_ACTOR, BuildRecorder
 from buildsvc.sources import ImageStore, RegistryClient, RegistryOptions
 from buildsvc.sources.adapter import StoreImageSource
 
@@ -77,7 +77,9 @@ class Engine:
         self._closed = True
         try:
             self.solver.close()
-            self.state.store.append(self.stream, [ev.DaemonStopped(daemon_id=self.daemon_id, reason=reason)])
+            self.state.store.append(
+                self.stream, [ev.DaemonStopped(daemon_id=self.daemon_id, reason=reason)], actor=DAEMON_ACTOR
+            )
         finally:
             self.registry.close()
             if self.solver.backends.http is not None:
@@ -91,7 +93,9 @@ class Engine:
 
     # --- snapshots -------------------------------------------------------------------------------
 
-    def remove_snapshot(self, worker_name: str, snapshot_id: str, *, reason: str) -> None:
+    def remove_snapshot(
+        self, worker_name: str, snapshot_id: str, *, reason: str, actor: str = DAEMON_ACTOR
+    ) -> None:
         """Delete a snapshot from a worker, unless something still holds it.
 
         Holders are unreleased refs on it (a solve, a vertex, an export...) and live snapshots stacked
@@ -99,7 +103,8 @@ class Engine:
         and nothing is recorded. A cache record is not a holder: a record on the snapshot is dropped
         first (``CacheRecordRemoved`` with its refs released), so no solve takes a hit on data that is
         about to go; then the snapshotter deletes it, and only then is ``SnapshotRemoved`` recorded
-        (in ``daemon-<id>``). A deletion that fails records nothing more.
+        (in ``daemon-<id>``). A deletion that fails records nothing more. ``actor`` is who asked
+        (the caller of a prune), else the daemon itself.
         """
         worker = self._worker(worker_name)
         with self.state.db.read() as conn:
@@ -137,7 +142,7 @@ class Engine:
             for r in cache_refs.values()
         ]
         if dropped:
-            self.state.store.append(self.stream, dropped)
+            self.state.store.append(self.stream, dropped, actor=actor)
             self.solver.forget(snapshot_id)
             # A solve that found the record before it went may have taken a ref since; the record
             # stays dropped (the next solve rebuilds, never a wrong hit) but the data stays too.
@@ -149,6 +154,7 @@ class Engine:
         self.state.store.append(
             self.stream,
             [ev.SnapshotRemoved(snapshot_id=snapshot_id, reason=reason, size_bytes=row.size_bytes)],
+            actor=actor,
         )
 
     def _holders(self, conn: sa.Connection, snapshot_id: str) -> list[SnapshotHolder]:
@@ -312,7 +318,7 @@ def open_engine(
             max_parallel=max_parallel,
             daemon_id=daemon_id,
         )
-        state.store.append(f"daemon-{daemon_id}", events)
+        state.store.append(f"daemon-{daemon_id}", events, actor=DAEMON_ACTOR)
     except BaseException:
         registry.close()
         raise

@@ -28,8 +28,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from buildsvc.cache.inline import INLINE_CACHE_KEY, InlineCache
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.image_layers import base_tree, walk_tree, write_diff_layer, write_full_layer
+from buildsvc.daemon.outputs import CLIENT_DEST, CLIENT_OUTPUT, is_client_output, seal, staging_payload
 from buildsvc.daemon.registry_push import client_for
 from buildsvc.errors import InvalidInput
 from buildsvc.events import catalog as ev
@@ -68,8 +70,10 @@ def check_exporter(attrs: Mapping[str, str]) -> None:
     kind = attrs.get("type", "")
     if kind not in EXPORTER_TYPES:
         raise InvalidInput(f"type must be one of {', '.join(EXPORTER_TYPES)}, got {kind!r}")
-    if kind in ("local", "tar", "oci") and not attrs.get("dest"):
+    if kind in ("local", "tar", "oci") and not attrs.get("dest") and not is_client_output(attrs):
         raise InvalidInput(f"type={kind}: dest= is required")
+    if kind == "image" and is_client_output(attrs):
+        raise InvalidInput("type=image pushes from the daemon: client-dest= is for local, tar and oci")
     name = attrs.get("name", "")
     if kind == "image":
         if not name:
@@ -142,12 +146,13 @@ def export_image_layout(
     *,
     name: str = "",
     image_config: Mapping[str, Any] | None = None,
+    inline_cache: InlineCache | None = None,
 ) -> ExportedImage:
     """Write the result as an OCI image layout tarball at ``dest_tar`` (replaced atomically)."""
     dest_tar = dest_tar.absolute()
     dest_tar.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".buildsvc-oci-", dir=dest_tar.parent) as work:
-        image = _make_image(engine, result, build_ref, Path(work), image_config)
+        image = _make_image(engine, result, build_ref, Path(work), image_config, inline_cache)
         layout = OciLayout(os.path.join(work, "layout"), create=True)
         for layer in image.layers:
             d = layer.descriptor
@@ -184,6 +189,7 @@ def push_image(
     *,
     image_config: Mapping[str, Any] | None = None,
     insecure: bool = False,
+    inline_cache: InlineCache | None = None,
 ) -> ExportedImage:
     """Push the result as an image to ``name`` (its tag); returns the digests pushed."""
     ref = parse_reference(name)
@@ -192,7 +198,7 @@ def push_image(
         raise InvalidInput(f"image name {name!r} has no tag to push to")
     target = Reference(domain=ref.domain, path=ref.path, tag=tag)
     with tempfile.TemporaryDirectory(prefix="buildsvc-push-", dir=engine.state.root) as work:
-        image = _make_image(engine, result, build_ref, Path(work), image_config)
+        image = _make_image(engine, result, build_ref, Path(work), image_config, inline_cache)
         with client_for(engine.registry, insecure=insecure) as client:
             for layer in image.layers:
                 d = layer.descriptor
@@ -217,9 +223,11 @@ def run_exporters(
     outputs: Sequence[Mapping[str, str]],
     *,
     image_config: Mapping[str, Any] | None = None,
+    inline_cache: InlineCache | None = None,
 ) -> dict[str, str]:
     """Run each (checked) exporter on ``result``; their merged response, which the solve records
     and ``--metadata-file`` writes. ``local``/``tar`` go through :class:`Engine`, the rest here.
+    ``inline_cache`` (``--export-cache type=inline``) goes into the config of the image outputs.
     """
     response: dict[str, str] = {}
     for out in outputs:
@@ -233,23 +241,37 @@ def run_exporters(
                 out["name"],
                 image_config=image_config,
                 insecure=is_true(out.get("registry.insecure", "")),
+                inline_cache=inline_cache,
             )
             part.update(image.response())
             part["image.name"] = out["name"]
         else:
-            dest = Path(out["dest"])
-            if kind == "local":
+            # For the client (client-dest): staged under the root, a local tree as a tar to unpack.
+            index = int(out.get(CLIENT_OUTPUT, "0")) if is_client_output(out) else None
+            root = engine.state.root
+            dest = Path(out["dest"]) if index is None else staging_payload(root, build_ref, index)
+            if kind == "local" and index is None:
                 engine.export_local(result, dest, build_ref=build_ref)
-            elif kind == "tar":
+            elif kind in ("local", "tar"):
                 engine.export_tar(result, dest, build_ref=build_ref)
             else:
                 image = export_image_layout(
-                    engine, result, build_ref, dest, name=out.get("name", ""), image_config=image_config
+                    engine,
+                    result,
+                    build_ref,
+                    dest,
+                    name=out.get("name", ""),
+                    image_config=image_config,
+                    inline_cache=inline_cache,
                 )
                 part.update(image.response())
                 if out.get("name"):
                     part["image.name"] = out["name"]
-            part[f"{kind}.dest"] = str(dest)
+            if index is None:
+                part[f"{kind}.dest"] = str(dest)
+            else:
+                part[f"{kind}.dest"] = out[CLIENT_DEST]
+                part.update(seal(root, build_ref, index, kind).response())
         # Act, then record: what was written where, in the build's own stream.
         engine.state.store.append(
             f"build-{build_ref}",
@@ -268,6 +290,7 @@ def _make_image(
     build_ref: str,
     work: Path,
     image_config: Mapping[str, Any] | None,
+    inline_cache: InlineCache | None = None,
 ) -> _Image:
     layer_path = work / "layer.tar.gz"
     base = _base_layers(engine, image_config)
@@ -284,6 +307,11 @@ def _make_image(
         layers.append(_Layer(descriptor=new, path=layer_path))
     diff_ids = [*_base_diff_ids(image_config)[: len(base)], written.diff_id][: len(layers)]
     config_doc = _config(image_config, diff_ids, base_count=len(base))
+    # A base image's inline cache names the base's layers, not ours: never carried over.
+    config_doc.pop(INLINE_CACHE_KEY, None)
+    if inline_cache is not None:
+        # The result's record, its layer chain the image's layers (see buildsvc.cache.inline).
+        config_doc[INLINE_CACHE_KEY] = inline_cache.value(len(layers))
     platform = ImagePlatform(
         os=str(config_doc["os"]),
         architecture=str(config_doc["architecture"]),

@@ -14,6 +14,14 @@ ref's id to the client. The job keeps those refs, and only those, until it ends,
 one of them in the same append as its final event, whichever way it ends: returned, failed,
 cancelled, or its client gone (the servicer turns a dropped connection into a cancel). So nothing a
 client-side frontend does can leave a ref behind, which is where BuildKit's TestNoSnapshotLeak failed.
+
+The job's local dirs are the ones it received (content-addressed, :mod:`buildsvc.contexts`); each of
+its solves records the same manifests (``LocalContextReceived`` with source ``job``), so every solve
+in the log names the exact files it read. Frontend inputs (BuildKit's FrontendInputs: definitions the
+caller passed with the Solve, recorded as ``FrontendInputReceived``) are what Inputs returns; a
+frontend solve can take one as a local dir with the option ``context:DIR=input:NAME`` (e.g.
+``context:context=input:src`` builds a Dockerfile on a context made by LLB): the input is solved as
+one of the job's solves and its files go through the context store like any local dir.
 """
 
 from __future__ import annotations
@@ -22,14 +30,18 @@ import base64
 import json
 import os
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from buildsvc.cache.options import CacheExportSpec
+from buildsvc.contexts import ContextStore, ReceivedContexts, receive_contexts
+from buildsvc.daemon.cache_exports import export_caches, inline_cache_for
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.exporters import run_exporters
 from buildsvc.daemon.frontend import FRONTENDS, run_frontend
@@ -47,6 +59,7 @@ from buildsvc.sources import host_platform, parse_platform, parse_reference
 
 __all__ = [
     "CAPABILITIES",
+    "INPUT_CONTEXT_PREFIX",
     "JOB_FRONTEND",
     "FileStat",
     "GatewayJob",
@@ -63,8 +76,11 @@ IMAGE_CONFIG_KEY = "containerimage.config"
 MAX_READ_BYTES = 3 * 1024 * 1024
 """The most one ReadFile returns: gRPC refuses messages over 4 MiB by default; read larger files in
 ranges."""
+INPUT_CONTEXT_PREFIX = "context:"
+"""Frontend option ``context:DIR=input:NAME``: the frontend reads local dir DIR from input NAME."""
 CAPABILITIES = (
     "solve.definition",
+    "solve.frontend.inputcontext",
     *(f"solve.frontend.{name}" for name in FRONTENDS),
     "resolveimageconfig",
     "readfile",
@@ -116,6 +132,15 @@ def _clean(path: str, what: str) -> str:
     return clean_container_path(path if path.startswith("/") else f"/{path}", what=what)
 
 
+def _input_definition(name: str, data: bytes) -> Definition:
+    if not name:
+        raise InvalidInput("a frontend input needs a name")
+    try:
+        return Definition.from_json(data)
+    except InvalidInput as e:
+        raise InvalidInput(f"frontend input {name!r}: {e}") from None
+
+
 def _stat_of(name: str, host: str) -> FileStat:
     st = os.lstat(host)
     return FileStat(
@@ -138,22 +163,31 @@ class GatewayJob:
         build_ref: str,
         *,
         cancel: threading.Event,
-        local_dirs: Mapping[str, Path] | None = None,
+        contexts: ReceivedContexts | None = None,
         inputs: Mapping[str, bytes] | None = None,
         actor: str = "",
         frontend_attrs: Mapping[str, str] | None = None,
+        cache_exports: Sequence[CacheExportSpec] = (),
     ) -> None:
         self.engine = engine
+        self.cache_exports = tuple(cache_exports)
+        """``--export-cache`` of the job: run on the returned result, as a Solve's are."""
         self.build_ref = build_ref
         self.cancel = cancel
         """Set by the caller to end the job (its client went away, a Cancel, a shutdown)."""
-        self.local_dirs = dict(local_dirs or {})
+        self.contexts = contexts or ReceivedContexts()
+        """The job's local dirs as received (trees from the context store, their digests and events)."""
+        self.local_dirs = dict(self.contexts.dirs)
         self.inputs = dict(inputs or {})
+        """Frontend inputs: name -> definition in its JSON form (what Inputs returns)."""
+        self._input_definitions = {name: _input_definition(name, data) for name, data in self.inputs.items()}
         self.actor = actor
         self.frontend_attrs = dict(frontend_attrs or {})
         self.stream = f"build-{build_ref}"
         self._lock = threading.Lock()
         self._refs: dict[str, ResultRef] = {}
+        self._definitions: dict[str, Definition] = {}
+        """The definition each ref's solve ran (a cache export of the returned ref needs it)."""
         self._solves = 0
         self._running: set[threading.Event] = set()
         self._returned: _Returned | None = None
@@ -174,13 +208,17 @@ class GatewayJob:
         attrs = dict(frontend_attrs or {})
         if definition_json and frontend:
             raise InvalidInput("a gateway Solve takes a definition or a frontend, not both")
+        wanted = self._input_contexts(attrs, frontend)
         self._check_open()
         metadata: dict[str, bytes] = {}
+        from_inputs = self._input_dirs(wanted)
+        local_dirs = {**self.local_dirs, **from_inputs.dirs}
         if not definition_json and not frontend:
             # As BuildKit: an empty request solves to the empty result (still recorded as a solve).
             definition = llb.scratch().marshal()
         elif frontend:
-            made = run_frontend(frontend, attrs, self.local_dirs, self.engine.images)
+            frontend_opts = {k: v for k, v in attrs.items() if not k.startswith(INPUT_CONTEXT_PREFIX)}
+            made = run_frontend(frontend, frontend_opts, local_dirs, self.engine.images)
             definition = made.definition
             metadata[IMAGE_CONFIG_KEY] = json.dumps(made.image_config, sort_keys=True).encode()
         else:
@@ -192,6 +230,15 @@ class GatewayJob:
             self._solves += 1
             solve_ref = f"{self.build_ref}-{self._solves}"
             self._running.add(stop)
+        own = self.contexts.handed_to(solve_ref)
+        received = ReceivedContexts(
+            dirs=local_dirs,
+            digests={**own.digests, **from_inputs.digests},
+            events=(
+                *(e for e in own.events if e.name not in from_inputs.dirs),
+                *(replace(e, build_ref=solve_ref) for e in from_inputs.events),
+            ),
+        )
         try:
             self._record(
                 ev.GatewaySolveRequested(
@@ -206,7 +253,7 @@ class GatewayJob:
 
             def hand_over(result: ResultRef | None) -> Mapping[str, str]:
                 # Called while the solve still holds its result: the job's ref takes over from it.
-                given.append(self._hold(solve_ref, result))
+                given.append(self._hold(solve_ref, result, definition))
                 return {}
 
             try:
@@ -214,10 +261,13 @@ class GatewayJob:
                     SolveRequest(
                         definition=definition,
                         build_ref=solve_ref,
-                        local_dirs=self.local_dirs,
+                        local_dirs=received.dirs,
                         actor=self.actor,
                         frontend=frontend,
                         frontend_attrs=attrs,
+                        # The manifests, not the trees' paths, name the solve's local dirs in the log.
+                        local_contexts=received.digests,
+                        received=received.events,
                     ),
                     cancel=stop,
                     export=hand_over,
@@ -234,6 +284,52 @@ class GatewayJob:
             with self._lock:
                 self._running.discard(stop)
         return given[0], metadata
+
+    def _input_contexts(self, attrs: Mapping[str, str], frontend: str) -> dict[str, str]:
+        """The ``context:DIR=input:NAME`` options: local dir name -> frontend input name."""
+        wanted: dict[str, str] = {}
+        for key, value in attrs.items():
+            if not key.startswith(INPUT_CONTEXT_PREFIX):
+                continue
+            directory = key.removeprefix(INPUT_CONTEXT_PREFIX)
+            if not frontend:
+                raise InvalidInput(f"option {key}: a frontend's option, and this Solve has no frontend")
+            if not directory or not value.startswith("input:"):
+                raise InvalidInput(
+                    f"option {key}={value}: expected context:DIR=input:NAME "
+                    "(a local dir made from a frontend input)"
+                )
+            name = value.removeprefix("input:")
+            if name not in self._input_definitions:
+                given = ", ".join(sorted(self._input_definitions)) or "none"
+                raise NotFound(f"option {key}={value}: no frontend input {name!r} (this job has: {given})")
+            wanted[directory] = name
+        return wanted
+
+    def _input_dirs(self, wanted: Mapping[str, str]) -> ReceivedContexts:
+        """Each wanted dir made from its input's result, through the context store.
+
+        The input is solved as one of the job's solves (recorded, its ref held for the job); its
+        files are read through a view and stored like any local dir, so the frontend and the solver
+        see a plain tree and the log names it by manifest digest (source ``input:NAME``). As in
+        BuildKit, ``.dockerignore`` applies to local dirs only, not to an input's files.
+        """
+        dirs: dict[str, Path] = {}
+        digests: dict[str, str] = {}
+        events: list[ev.LocalContextReceived] = []
+        store = ContextStore.under(self.engine.state.root)
+        solved: dict[str, str] = {}  # an input that makes two dirs is solved once
+        for directory, name in sorted(wanted.items()):
+            if name not in solved:
+                solved[name], _ = self.solve(definition_json=self.inputs[name])
+            with self._root_or_empty(solved[name]) as root:
+                got = receive_contexts(
+                    store, self.build_ref, host_dirs={directory: root}, host_source=f"input:{name}"
+                )
+            dirs[directory] = got.dirs[directory]
+            digests[directory] = got.digests[directory]
+            events.extend(replace(e, host_path="") for e in got.events)
+        return ReceivedContexts(dirs=dirs, digests=digests, events=tuple(events))
 
     def resolve_image_config(self, ref: str, platform: str = "") -> tuple[str, bytes]:
         """Pin ``ref`` by digest and return its config blob, through the daemon's registry client."""
@@ -350,8 +446,21 @@ class GatewayJob:
                         build_ref=self.build_ref,
                         frontend=JOB_FRONTEND,
                         frontend_attrs=self.frontend_attrs,
-                        local_dirs={name: str(path) for name, path in self.local_dirs.items()},
+                        local_dirs={
+                            **{name: str(path) for name, path in self.local_dirs.items()},
+                            **self.contexts.digests,
+                        },
                         exporters=tuple(dict(e) for e in exporters),
+                    ),
+                    *self.contexts.events,
+                    *(
+                        ev.FrontendInputReceived(
+                            build_ref=self.build_ref,
+                            name=name,
+                            definition=definition.to_dict(),
+                            definition_digest=definition.output.digest if definition.output else "",
+                        )
+                        for name, definition in sorted(self._input_definitions.items())
                     ),
                     ev.SolveStarted(build_ref=self.build_ref, daemon_id=self.engine.daemon_id),
                 ],
@@ -362,7 +471,8 @@ class GatewayJob:
             raise BuildRefInUse(self.build_ref) from None
 
     def finish(self, exporters: Sequence[Mapping[str, str]], *, poll: float = 0.1) -> dict[str, str]:
-        """Wait for the Return (or the cancel), export the result, and end the job; every ref released.
+        """Wait for the Return (or the cancel), export the result (outputs, then the job's cache
+        exports of the returned ref's solve), and end the job; every ref released.
 
         Raises SolveCancelled when the job was cancelled first, SolveError for a returned error, and
         an export's own error when the export fails (the job is recorded as failed then).
@@ -387,8 +497,28 @@ class GatewayJob:
             config_json = result.metadata.get(IMAGE_CONFIG_KEY)
             image_config: dict[str, Any] | None = json.loads(config_json) if config_json else None
             response = {k: _text(v) for k, v in result.metadata.items() if k != IMAGE_CONFIG_KEY}
+            definition = self._definitions.get(result.ref_id) if result.ref_id else None
+            definition = definition or Definition(vertices={}, output=None)  # empty: nothing to export
+            inline = inline_cache_for(output, definition, self.cache_exports)
             response.update(
-                run_exporters(self.engine, output, self.build_ref, exporters, image_config=image_config)
+                run_exporters(
+                    self.engine,
+                    output,
+                    self.build_ref,
+                    exporters,
+                    image_config=image_config,
+                    inline_cache=inline,
+                )
+            )
+            response.update(
+                export_caches(
+                    self.engine,
+                    output,
+                    self.build_ref,
+                    definition,
+                    self.cache_exports,
+                    exporter_response=response,
+                )
             )
             self._end(
                 ev.SolveCompleted(
@@ -433,7 +563,7 @@ class GatewayJob:
     def _record(self, *events: Event) -> None:
         self.engine.state.store.append(self.stream, list(events), actor=self.actor)
 
-    def _hold(self, solve_ref: str, result: ResultRef | None) -> str:
+    def _hold(self, solve_ref: str, result: ResultRef | None, definition: Definition) -> str:
         with self._lock:
             if self._ended:
                 raise self._ended_error()
@@ -457,6 +587,7 @@ class GatewayJob:
                 ),
             )
             self._refs[ref_id] = result
+            self._definitions[ref_id] = definition
             return ref_id
 
     def _result(self, ref_id: str) -> ResultRef | None:
@@ -469,6 +600,16 @@ class GatewayJob:
                 return self._refs[ref_id]
             except KeyError:
                 raise NotFound(f"job {self.build_ref} has no ref {ref_id!r}") from None
+
+    @contextmanager
+    def _root_or_empty(self, ref_id: str) -> Iterator[Path]:
+        """The result's files, or an empty directory for the empty result."""
+        with self.engine.view(self._result(ref_id), self.build_ref) as root:
+            if root is not None:
+                yield root
+                return
+        with tempfile.TemporaryDirectory(prefix="buildsvc-empty-") as empty:
+            yield Path(empty)
 
     @contextmanager
     def _root(self, ref_id: str, path: str) -> Iterator[Path]:

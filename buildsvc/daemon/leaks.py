@@ -19,10 +19,12 @@ holder, and any other event of the log naming it), read from the log by position
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -39,6 +41,8 @@ __all__ = [
     "RefLeak",
     "RootLeakReport",
     "UntrackedData",
+    "report_from_json",
+    "report_to_json",
     "scan_leaks",
 ]
 
@@ -285,3 +289,39 @@ def _left_mounts(
         )
         left.append(LeftMount(path=point, snapshot_id=snapshot_id, reason=reason))
     return left
+
+
+# --- the report as JSON (``buildsvc leaks --format json``, and the daemon's ``Leaks`` answer) -------
+
+
+def report_to_json(report: RootLeakReport) -> dict[str, list[dict[str, Any]]]:
+    """The report as a JSON object: one list per kind, each item its fields (a ref with its life)."""
+    return {
+        "refs": [
+            dataclasses.asdict(r.ref) | {"life": [dataclasses.asdict(e) for e in r.life]} for r in report.refs
+        ],
+        "snapshots": [dataclasses.asdict(s) for s in report.unreferenced],
+        "untracked": [dataclasses.asdict(u) for u in report.untracked],
+        "missing": [dataclasses.asdict(m) for m in report.missing],
+        "mounts": [dataclasses.asdict(m) for m in report.mounts],
+    }
+
+
+def report_from_json(found: dict[str, Any]) -> RootLeakReport:
+    """The report :func:`report_to_json` made (a missing kind reads as none of it)."""
+    try:
+        return RootLeakReport(
+            refs=tuple(
+                RefLeak(
+                    ref=LeakedRef(**{k: v for k, v in r.items() if k != "life"}),
+                    life=tuple(LifeEvent(**e) for e in r.get("life", ())),
+                )
+                for r in found.get("refs", ())
+            ),
+            unreferenced=tuple(UnreferencedSnapshot(**s) for s in found.get("snapshots", ())),
+            untracked=tuple(UntrackedData(**u) for u in found.get("untracked", ())),
+            missing=tuple(MissingData(**m) for m in found.get("missing", ())),
+            mounts=tuple(LeftMount(**m) for m in found.get("mounts", ())),
+        )
+    except (TypeError, AttributeError) as e:  # another version's fields: say so, not a traceback
+        raise ValueError(f"leak report in an unknown shape: {e}") from e

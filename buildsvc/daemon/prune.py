@@ -35,6 +35,7 @@ from buildsvc.daemon.errors import SnapshotInUse
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events.schema import events
 from buildsvc.projections.schema import cache_records, refs, snapshots
+from buildsvc.solver.recording import DAEMON_ACTOR
 
 __all__ = [
     "FILTER_KEYS",
@@ -189,8 +190,12 @@ def prune(
     all: bool = False,  # BuildKit's name for it
     keep_duration: float | None = None,
     filters: Mapping[str, str] = {},  # never mutated
+    actor: str = DAEMON_ACTOR,
 ) -> PruneReport:
-    """Remove unreferenced cached results (see the module docstring); returns what went and what stayed."""
+    """Remove unreferenced cached results (see the module docstring); returns what went and what stayed.
+
+    ``actor`` (who asked, recorded with every removal) is the daemon's own when it prunes by itself.
+    """
     _check_filters(filters)
     if keep_duration is not None and keep_duration < 0:
         raise InvalidInput(f"keep-duration must not be negative, got {keep_duration}")
@@ -261,7 +266,7 @@ def prune(
     for sid in sorted(chosen, key=lambda s: (-_depth(s, live), live[s].created_position)):
         row = live[sid]
         try:
-            engine.remove_snapshot(row.worker, sid, reason="prune")
+            engine.remove_snapshot(row.worker, sid, reason="prune", actor=actor)
         except (SnapshotInUse, NotFound) as e:
             skipped[sid] = str(e)
             continue

@@ -11,6 +11,8 @@ The solver does the recorded part (see :mod:`buildsvc.solver.resume`).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -22,12 +24,13 @@ import sqlalchemy as sa
 
 from buildsvc.cache.options import parse_export
 from buildsvc.contexts import ContextStore
-from buildsvc.daemon.cache_exports import export_caches
+from buildsvc.daemon.cache_exports import export_caches, inline_cache_for
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.exporters import run_exporters
 from buildsvc.daemon.gateway import JOB_FRONTEND
+from buildsvc.daemon.outputs import OutputStaging
 from buildsvc.daemon.state import State
-from buildsvc.errors import BuildsvcError
+from buildsvc.errors import BuildsvcError, Conflict
 from buildsvc.events import catalog as ev
 from buildsvc.executors import OciRuntimeExecutor
 from buildsvc.executors.mounts import mounts_under, unmount
@@ -41,6 +44,7 @@ __all__ = [
     "Admission",
     "Recovery",
     "locate_local_dirs",
+    "lock_root",
     "sweep_root",
     "take_up",
     "unfinished_builds",
@@ -81,6 +85,33 @@ class Recovery:
             + (f": {', '.join(self.resumed)}" if self.resumed else "")
             + (f"; cancelled {len(self.cancelled)}: {', '.join(self.cancelled)}" if self.cancelled else "")
         )
+
+
+_held: list[int] = []  # the root locks this process holds, open until it exits
+
+
+def lock_root(root: Path) -> None:
+    """Hold ``<root>/daemon.lock`` for this process's life; Conflict when a live daemon holds it.
+
+    The kernel drops the lock with the process however it ends (SIGKILL too), so a restart after a
+    crash always gets it, and a second daemon on a root whose daemon still runs never sweeps its
+    containers or resumes its builds.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "daemon.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise Conflict(
+            f"another buildsvc daemon (pid {owner}) is running on root {root}; it owns the builds there "
+            "(stop it first, or give this daemon its own --root)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held.append(fd)
 
 
 def sweep_root(engine: Engine) -> tuple[list[str], list[str]]:
@@ -159,8 +190,22 @@ def take_up(
     resume: bool = True,
     log: Callable[[str], None] = lambda _: None,
 ) -> Recovery:
-    """Sweep the root, then resume (or cancel) every unfinished build of this root."""
+    """Sweep the root, then resume (or cancel) every unfinished build of this root.
+
+    First this process takes the root's lock (a daemon still alive on the root owns its builds:
+    a second one refuses to start rather than resume them under it), then it records the ends an
+    earlier process kept through a database outage (those builds are over, never resumed).
+    """
+    lock_root(engine.state.root)
+    recorded = engine.solver.unrecorded.write_pending()
+    if recorded:
+        log(f"recovery: recorded the end of {len(recorded)} build(s) kept through a database outage")
     containers, points = sweep_root(engine)
+    # Outputs staged for clients of the dead process: none will come for them (a resumed build
+    # stages its outputs again, for `build --ref` to fetch).
+    OutputStaging(engine.state.root, engine.state.store).discard(
+        keep=lambda _ref: False, reason="daemon restarted before the client downloaded it"
+    )
     owners: dict[str, str | None] = {}
     resumed: list[str] = []
     cancelled: list[str] = []
@@ -206,15 +251,23 @@ def _resume_one(engine: Engine, gate: Admission, plan: ResumePlan, log: Callable
     image_config = plan.image_config if isinstance(plan.image_config, Mapping) else None
 
     caches_left, caches_done = plan.cache_exports_left()
-    definition = Definition.from_dict(plan.definition)
+    try:
+        definition = Definition.from_dict(plan.definition)
+    except BuildsvcError as e:  # recorded by an older or broken writer: nothing can run it
+        engine.solver.abandon(plan, f"daemon restarted: the recorded definition cannot be read: {e}")
+        log(f"build {ref} not resumed: {e}")
+        return
 
     def export(result: ResultRef | None) -> Mapping[str, str]:
         # Exports and cache exports that completed before the restart are not repeated; their
         # responses still count.
-        fresh = run_exporters(engine, result, ref, pending, image_config=image_config)
+        inline = inline_cache_for(result, definition, [parse_export(spec) for _, spec in caches_left])
+        fresh = run_exporters(engine, result, ref, pending, image_config=image_config, inline_cache=inline)
         caches = dict(caches_done)
         for n, spec in caches_left:
-            made = export_caches(engine, result, ref, definition, [parse_export(spec)])
+            made = export_caches(
+                engine, result, ref, definition, [parse_export(spec)], exporter_response={**done, **fresh}
+            )
             caches.update({k.replace("cache.export.0.", f"cache.export.{n}."): v for k, v in made.items()})
         return {**done, **fresh, **caches}
 

@@ -29,12 +29,15 @@ __all__ = [
     "DaemonStarted",
     "DaemonStopped",
     "ExportCompleted",
+    "FrontendInputReceived",
     "GatewayReturned",
     "GatewaySolveCompleted",
     "GatewaySolveFailed",
     "GatewaySolveRequested",
     "GatewayWarning",
     "LocalContextReceived",
+    "OutputDiscarded",
+    "OutputFetched",
     "RefAcquired",
     "RefReleased",
     "SnapshotCommitted",
@@ -80,6 +83,8 @@ class SolveRequested(Event):
     client: str = ""
     image_config: JsonValue = None
     """The frontend's image config (for image exporters), kept so a resumed build exports the same."""
+    rerun_of: str = ""
+    """``build --rerun REF``: the recorded build this one runs again (issue 5)."""
 
 
 @event_type
@@ -525,7 +530,9 @@ class LocalContextReceived(Event):
     Recorded in the build's stream with ``SolveRequested``, before the solve starts; the files are
     the manifest's blobs under the daemon root (``contexts/``), so the build can be run again from
     them. ``source`` is ``upload`` (sent over gRPC), ``host`` (a path on the daemon host, read there)
-    or ``embedded`` (read by the ``buildsvc`` process that ran the build itself).
+    or ``embedded`` (read by the ``buildsvc`` process that ran the build itself); for a gateway job's
+    solves ``job`` (the job's own dirs, nothing sent again) or ``input:NAME`` (the result of frontend
+    input ``NAME``, asked for with the frontend option ``context:DIR=input:NAME``).
     """
 
     build_ref: str
@@ -540,3 +547,62 @@ class LocalContextReceived(Event):
     source: str = ""
     host_path: str = ""
     """For ``host`` and ``embedded``: the directory that was read."""
+
+
+# --- frontend inputs of a gateway job (issue 7) ---------------------------------------------------
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrontendInputReceived(Event):
+    """A gateway job was given the definition ``definition`` as frontend input ``name`` (BuildKit's
+    FrontendInputs); recorded with its ``SolveRequested`` so the job's inputs are in the log.
+    """
+
+    build_ref: str
+    name: str
+    definition: JsonValue = None
+    definition_digest: str = ""
+
+
+# --- debugging a recorded build: `history debug REF -- CMD` (issue 5) -----------------------------
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildDebugged(Event):
+    """A debug build ran a command in place of a recorded build's failed step (who: the actor)."""
+
+    build_ref: str
+    """The debug build (its own stream; ``SolveRequested.rerun_of`` names the debugged build)."""
+    debugged: str
+    vertex: str
+    """The failed step of ``debugged`` whose inputs, env, cwd, user and mounts the command got."""
+    command: tuple[str, ...] = ()
+
+
+# --- outputs the client downloads: `-o type=local|tar|oci` against a daemon (issue 4) ----------
+# Stream ``outputs-<ref>``: what became of a build's outputs staged for its client after the build
+# ended (the staging itself is told by ExportCompleted, its attrs naming ``client-dest``).
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputFetched(Event):
+    """The client downloaded output ``index`` of a build (every byte, ``digest``); staging removed."""
+
+    build_ref: str
+    index: int
+    exporter: str
+    digest: str = ""
+    size: int = 0
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputDiscarded(Event):
+    """Output ``index`` of a build was removed before its client fetched it (prune, daemon start)."""
+
+    build_ref: str
+    index: int
+    reason: str = ""

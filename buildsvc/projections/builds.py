@@ -7,7 +7,8 @@ of the build recorded after the deletion changes nothing (the events themselves 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ from buildsvc.events.envelope import StoredEvent
 from buildsvc.projections.rows import RowBuffer
 from buildsvc.projections.schema import build_vertices, builds
 
-__all__ = ["BuildHistoryProjection", "get_build", "list_builds"]
+__all__ = ["BuildHistoryProjection", "fold_build", "get_build", "list_builds"]
 
 _SOLVE_TYPES = {
     ev.SolveRequested.type_name,
@@ -87,58 +88,63 @@ class BuildHistoryProjection:
 def _build_row(rows: RowBuffer, stored: StoredEvent, build_ref: str) -> dict[str, Any]:
     row = rows.get(build_ref)
     if row is None:
-        row = rows.insert(
-            {
-                "build_ref": build_ref,
-                "status": "requested",
-                "frontend": "",
-                "actor": stored.actor,
-                "trace_id": stored.trace_id,
-                "requested_at": stored.recorded_at,
-                "started_at": None,
-                "ended_at": None,
-                "vertices_total": 0,
-                "vertices_completed": 0,
-                "vertices_cached": 0,
-                "vertices_failed": 0,
-                "vertices_interrupted": 0,
-                "error": "",
-                "error_vertex": "",
-                "exit_code": None,
-                "first_position": stored.position,
-                "last_position": stored.position,
-                "pinned": False,
-                "deleted": False,
-            }
-        )
+        row = rows.insert(_new_build(stored, build_ref))
     return row
+
+
+def _new_build(stored: StoredEvent, build_ref: str) -> dict[str, Any]:
+    return {
+        "build_ref": build_ref,
+        "status": "requested",
+        "frontend": "",
+        "actor": stored.actor,
+        "trace_id": stored.trace_id,
+        "requested_at": stored.recorded_at,
+        "started_at": None,
+        "ended_at": None,
+        "vertices_total": 0,
+        "vertices_completed": 0,
+        "vertices_cached": 0,
+        "vertices_failed": 0,
+        "vertices_interrupted": 0,
+        "error": "",
+        "error_vertex": "",
+        "exit_code": None,
+        "first_position": stored.position,
+        "last_position": stored.position,
+        "pinned": False,
+        "deleted": False,
+    }
 
 
 def _vertex_row(rows: RowBuffer, key: tuple[str, str], event: Any) -> dict[str, Any]:
     row = rows.get(key)
     if row is None:
-        row = rows.insert(
-            {
-                "build_ref": key[0],
-                "vertex": key[1],
-                "name": getattr(event, "name", ""),
-                "status": "queued",
-                "worker": "",
-                "runs": 0,
-                "started_at": None,
-                "ended_at": None,
-                "duration_ms": None,
-                "exit_code": None,
-                "error": "",
-            }
-        )
+        row = rows.insert(_new_vertex(key, event))
     return row
+
+
+def _new_vertex(key: tuple[str, str], event: Any) -> dict[str, Any]:
+    return {
+        "build_ref": key[0],
+        "vertex": key[1],
+        "name": getattr(event, "name", ""),
+        "status": "queued",
+        "worker": "",
+        "runs": 0,
+        "started_at": None,
+        "ended_at": None,
+        "duration_ms": None,
+        "exit_code": None,
+        "error": "",
+    }
 
 
 # One small function per event type, chosen by a dict lookup: this fold is the inner loop of a
 # rebuild, and a chain of class patterns costs an isinstance per case.
 
 Build = dict[str, Any]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _solve_requested(build: Build, stored: StoredEvent, event: Any) -> None:
@@ -276,3 +282,43 @@ def get_build(conn: Connection, build_ref: str) -> dict[str, Any] | None:
         .order_by(build_vertices.c.started_at.is_(None), build_vertices.c.started_at, build_vertices.c.vertex)
     ).mappings()
     return _visible(row) | {"vertices": [dict(v) for v in vertices]}
+
+
+def fold_build(events: Iterable[StoredEvent], build_ref: str) -> dict[str, Any] | None:
+    """What :func:`get_build` reads, folded from events alone (the build's ``build-<ref>`` and
+    ``history-<ref>`` streams, in log order): for a client that gets the events from a daemon.
+
+    The same steps as the projection's, so the two agree row for row.
+    """
+    build: Build | None = None
+    vertices: dict[str, Build] = {}
+    types = BuildHistoryProjection.event_types
+    for stored in events:
+        if stored.type not in types:
+            continue
+        event: Any = stored.decode()
+        if event.build_ref != build_ref:
+            continue
+        if build is None:
+            build = _new_build(stored, build_ref)
+        if build["deleted"]:
+            continue
+        if stored.type in _HISTORY_TYPES:
+            _HISTORY_STEPS[stored.type](build, event)
+            continue
+        build["last_position"] = stored.position
+        if stored.type in _VERTEX_TYPES:
+            row = vertices.get(event.vertex)
+            if row is None:
+                row = vertices[event.vertex] = _new_vertex((build_ref, event.vertex), event)
+            _VERTEX_STEPS[stored.type](build, row, stored, event)
+        else:
+            _SOLVE_STEPS[stored.type](build, stored, event)
+    if build is None or build["deleted"]:
+        return None
+    # As get_build orders them: started ones by their start, then the rest, each by digest.
+    ordered = sorted(
+        vertices.values(),
+        key=lambda v: (v["started_at"] is None, v["started_at"] or _EPOCH, v["vertex"]),
+    )
+    return _visible(build) | {"vertices": ordered}

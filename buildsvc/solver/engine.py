@@ -26,7 +26,7 @@ from typing import Protocol
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 
-from buildsvc.errors import BuildsvcError, ExecutionError, InvalidInput
+from buildsvc.errors import BuildsvcError, ExecutionError, InvalidInput, StoreUnavailable
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
 from buildsvc.events.store import NO_STREAM, EventStore, StreamVersionConflict
@@ -36,9 +36,10 @@ from buildsvc.solver.definition import Definition
 from buildsvc.solver.errors import BuildRefInUse, SolveCancelled, SolveError
 from buildsvc.solver.handlers import Backends, OpHandler, handler_for
 from buildsvc.solver.ops import Op, OpMetadata, Vertex, output_count
-from buildsvc.solver.recording import BuildRecorder, HeldRef, LogWriter, StepRecorder
-from buildsvc.solver.resume import ResumePlan, missing_local_dirs, repair
+from buildsvc.solver.recording import DAEMON_ACTOR, BuildRecorder, HeldRef, LogWriter, StepRecorder
+from buildsvc.solver.resume import CompletedVertex, ResumePlan, missing_local_dirs, repair
 from buildsvc.solver.source_excerpt import SourceExcerpt, locate
+from buildsvc.solver.unrecorded import UnrecordedEnds
 from buildsvc.solver.worker import Worker, select_worker
 
 __all__ = ["CacheIndex", "ResultRef", "SolveRequest", "SolveResult", "Solver"]
@@ -79,6 +80,10 @@ class SolveRequest:
     # SolveRequested in place of the directory, and the events that say how each arrived.
     local_contexts: Mapping[str, str] = field(default_factory=dict)
     received: Sequence[Event] = ()
+    # ``build --rerun``: the build run again (recorded), and the results of its vertices to take
+    # from the record (``--from-failure``), each verified on disk as a resume's are.
+    rerun_of: str = ""
+    reuse: Mapping[str, CompletedVertex] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,10 +189,13 @@ class Solver:
         # vertex; a record's data is still checked on disk at every hit, and removals go through
         # ``forget``.
         self._records: dict[tuple[str, str], Mapping[int, str]] = {}
+        self.unrecorded = UnrecordedEnds(state_dir / "unrecorded", store)
+        """Ends of solves the store did not take during an outage, until it answers again."""
 
     def close(self) -> None:
         """Stop the vertex threads (running vertices finish first)."""
         self._pool.shutdown(wait=True)
+        self.unrecorded.close()
 
     def cancel(self, build_ref: str) -> bool:
         """Ask a running solve to stop; False when no such solve is running here."""
@@ -237,7 +245,7 @@ class Solver:
         Its interrupted vertices are recorded, its partial snapshots removed and the refs the dead
         process held released, in the same appends a resume makes; then ``SolveCancelled``.
         """
-        recorder = BuildRecorder(self.store, plan.build_ref)
+        recorder = BuildRecorder(self.store, plan.build_ref, actor=DAEMON_ACTOR)  # no caller: recovery
         recorder.append(
             [
                 ev.VertexInterrupted(build_ref=plan.build_ref, vertex=v, reason=reason)
@@ -374,6 +382,7 @@ class _Solve:
                         cache_exports=tuple(dict(x) for x in r.cache_exports),
                         cache_imports=tuple(dict(x) for x in r.cache_imports),
                         image_config=dict(r.image_config) if r.image_config is not None else None,
+                        rerun_of=r.rerun_of,
                     ),
                     *r.received,
                     ev.SolveStarted(
@@ -389,7 +398,9 @@ class _Solve:
         """Record the resume and each interrupted vertex, then clean up what the dead process left."""
         ref = self.request.build_ref
         reason = "daemon restarted"
-        self.recorder.append(
+        # The recovery is the daemon's own doing; what the build does next is its caller's again.
+        recovery = BuildRecorder(self.solver.store, ref, actor=DAEMON_ACTOR, trace_id=self.recorder.trace_id)
+        recovery.append(
             [
                 ev.SolveResumed(
                     build_ref=ref,
@@ -401,7 +412,7 @@ class _Solve:
                 *(ev.VertexInterrupted(build_ref=ref, vertex=v, reason=reason) for v in plan.interrupted),
             ]
         )
-        self.recorder.append(repair(plan, self.solver.workers, reason=reason))
+        recovery.append(repair(plan, self.solver.workers, reason=reason))
 
     def _check_resumable(self, plan: ResumePlan) -> None:
         """Fail (recorded) a resumed build whose recorded failure or missing inputs decide it."""
@@ -448,6 +459,14 @@ class _Solve:
         step.record(final)
         try:
             step.flush()
+        except StoreUnavailable as e:
+            # The database is away past the retry bound: the end waits on local disk and is
+            # recorded when it answers again (see buildsvc.solver.unrecorded).
+            r = self.recorder
+            self.solver.unrecorded.keep(r.build_ref, r.take_unwritten(), actor=r.actor, trace_id=r.trace_id)
+            raise StoreUnavailable(
+                f"{e}\nthe end of build {r.build_ref} is kept and recorded when the database answers again"
+            ) from e
         finally:
             self.solver._unpin([ref.snapshot_id for ref in self.refs])
 
@@ -783,10 +802,10 @@ class _Solve:
                 cache_key=key,
             )
         )
+        with self.lock:  # before the append: if the store does not take it, the solve's end releases them
+            self.refs.extend(held)
         step.flush()
         self.solver._remember(key, worker.info.name, {i: o for i, o in enumerate(outputs) if o is not None})
-        with self.lock:
-            self.refs.extend(held)
         return outputs
 
     def _resumed_result(
@@ -795,7 +814,11 @@ class _Solve:
         """A resumed build's vertex that completed before the restart: its outputs, once each is found
         on disk (never run again); a result that is gone is recorded missing and the vertex runs.
         """
-        done = self.resume.completed.get(vertex.digest) if self.resume is not None else None
+        done = (
+            self.resume.completed.get(vertex.digest)
+            if self.resume is not None
+            else self.request.reuse.get(vertex.digest)
+        )
         if done is None or done.cache_key != key or done.worker != worker.info.name:
             return None
         outputs: tuple[str | None, ...] = tuple(done.outputs.get(i) for i in range(expected))
@@ -808,7 +831,12 @@ class _Solve:
                 build_ref=self.request.build_ref,
                 vertex=vertex.digest,
                 snapshot_id=gone[0],
-                reason=f"snapshot {gone[0]} is not on worker {worker.info.name} after the restart",
+                reason=f"snapshot {gone[0]} is not on worker {worker.info.name} "
+                + (
+                    "after the restart"
+                    if self.resume is not None
+                    else f"(recorded by {self.request.rerun_of})"
+                ),
             )
         )
         return None

@@ -14,11 +14,16 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from buildsvc.errors import StoreUnavailable
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
+from buildsvc.events.envelope import NewEvent
 from buildsvc.events.store import EventStore
 
-__all__ = ["BuildRecorder", "HeldRef", "LogWriter", "StepRecorder"]
+__all__ = ["DAEMON_ACTOR", "BuildRecorder", "HeldRef", "LogWriter", "StepRecorder"]
+
+DAEMON_ACTOR = "daemon"
+"""The actor of what the daemon records on its own (start, stop, recovery), not for a caller."""
 
 
 class BuildRecorder:
@@ -32,19 +37,40 @@ class BuildRecorder:
         self.trace_id = trace_id
         self._lock = threading.Lock()
         self._deferred: list[Event] = []
+        self._unwritten: list[list[NewEvent]] = []
 
     def append(self, events: Sequence[Event], *, expected_version: int | None = None) -> None:
-        """Append the deferred events and ``events`` atomically (nothing when both are empty)."""
+        """Append the deferred events and ``events`` atomically (nothing when both are empty).
+
+        A batch the store did not take (``StoreUnavailable``: an outage past the retry bound) is
+        kept whole, with its event ids, and tried again, as it was, before the next append (an
+        append is idempotent only as a whole: see :meth:`take_unwritten`).
+        """
         with self._lock:
-            batch, self._deferred = [*self._deferred, *events], []
-        if batch:
-            self.store.append(
-                self.stream,
-                batch,
-                expected_version=expected_version,
-                actor=self.actor,
-                trace_id=self.trace_id,
-            )
+            batches, self._unwritten = self._unwritten, []
+            new = [NewEvent(event=e) for e in [*self._deferred, *events]]
+            self._deferred = []
+        if new:
+            batches.append(new)
+        for i, batch in enumerate(batches):
+            try:
+                self.store.append(
+                    self.stream,
+                    batch,
+                    expected_version=expected_version if batch is new else None,
+                    actor=self.actor,
+                    trace_id=self.trace_id,
+                )
+            except StoreUnavailable:
+                with self._lock:
+                    self._unwritten = [*batches[i:], *self._unwritten]
+                raise
+
+    def take_unwritten(self) -> list[list[NewEvent]]:
+        """The batches the store did not take, in order (no longer kept here)."""
+        with self._lock:
+            unwritten, self._unwritten = self._unwritten, []
+            return unwritten
 
     def defer(self, events: Sequence[Event]) -> None:
         """Keep facts that announce no side effect (a cache hit, a ref on a cached result) for the

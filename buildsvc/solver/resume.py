@@ -40,6 +40,7 @@ __all__ = [
     "ResumePlan",
     "missing_local_dirs",
     "read_plan",
+    "recorded_results",
     "repair",
 ]
 
@@ -279,6 +280,23 @@ def plan_from_events(build_ref: str, stored: Sequence[StoredEvent]) -> ResumePla
         previous_daemon_id=previous_daemon,
         gateway_solves=tuple(gateway_solves),
     )
+
+
+def recorded_results(stored: Sequence[StoredEvent]) -> dict[str, CompletedVertex]:
+    """The vertices of a build that ran to completion, with their outputs (for ``--from-failure``)."""
+    outputs: dict[str, dict[int, str]] = {}
+    completed: dict[str, CompletedVertex] = {}
+    for s in stored:
+        if s.type not in (ev.CacheRecordAdded.type_name, ev.VertexCompleted.type_name):
+            continue
+        e = s.decode()
+        if isinstance(e, ev.CacheRecordAdded):
+            outputs.setdefault(e.vertex, {})[e.output] = e.snapshot_id
+        elif isinstance(e, ev.VertexCompleted):
+            completed[e.vertex] = CompletedVertex(
+                vertex=e.vertex, cache_key=e.cache_key, worker=e.worker, outputs=outputs.pop(e.vertex, {})
+            )
+    return completed
 
 
 def missing_local_dirs(plan: ResumePlan, located: Mapping[str, Path | None]) -> list[str]:

@@ -5,6 +5,9 @@ It deletes every build's history entry, waits until no snapshot is held by anyth
 record (a build, an export, a gateway job), prunes everything, and then asserts that the daemon's disk
 usage is empty, that nothing is left mounted under its root, and that the log's leak report is empty.
 A ref some code path forgot to release keeps its snapshot in use, so the wait times out naming it.
+
+``check_engine_releasable`` is the same check for an engine a test runs in its own process (the
+embedded mode): the same wait, prune and report, through the engine instead of the Control API.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ import time
 from pathlib import Path
 
 from buildsvc.api.client import Client
+from buildsvc.daemon.engine import Engine
+from buildsvc.daemon.history import update_build_history
 from buildsvc.daemon.leaks import scan_leaks
-from buildsvc.daemon.state import open_state
+from buildsvc.daemon.prune import disk_usage, prune
+from buildsvc.daemon.state import State, open_state
 from buildsvc.errors import NotFound
 from buildsvc.executors.mounts import mounts_under
 from buildsvc.projections import find_leaks
+from buildsvc.projections.builds import list_builds
 
-__all__ = ["check_all_releasable"]
+__all__ = ["check_all_releasable", "check_engine_releasable"]
 
 
 def check_all_releasable(client: Client, *, root: Path, db_url: str, timeout: float = 60) -> None:
@@ -34,14 +41,39 @@ def check_all_releasable(client: Client, *, root: Path, db_url: str, timeout: fl
         time.sleep(0.1)
     list(client.prune(all=True))
     assert client.disk_usage() == []
-    assert mounts_under(str(root)) == []
     state = open_state(root, db_url, migrate=False)
     try:
-        with state.db.read() as conn:
-            report = find_leaks(conn)
-        # The log checked against the disk too: untracked or missing snapshot data, mounts left.
-        on_disk = scan_leaks(state)
+        _assert_nothing_left(state)
     finally:
         state.close()
+
+
+def check_engine_releasable(engine: Engine, *, timeout: float = 60) -> None:
+    """:func:`check_all_releasable` for an engine in this process (``open_engine``), left open."""
+    state = engine.state
+    state.runner.run_once()
+    with state.db.read() as conn:
+        refs = [row["build_ref"] for row in list_builds(conn, limit=1_000_000)]
+    for ref in refs:
+        with contextlib.suppress(NotFound):
+            update_build_history(state.store, ref, delete=True)
+    deadline = time.monotonic() + timeout
+    while in_use := [r for r in disk_usage(engine) if r.in_use]:
+        assert time.monotonic() < deadline, f"snapshots still in use after {timeout}s: {in_use}"
+        time.sleep(0.1)
+    report = prune(engine, all=True)
+    assert not report.skipped, f"prune left: {report.skipped}"
+    assert disk_usage(engine) == []
+    _assert_nothing_left(state)
+
+
+def _assert_nothing_left(state: State) -> None:
+    """No mount under the root; the log's leak report and its check against the disk are empty."""
+    assert mounts_under(str(state.root)) == []
+    state.runner.run_once()
+    with state.db.read() as conn:
+        report = find_leaks(conn)
     assert report.empty, f"leaks: {report}"
+    # The log checked against the disk too: untracked or missing snapshot data, mounts left.
+    on_disk = scan_leaks(state)
     assert on_disk.empty, f"leaks against the disk: {on_disk}"

@@ -37,3 +37,23 @@ class UploadResponse(_message.Message):
     blobs: int
     bytes: int
     def __init__(self, blobs: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class DownloadRequest(_message.Message):
+    __slots__ = ("build_ref", "index")
+    BUILD_REF_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    build_ref: str
+    index: int
+    def __init__(self, build_ref: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class DownloadChunk(_message.Message):
+    __slots__ = ("exporter", "digest", "size", "data")
+    EXPORTER_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    exporter: str
+    digest: str
+    size: int
+    data: bytes
+    def __init__(self, exporter: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

@@ -44,6 +44,11 @@ class ContentStub:
                 request_serializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadChunk.SerializeToString,
                 response_deserializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadResponse.FromString,
                 _registered_method=True)
+        self.Download = channel.unary_stream(
+                '/buildsvc.content.v1.Content/Download',
+                request_serializer=buildsvc_dot_content_dot_v1_dot_content__pb2.DownloadRequest.SerializeToString,
+                response_deserializer=buildsvc_dot_content_dot_v1_dot_content__pb2.DownloadChunk.FromString,
+                _registered_method=True)
 
 
 class ContentServicer:
@@ -64,6 +69,19 @@ class ContentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Download(self, request, context):
+        """An output the client writes itself (issue 4): a local, tar or oci exporter whose attrs name
+        client-dest= (the client's path, recorded) instead of dest= (a path on the daemon host; still
+        honoured for API clients). The Solve numbers it by its position among its exporters (index) and
+        stages it under the daemon root; Download streams it once: a tar for type=local (the client
+        unpacks it into its dir, symlinks kept as symlinks, nothing outside it), the tarball for tar and
+        oci. When the stream ends the staging is removed (OutputFetched); one the client never fetches
+        is removed by the next prune or daemon start (OutputDiscarded). NOT_FOUND when it is not there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +94,11 @@ def add_ContentServicer_to_server(servicer, server):
                     servicer.Upload,
                     request_deserializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadChunk.FromString,
                     response_serializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadResponse.SerializeToString,
+            ),
+            'Download': grpc.unary_stream_rpc_method_handler(
+                    servicer.Download,
+                    request_deserializer=buildsvc_dot_content_dot_v1_dot_content__pb2.DownloadRequest.FromString,
+                    response_serializer=buildsvc_dot_content_dot_v1_dot_content__pb2.DownloadChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +155,33 @@ class Content:
             '/buildsvc.content.v1.Content/Upload',
             buildsvc_dot_content_dot_v1_dot_content__pb2.UploadChunk.SerializeToString,
             buildsvc_dot_content_dot_v1_dot_content__pb2.UploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Download(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/buildsvc.content.v1.Content/Download',
+            buildsvc_dot_content_dot_v1_dot_content__pb2.DownloadRequest.SerializeToString,
+            buildsvc_dot_content_dot_v1_dot_content__pb2.DownloadChunk.FromString,
             options,
             channel_credentials,
             insecure,

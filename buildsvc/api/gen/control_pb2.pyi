@@ -50,7 +50,7 @@ BUILD_HISTORY_EVENT_TYPE_STARTED: BuildHistoryEventType
 BUILD_HISTORY_EVENT_TYPE_COMPLETE: BuildHistoryEventType
 
 class SolveRequest(_message.Message):
-    __slots__ = ("ref", "definition", "frontend", "frontend_attrs", "exporters", "local_dirs", "actor", "local_contexts", "cache")
+    __slots__ = ("ref", "definition", "frontend", "frontend_attrs", "exporters", "local_dirs", "actor", "local_contexts", "cache", "frontend_inputs", "rerun_of", "from_failure", "debug_command")
     class FrontendAttrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,13 @@ class SolveRequest(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class FrontendInputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     REF_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_FIELD_NUMBER: _ClassVar[int]
     FRONTEND_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +88,10 @@ class SolveRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     LOCAL_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    RERUN_OF_FIELD_NUMBER: _ClassVar[int]
+    FROM_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_COMMAND_FIELD_NUMBER: _ClassVar[int]
     ref: str
     definition: bytes
     frontend: str
@@ -90,7 +101,11 @@ class SolveRequest(_message.Message):
     actor: str
     local_contexts: _containers.ScalarMap[str, str]
     cache: CacheOptions
-    def __init__(self, ref: _Optional[str] = ..., definition: _Optional[bytes] = ..., frontend: _Optional[str] = ..., frontend_attrs: _Optional[_Mapping[str, str]] = ..., exporters: _Optional[_Iterable[_Union[Exporter, _Mapping]]] = ..., local_dirs: _Optional[_Mapping[str, str]] = ..., actor: _Optional[str] = ..., local_contexts: _Optional[_Mapping[str, str]] = ..., cache: _Optional[_Union[CacheOptions, _Mapping]] = ...) -> None: ...
+    frontend_inputs: _containers.ScalarMap[str, bytes]
+    rerun_of: str
+    from_failure: bool
+    debug_command: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ref: _Optional[str] = ..., definition: _Optional[bytes] = ..., frontend: _Optional[str] = ..., frontend_attrs: _Optional[_Mapping[str, str]] = ..., exporters: _Optional[_Iterable[_Union[Exporter, _Mapping]]] = ..., local_dirs: _Optional[_Mapping[str, str]] = ..., actor: _Optional[str] = ..., local_contexts: _Optional[_Mapping[str, str]] = ..., cache: _Optional[_Union[CacheOptions, _Mapping]] = ..., frontend_inputs: _Optional[_Mapping[str, bytes]] = ..., rerun_of: _Optional[str] = ..., from_failure: _Optional[bool] = ..., debug_command: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CacheOptions(_message.Message):
     __slots__ = ("export_ref_deprecated", "import_refs_deprecated", "export_attrs_deprecated", "exports", "imports")
@@ -425,3 +440,59 @@ class UpdateBuildHistoryRequest(_message.Message):
 class UpdateBuildHistoryResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class BuildEventsRequest(_message.Message):
+    __slots__ = ("ref", "stream_id", "after_position", "until_position")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_POSITION_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    stream_id: str
+    after_position: int
+    until_position: int
+    def __init__(self, ref: _Optional[str] = ..., stream_id: _Optional[str] = ..., after_position: _Optional[int] = ..., until_position: _Optional[int] = ...) -> None: ...
+
+class BuildEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[LogEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[LogEvent, _Mapping]]] = ...) -> None: ...
+
+class LogEvent(_message.Message):
+    __slots__ = ("position", "event_id", "stream_id", "stream_version", "type", "schema_version", "payload_json", "recorded_at", "actor", "trace_id", "hash")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    event_id: str
+    stream_id: str
+    stream_version: int
+    type: str
+    schema_version: int
+    payload_json: str
+    recorded_at: _timestamp_pb2.Timestamp
+    actor: str
+    trace_id: str
+    hash: bytes
+    def __init__(self, position: _Optional[int] = ..., event_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., stream_version: _Optional[int] = ..., type: _Optional[str] = ..., schema_version: _Optional[int] = ..., payload_json: _Optional[str] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., trace_id: _Optional[str] = ..., hash: _Optional[bytes] = ...) -> None: ...
+
+class LeaksRequest(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    def __init__(self, ref: _Optional[str] = ...) -> None: ...
+
+class LeaksResponse(_message.Message):
+    __slots__ = ("report_json",)
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    report_json: str
+    def __init__(self, report_json: _Optional[str] = ...) -> None: ...

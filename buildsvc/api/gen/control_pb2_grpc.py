@@ -79,6 +79,16 @@ class ControlStub:
                 request_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryRequest.SerializeToString,
                 response_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryResponse.FromString,
                 _registered_method=True)
+        self.BuildEvents = channel.unary_stream(
+                '/buildsvc.control.v1.Control/BuildEvents',
+                request_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.BuildEventsRequest.SerializeToString,
+                response_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.BuildEventsResponse.FromString,
+                _registered_method=True)
+        self.Leaks = channel.unary_unary(
+                '/buildsvc.control.v1.Control/Leaks',
+                request_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksRequest.SerializeToString,
+                response_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -144,6 +154,22 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BuildEvents(self, request, context):
+        """The log's events as stored, for the read commands (history inspect, logs, replay, trace,
+        provenance), which fold them client-side with the same pure projections as the embedded mode.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Leaks(self, request, context):
+        """The leak report: the log's projections checked against the daemon's root (the disk scan runs
+        in the daemon, where the root is).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +217,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.UpdateBuildHistory,
                     request_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryRequest.FromString,
                     response_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryResponse.SerializeToString,
+            ),
+            'BuildEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.BuildEvents,
+                    request_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.BuildEventsRequest.FromString,
+                    response_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.BuildEventsResponse.SerializeToString,
+            ),
+            'Leaks': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leaks,
+                    request_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksRequest.FromString,
+                    response_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +472,60 @@ class Control:
             '/buildsvc.control.v1.Control/UpdateBuildHistory',
             buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryRequest.SerializeToString,
             buildsvc_dot_control_dot_v1_dot_control__pb2.UpdateBuildHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/buildsvc.control.v1.Control/BuildEvents',
+            buildsvc_dot_control_dot_v1_dot_control__pb2.BuildEventsRequest.SerializeToString,
+            buildsvc_dot_control_dot_v1_dot_control__pb2.BuildEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leaks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/buildsvc.control.v1.Control/Leaks',
+            buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksRequest.SerializeToString,
+            buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksResponse.FromString,
             options,
             channel_credentials,
             insecure,

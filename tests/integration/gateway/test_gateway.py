@@ -6,13 +6,14 @@ given must be released when its job ends, however it ends.
 
 from __future__ import annotations
 
+import stat
 import uuid
 from pathlib import Path
 
 import grpc
 import pytest
 
-from buildsvc.api.gateway_client import BUILD_ID_KEY, FrontendResult, Gateway, Ref
+from buildsvc.api.gateway_client import BUILD_ID_KEY, FrontendResult, Gateway, GrpcGateway, Ref
 from buildsvc.api.gen import gateway_pb2 as pb
 from buildsvc.api.gen import gateway_pb2_grpc as pb_grpc
 from buildsvc.daemon.state import open_state
@@ -59,12 +60,22 @@ def test_empty_solve(daemon: Daemon, rootfs: Path) -> None:
 
 
 def test_failed_solve_reaches_the_client(daemon: Daemon, rootfs: Path) -> None:
+    failing = _run("echo broken >&2; exit 3", "RUN fail").marshal()
+    seen: list[SolveError] = []
+
     def frontend(gw: Gateway) -> Ref:
-        return gw.solve(_run("echo broken >&2; exit 3", "RUN fail").marshal())
+        try:
+            return gw.solve(failing)
+        except SolveError as e:
+            seen.append(e)  # the frontend sees the error with its details, as BuildKit's does
+            raise
 
     ref = "gwfail" + uuid.uuid4().hex[:8]
     with pytest.raises(SolveError) as raised:
         daemon.client().build(frontend, local_dirs={"rootfs": rootfs}, build_ref=ref)
+    assert raised.value is seen[0]
+    assert failing.output is not None and raised.value.vertex == failing.output.digest
+    assert raised.value.name == "RUN fail"
     assert raised.value.exit_code == 3
     assert "broken" in raised.value.log_tail
     events = daemon.events(ref)
@@ -82,7 +93,7 @@ def test_no_build_id_is_refused(daemon: Daemon) -> None:
 
 
 def test_unknown_build_id_is_not_found(daemon: Daemon) -> None:
-    gw = Gateway(daemon.client().channel, "no-such-build")
+    gw = GrpcGateway(daemon.client().channel, "no-such-build")
     with pytest.raises(NotFound, match="no such job"):
         gw.ping()
 
@@ -98,8 +109,20 @@ def test_frontend_solves_reads_the_result_and_solves_again(
         ref = gw.solve(first.marshal())
         greeting = gw.read_file(ref, "/made/greeting").decode().strip()
         assert gw.read_file(ref, "made/greeting", offset=1, length=3) == b"ell"
+        # A range past the end gives what there is (BuildKit's ReadFile with a range).
+        assert gw.read_file(ref, "/made/greeting", offset=4, length=100) == b"o\n"
+        assert gw.read_file(ref, "/made/greeting", offset=100, length=5) == b""
+        assert gw.read_file(ref, "/made/greeting", offset=2) == b"llo\n"
         assert [s.path for s in gw.read_dir(ref, "/made", include="g*")] == ["greeting"]
-        assert gw.stat_file(ref, "/made/link").linkname == "greeting"
+        assert [s.path for s in gw.read_dir(ref, "/made")] == ["greeting", "link"]
+        assert [s.path for s in gw.read_dir(ref, "/made", include="[kl]i?k")] == ["link"]
+        assert gw.read_dir(ref, "/made", include="*.txt") == []
+        with pytest.raises(InvalidInput, match=r"\["):
+            gw.read_dir(ref, "/made", include="[")
+        link = gw.stat_file(ref, "/made/link")
+        assert link.linkname == "greeting" and stat.S_ISLNK(link.mode)  # the link, not its target
+        target = gw.stat_file(ref, "/made/greeting")
+        assert stat.S_ISREG(target.mode) and target.size == len(b"hello\n") and not target.linkname
         with pytest.raises(InvalidInput, match=r"\.\."):
             gw.read_file(ref, "/../etc/passwd")
         with pytest.raises(NotFound):
@@ -115,6 +138,20 @@ def test_frontend_solves_reads_the_result_and_solves_again(
     events = daemon.events(outcome.build_ref)
     solves = [e for e in events if isinstance(e, ev.GatewaySolveRequested)]
     assert len(solves) == 2
+    # The job's local dir and each of its solves' are named by the same manifest digest.
+    received = [e for e in events if isinstance(e, ev.LocalContextReceived)]
+    assert [(e.name, e.source) for e in received] == [("rootfs", "host")]  # a path on the daemon host
+    digest = received[0].manifest_digest
+    assert isinstance(events[0], ev.SolveRequested) and events[0].local_dirs == {"rootfs": digest}
+    for solve in solves:
+        solve_events = daemon.events(solve.solve_ref)
+        assert isinstance(solve_events[0], ev.SolveRequested)
+        assert solve_events[0].local_dirs == {"rootfs": digest}
+        assert [
+            (e.name, e.manifest_digest, e.source, e.files_uploaded)
+            for e in solve_events
+            if isinstance(e, ev.LocalContextReceived)
+        ] == [("rootfs", digest, "job", 0)]
     # The second solve found the first step in the cache: it ran only the new one.
     again = daemon.events(solves[1].solve_ref)
     cached = [e.name for e in again if isinstance(e, ev.VertexCached)]

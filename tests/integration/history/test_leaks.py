@@ -17,7 +17,7 @@ __all__ = ["daemon", "daemons"]
 
 
 def leaks(d: Daemon, *args: str, expect: int) -> dict[str, list[dict[str, object]]]:
-    out = d.cli("--root", str(d.root), "--db", d.db_url, "leaks", "--format", "json", *args, expect=expect)
+    out = d.cli("leaks", "--format", "json", *args, expect=expect)  # the daemon scans its root
     found: dict[str, list[dict[str, object]]] = json.loads(out.stdout)
     return found
 
@@ -45,7 +45,7 @@ def test_each_kind_of_leak_is_reported_and_a_clean_daemon_has_none(daemon: Daemo
         "missing": [],
         "mounts": [],
     }
-    text = daemon.cli("--root", str(daemon.root), "--db", daemon.db_url, "leaks").stdout
+    text = daemon.cli("leaks").stdout
     assert text.strip() == "no leaks"
 
     # A ref released by no one: its holder (a build) ended while holding it.

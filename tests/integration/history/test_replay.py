@@ -48,8 +48,8 @@ def _three_steps(rootfs: Path, nonce: str, *, fail: bool = False) -> SolveOption
 
 
 def history(daemon: Daemon, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess[str]:
-    """``buildsvc history ...`` on the daemon's own log (the read commands open the state directly)."""
-    return daemon.cli("--root", str(daemon.root), "--db", daemon.db_url, "history", *args, expect=expect)
+    """``buildsvc --addr ADDR history ...``: the daemon serves its log (no root or database here)."""
+    return daemon.cli("history", *args, expect=expect)
 
 
 def _solve(daemon: Daemon, options: SolveOptions, *, fails: bool = False) -> str:

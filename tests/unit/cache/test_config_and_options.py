@@ -127,3 +127,19 @@ def test_deprecated_forms_translate_with_a_warning() -> None:
     imports, warnings = legacy_import(["reg/x:c", "type=local,src=/c"])
     assert imports == [{"type": "registry", "ref": "reg/x:c"}, {"type": "local", "src": "/c"}]
     assert len(warnings) == 1
+
+
+def test_a_record_keeps_its_vertex_through_the_config_and_plans_carry_it() -> None:
+    ann = LayerAnnotations(media_type="application/vnd.oci.image.layer.v1.tar", diff_id=E, size=1)
+    config = CacheConfig(
+        layers=(CacheLayer(blob=D, parent=-1, annotations=ann),),
+        records=(CacheRecord(key=K, results=(CacheResult(layer=0),), vertex=E),),
+    )
+    assert json.loads(config_json(config))["records"][0]["buildsvc.vertex"] == E
+    assert parse_config(config_json(config), "here") == config
+    bad = config_json(config).replace(f'"buildsvc.vertex":"{E}"'.encode(), b'"buildsvc.vertex":"v1"')
+    with pytest.raises(CacheConfigError, match=r"buildsvc\.vertex is not a sha256 digest"):
+        parse_config(bad, "here")
+    steps = {"v": Step(vertex="v", key=K, outputs=("snap",))}
+    assert [r.vertex for r in plan_records(steps, ("v", 0), "min")] == ["v"]
+    assert [r.vertex for r in plan_records(steps, ("v", 0), "max")] == ["v"]

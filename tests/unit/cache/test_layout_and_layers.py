@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -88,3 +89,36 @@ def test_a_layer_carries_files_whiteouts_and_opaque_dirs(tmp_path: Path, compres
     if compression == "uncompressed":
         with tarfile.open(blob.path) as tar:
             assert ".wh.old.conf" in " ".join(tar.getnames())
+
+
+def test_a_layer_keeps_big_files_whole_and_hard_links_as_links(tmp_path: Path) -> None:
+    root = tmp_path / "snapshot"
+    root.mkdir()
+    big = os.urandom(3 * 1024 * 1024 + 7)  # several copy chunks and a partial tar block
+    (root / "big").write_bytes(big)
+    os.link(root / "big", root / "twin")
+    changes = [Change(kind=ChangeKind.ADDED, path="/big"), Change(kind=ChangeKind.ADDED, path="/twin")]
+    blob = write_layer(root, changes, tmp_path / "layer", compression="uncompressed")
+    assert blob.size % tarfile.RECORDSIZE == 0
+    with tarfile.open(blob.path) as tar:
+        twin = tar.getmember("twin")
+        assert twin.islnk() and twin.linkname == "big"
+        extracted = tar.extractfile("big")
+        assert extracted is not None and extracted.read() == big
+    # A second layer starts with no memory of the first one's files: no link to them.
+    again = write_layer(root, changes[1:], tmp_path / "again", compression="uncompressed")
+    with tarfile.open(again.path) as tar:
+        assert tar.getmember("twin").isreg()
+
+
+def test_a_local_store_links_a_blob_in_when_asked_and_copies_otherwise(tmp_path: Path) -> None:
+    source = tmp_path / "blob"
+    source.write_bytes(b"layer bytes")
+    digest = "sha256:" + hashlib.sha256(b"layer bytes").hexdigest()
+    linked = LayoutStore(tmp_path / "linked", create=True)
+    assert linked.put_file(digest, source, link=True) == len(b"layer bytes")
+    assert linked.blob_path(digest).stat().st_ino == source.stat().st_ino
+    copied = LayoutStore(tmp_path / "copied", create=True)
+    copied.put_file(digest, source)
+    assert copied.blob_path(digest).stat().st_ino != source.stat().st_ino
+    assert copied.blob_path(digest).read_bytes() == b"layer bytes"

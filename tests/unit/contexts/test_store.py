@@ -119,3 +119,19 @@ def test_receive_contexts_records_how_each_dir_arrived(tmp_path: Path) -> None:
     assert again.dirs["context"] == got.dirs["context"] and again.events[0].source == "upload"
     with pytest.raises(NotFound, match="never sent"):
         receive_contexts(store, "ref-3", sent={"context": "sha256:" + "0" * 64})
+
+
+def test_received_dirs_handed_to_another_build_name_the_same_manifests(tmp_path: Path) -> None:
+    """A gateway job's solves record the job's dirs by manifest, as received from the job."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a").write_text("a\n")
+    store = ContextStore(tmp_path / "store")
+    got = receive_contexts(store, "job", host_dirs={"src": ctx}, host_source="host")
+    handed = got.handed_to("job-1")
+    assert handed.dirs == got.dirs and handed.digests == got.digests
+    (event,) = handed.events
+    assert (event.build_ref, event.name, event.manifest_digest) == ("job-1", "src", got.digests["src"])
+    assert (event.source, event.host_path, event.files_uploaded, event.bytes_uploaded) == ("job", "", 0, 0)
+    assert event.files_reused == event.files == 1
+    assert got.events[0].build_ref == "job"  # the job's own record is unchanged

@@ -55,7 +55,8 @@ def test_the_catalog_names_every_event_the_service_records() -> None:
         "LocalContextReceived",
         "SolveResumed", "VertexResultMissing",
         "GatewaySolveRequested", "GatewaySolveCompleted", "GatewaySolveFailed", "GatewayWarning",
-        "GatewayReturned",
+        "GatewayReturned", "FrontendInputReceived",
+        "OutputFetched", "OutputDiscarded",
     }  # fmt: skip
     assert expected <= set(registered_types())
     assert set(catalog.__all__) == expected

@@ -214,3 +214,22 @@ def test_received_local_contexts_name_their_manifests() -> None:
     assert plan is not None
     assert plan.local_manifests == {"rootfs": "sha256:abc"}
     assert plan.local_hosts == {"rootfs": "/src"}
+
+
+def test_cache_exports_are_matched_by_spec_and_completed_ones_keep_their_digest() -> None:
+    spec = {"type": "local", "dest": "/cache"}
+    twice = ev.SolveRequested(build_ref=REF, definition={}, cache_exports=(spec, spec))
+    plan = plan_from_events(
+        REF,
+        stored(
+            twice,
+            STARTED,
+            ev.CacheExportStarted(build_ref=REF, export_id="e1", type="local", attrs=spec),
+            ev.CacheExportCompleted(build_ref=REF, export_id="e1", manifest_digest="sha256:m1"),
+            ev.CacheExportStarted(build_ref=REF, export_id="e2", type="local", attrs=spec),
+        ),
+    )
+    assert plan is not None
+    pending, response = plan.cache_exports_left()
+    assert pending == [(1, spec)]  # the same spec twice is exported twice: the second is left
+    assert response == {"cache.export.0.digest": "sha256:m1"}

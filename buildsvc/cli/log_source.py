@@ -1,0 +1,89 @@
+"""Where the read commands get the log from: the daemon (``BuildEvents``) or the state directly.
+
+``history inspect|logs|trace|replay|provenance`` fold events with pure projections. With a daemon
+(``--addr``, or one answering at the default socket) the events come from it, so the command never
+opens a root or database of its own; embedded, they are read from the state as before. Either way
+the same projections print the same thing.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import click
+
+from buildsvc.api.client import Client
+from buildsvc.cli.common import open_from
+from buildsvc.cli.remote import connect_from
+from buildsvc.daemon.state import State
+from buildsvc.events.envelope import StoredEvent
+from buildsvc.projections.builds import fold_build, get_build
+
+__all__ = ["DaemonLog", "LocalLog", "LogSource", "log_source"]
+
+
+class LogSource(Protocol):
+    """The reads the history commands make of the log."""
+
+    def stream(self, stream_id: str) -> list[StoredEvent]:
+        """One stream's events in version order."""
+        ...
+
+    def log(self, *, until: int = 0) -> Iterable[StoredEvent]:
+        """The whole log in position order (up to ``until``; 0: to its end)."""
+        ...
+
+    def build(self, build_ref: str) -> dict[str, Any] | None:
+        """The build's history row with its vertices (None when absent or deleted)."""
+        ...
+
+
+class LocalLog:
+    """The log of a state this process opened (the embedded mode)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def stream(self, stream_id: str) -> list[StoredEvent]:
+        return self.state.store.read_stream(stream_id)
+
+    def log(self, *, until: int = 0) -> Iterable[StoredEvent]:
+        for stored in self.state.store.read_all(batch_size=5000):
+            if until and stored.position > until:
+                return
+            yield stored
+
+    def build(self, build_ref: str) -> dict[str, Any] | None:
+        self.state.runner.run_once()  # its rows caught up from the log first (works while it runs)
+        with self.state.db.read() as conn:
+            return get_build(conn, build_ref)
+
+
+class DaemonLog:
+    """The log as a daemon serves it (``BuildEvents``)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def stream(self, stream_id: str) -> list[StoredEvent]:
+        return list(self.client.build_events(stream_id=stream_id))
+
+    def log(self, *, until: int = 0) -> Iterable[StoredEvent]:
+        return self.client.build_events(until_position=until)
+
+    def build(self, build_ref: str) -> dict[str, Any] | None:
+        # The builds projection's row, folded here from the build's own events and its history
+        # entry's (pins, deletion), merged back into log order.
+        own = self.stream(f"build-{build_ref}")
+        history = self.stream(f"history-{build_ref}")
+        return fold_build(heapq.merge(own, history, key=lambda s: s.position), build_ref)
+
+
+def log_source(ctx: click.Context) -> LogSource:
+    """The daemon's log when a daemon is to be used, else the state's."""
+    client = connect_from(ctx)
+    if client is not None:
+        return DaemonLog(client)
+    return LocalLog(open_from(ctx))
