@@ -31,6 +31,8 @@ class BlobAccess:
     read: int
     check_on_unpack: bool = False
     """Not hashed yet: the unpacker's diff-id check (diff id == digest) verifies it."""
+    verified: bool = False
+    """Hashed to its digest just now, as it was fetched (a plain tar's unpack need not hash it again)."""
 
 
 class LocalTarget:
@@ -74,6 +76,17 @@ class LocalSource:
         self.config: CacheConfig = parse_config(self.store.read_blob(self.root.config.digest), self.where)
         self.records: list[ImportRecord] = import_records(self.config, self.root, self.where)
         self.bytes_read = self.root.config.size
+
+    def check_present(self, digest: str, size: int) -> None:
+        """``CacheConfigError`` when the layout lacks the blob or it has another size (no read)."""
+        try:
+            actual = self.store.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            raise CacheConfigError(str(self.store.path), f"layer blob {digest} is missing") from None
+        if size and actual != size:
+            raise CacheConfigError(
+                str(self.store.path), f"layer blob {digest} is corrupt ({actual} bytes, not {size})"
+            )
 
     def blob(self, digest: str, size: int, work: Path, diff_id: str = "") -> BlobAccess:
         """The layer blob in the layout, read in place (no copy), its size checked.

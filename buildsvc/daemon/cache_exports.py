@@ -1,16 +1,16 @@
 """Cache export and import around a solve (``--export-cache``, ``--import-cache``), recorded.
 
-Import runs before the solve: each source's records are unpacked eagerly into committed snapshots
-keyed by chain id (announced as made, as image layers are: content-addressed, remaking is
-harmless), and each becomes a cache record (``CacheRecordAdded`` with ``source=import:<type>`` and
-a ref held by the record), so the solver's ordinary lookup finds it. A record whose key the index
-already has on the worker is matched, not unpacked. Everything an import does goes to its own
-stream ``cache-import-<id>`` (the build's stream starts with the solve), ending with
-``CacheImported``; the import's events go in one append. A corrupt or missing blob fails the build
-with a message naming it, or, with ``ignore-error=true``, leaves that record out (a miss, never a
-wrong hit): a blob is verified before its layer is committed (a plain tar by the unpacker's diff-id
-hash, in the same read; anything else by hashing it first). An imported record carries the vertex
-the cache names (empty for BuildKit's caches).
+Import runs before the solve and is lazy, as BuildKit's: it reads the cache config and offers its
+records (``CacheImported`` in its own stream ``cache-import-<id>``, counting the records offered and
+those the index already has on the worker); a record's layers are fetched, verified and unpacked only
+when the solver's lookup for its key misses locally (:class:`LazyImports`, the solver's remote
+cache). The unpack is recorded in the import's stream before the hit is taken: committed snapshots
+keyed by chain id (content-addressed, remaking is harmless), ``CacheRecordAdded`` with
+``source=import:<type>`` and a ref held by the record. A blob missing from a local layout is a clear
+error at import time (or, with ``ignore-error=true``, its record is left out); a blob that fails its
+digest check at hit time is ``CacheImportMiss`` and the step runs: never a wrong hit. A plain tar is
+verified by the unpacker's diff-id hash in the same read, anything else by hashing it first. An
+imported record carries the vertex the cache names (empty for BuildKit's caches).
 
 Export runs in the solve's export step, while the solve still holds its results: the records the
 mode picks, their snapshot chains as layers (a layer per snapshot, written once per snapshot and
@@ -28,10 +28,10 @@ import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import sqlalchemy as sa
 
@@ -54,9 +54,8 @@ from buildsvc.solver.definition import Definition
 from buildsvc.solver.engine import ResultRef
 from buildsvc.solver.worker import SnapshotKind
 from buildsvc.solver.worker import Worker as SolverWorker
-from buildsvc.sources import apply_layer
+from buildsvc.sources import RegistryClient, apply_layer
 from buildsvc.sources.errors import DigestMismatch, InvalidImage
-from buildsvc.sources.images import overlay_upper_dir
 from buildsvc.sources.unpack import WhiteoutMode
 
 __all__ = [
@@ -184,9 +183,118 @@ def import_caches(engine: Engine, build_ref: str, imports: Sequence[CacheImportS
         _import_one(engine, build_ref, spec)
 
 
+@dataclass(slots=True, kw_only=True)
+class _Offer:
+    """An imported cache key's records (by output), unpacked only when a lookup hits it."""
+
+    source: _Source
+    spec: CacheImportSpec
+    stream: str
+    build_ref: str
+    records: dict[int, ImportRecord]
+    outputs: dict[int, str] | None = None
+    """Once unpacked: output -> snapshot (an empty dict: it failed, a miss from then on)."""
+
+
+class LazyImports:
+    """The solver's :class:`~buildsvc.solver.worker.RemoteCache`: imported records, unpacked on a hit.
+
+    As BuildKit's importer: an import reads the cache config and offers its records; a record's
+    layers are fetched, verified and unpacked when the solver's lookup for its key misses locally.
+    The unpack is recorded in the import's stream (snapshots, ``CacheRecordAdded`` with
+    ``source=import:<type>``, the cache's ref) before the solver takes the hit; a blob that fails
+    its check is ``CacheImportMiss`` there and the step runs.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._offers: dict[tuple[str, str], _Offer] = {}
+        self._lock = threading.Lock()
+        # One registry client per ``insecure`` setting for the engine's life: a client per hit
+        # cost more than fetching a 10 MB layer (its TLS context alone).
+        self._clients: dict[bool, RegistryClient] = {}
+        self._client_scopes = contextlib.ExitStack()
+
+    def client(self, insecure: bool) -> RegistryClient:
+        """The registry client hits of an import with ``registry.insecure=insecure`` fetch with."""
+        with self._lock:
+            if insecure not in self._clients:
+                self._clients[insecure] = self._client_scopes.enter_context(
+                    client_for(self.engine.registry, insecure=insecure)
+                )
+            return self._clients[insecure]
+
+    def offer(self, worker: str, offer: _Offer) -> None:
+        """Make the records of one key findable (a later import of the same key replaces it)."""
+        key = next(iter(offer.records.values())).key
+        with self._lock:
+            current = self._offers.get((worker, key))
+            if current is None or current.outputs is not None:
+                self._offers[(worker, key)] = offer
+
+    def materialize(self, cache_key: str, worker: SolverWorker, build_ref: str) -> Mapping[int, str]:
+        """Unpack and record the offered result of ``cache_key`` (see the class doc)."""
+        offer = self._offers.get((worker.info.name, cache_key))
+        if offer is None:
+            return {}
+        with _lock(f"materialize/{worker.info.name}/{cache_key}"):
+            if offer.outputs is None:
+                offer.outputs = self._unpack(offer, worker)
+                if offer.outputs:
+                    # The cache index has the record now; once it is pruned, this is no offer.
+                    with self._lock:
+                        if self._offers.get((worker.info.name, cache_key)) is offer:
+                            del self._offers[(worker.info.name, cache_key)]
+            return offer.outputs
+
+    def _unpack(self, offer: _Offer, worker: SolverWorker) -> dict[int, str]:
+        events: list[Event] = []
+        outputs: dict[int, str] = {}
+        spec = offer.spec
+        try:
+            with tempfile.TemporaryDirectory(prefix="cache-import-", dir=self.engine.state.root) as work:
+                if isinstance(offer.source, RegistrySource):
+                    offer.source.client = self.client(spec.insecure)  # the import's own one is closed
+                for output, record in sorted(offer.records.items()):
+                    made, _, size = _unpack_chain(worker, offer.source, record.layers, Path(work))
+                    events.extend(_snapshot_events(worker, made))
+                    events.extend(_record_events(worker, record, offer.build_ref, spec, size))
+                    outputs[output] = record.snapshot
+        except BuildsvcError as e:
+            # Layers already unpacked stay (content-addressed, verified, recorded): a later import
+            # reuses them. The record is a miss, never a hit on a blob that failed its check.
+            events.append(
+                ev.CacheImportMiss(build_ref=offer.build_ref, cache_key=offer_key(offer), error=str(e))
+            )
+            self.engine.state.store.append(offer.stream, events)
+            return {}
+        self.engine.state.store.append(offer.stream, events)
+        return outputs
+
+
+def offer_key(offer: _Offer) -> str:
+    """The cache key an offer's records share."""
+    return next(iter(offer.records.values())).key
+
+
+_lazy_guard = threading.Lock()
+
+
+def _lazy_imports(engine: Engine) -> LazyImports:
+    """The engine's lazy imports, installed as the solver's remote cache on first use."""
+    with _lazy_guard:
+        current = engine.solver.remote_cache
+        if isinstance(current, LazyImports):
+            return current
+        lazy = LazyImports(engine)
+        engine.solver.remote_cache = lazy
+        return lazy
+
+
 def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
     stream = f"cache-import-{uuid.uuid4().hex[:16]}"
     worker = engine.workers[0]
+    lazy = _lazy_imports(engine)
     with client_for(engine.registry, insecure=spec.insecure) as client:
         try:
             source: _Source
@@ -199,69 +307,73 @@ def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
             if spec.ignore_error:
                 return
             raise
-        imported = matched = skipped = layers = 0
-        read = source.bytes_read
-        errors: list[str] = []
-        # What the import made, recorded in one append with its end (an append per record cost
-        # more than unpacking a small layer); a failure records what was made before it.
-        events: list[Event] = []
-        with tempfile.TemporaryDirectory(prefix="cache-import-", dir=engine.state.root) as work:
-            for record in source.records:
-                if _has_record(engine, record, worker):
-                    matched += 1
-                    continue
-                try:
-                    made, moved, size = _unpack_chain(worker, source, record.layers, Path(work))
-                except BuildsvcError as e:
-                    errors.append(str(e))
-                    if not spec.ignore_error:
-                        _import_failed(engine, stream, build_ref, spec, str(e), events)
-                        raise
-                    skipped += 1
-                    continue
-                read += moved
-                layers += len(made)
-                events.extend(_snapshot_events(worker, made))
-                events.append(
-                    ev.CacheRecordAdded(
-                        cache_key=record.key,
-                        vertex=record.vertex,
-                        snapshot_id=record.snapshot,
-                        output=record.output,
-                        worker=worker.name,
-                        build_ref=build_ref,
-                        source=f"import:{spec.type}",
-                        size_bytes=size,
-                    )
-                )
-                events.append(
-                    ev.RefAcquired(
-                        ref_id=f"ref-{uuid.uuid4().hex}",
-                        snapshot_id=record.snapshot,
-                        holder_kind="cache",
-                        holder_id=record.key,
-                        build_ref=build_ref,
-                    )
-                )
-                imported += 1
+    offered = matched = skipped = 0
+    errors: list[str] = []
+    by_key: dict[str, dict[int, ImportRecord]] = {}
+    for record in source.records:
+        if _has_record(engine, record, worker):
+            matched += 1
+            continue
+        if isinstance(source, LocalSource):
+            # A blob missing from the layout is known without reading it: a clear error now.
+            try:
+                for layer in record.layers:
+                    source.check_present(layer.blob, layer.size)
+            except BuildsvcError as e:
+                errors.append(str(e))
+                if not spec.ignore_error:
+                    _import_failed(engine, stream, build_ref, spec, str(e))
+                    raise
+                skipped += 1
+                continue
+        by_key.setdefault(record.key, {})[record.output] = record
+        offered += 1
+    for records in by_key.values():
+        lazy.offer(
+            worker.name, _Offer(source=source, spec=spec, stream=stream, build_ref=build_ref, records=records)
+        )
     engine.state.store.append(
         stream,
         [
-            *events,
             ev.CacheImported(
                 build_ref=build_ref,
                 type=spec.type,
                 attrs=dict(spec.attrs),
                 manifest_digest=source.manifest_digest,
-                records=imported,
+                records=offered,
                 records_matched=matched,
                 records_skipped=skipped,
-                layers=layers,
-                bytes_read=read,
+                layers=0,
+                bytes_read=source.bytes_read,
                 error="; ".join(errors),
+                offered=tuple(f"{key}#{output}" for key, records in by_key.items() for output in records),
             ),
         ],
     )
+
+
+def _record_events(
+    worker: SolverWorker, record: ImportRecord, build_ref: str, spec: CacheImportSpec, size: int
+) -> list[Event]:
+    return [
+        ev.CacheRecordAdded(
+            cache_key=record.key,
+            vertex=record.vertex,
+            snapshot_id=record.snapshot,
+            output=record.output,
+            worker=worker.info.name,
+            build_ref=build_ref,
+            source=f"import:{spec.type}",
+            size_bytes=size,
+        ),
+        ev.RefAcquired(
+            ref_id=f"ref-{uuid.uuid4().hex}",
+            snapshot_id=record.snapshot,
+            holder_kind="cache",
+            holder_id=record.key,
+            build_ref=build_ref,
+        ),
+    ]
 
 
 def _import_failed(
@@ -291,19 +403,19 @@ def _has_record(engine: Engine, record: ImportRecord, worker: Worker) -> bool:
 
 
 def _unpack_chain(
-    worker: Worker, source: _Source, chain: Sequence[ImportLayer], work: Path
+    worker: SolverWorker, source: _Source, chain: Sequence[ImportLayer], work: Path
 ) -> tuple[list[ImportLayer], int, int]:
     """Unpack the layers of ``chain`` not yet on the worker: (layers made, bytes read, blob bytes)."""
     made: list[ImportLayer] = []
     moved = 0
     for layer in chain:
-        with _lock(f"{worker.name}/{layer.key}"):
+        with _lock(f"{worker.info.name}/{layer.key}"):
             if _committed(worker, layer.key):
                 continue
             blob = source.blob(layer.blob, layer.size, work, layer.diff_id)
             moved += blob.read
             try:
-                _unpack_layer(worker, layer, blob.path)
+                _unpack_layer(worker, layer, blob.path, blob.verified and layer.blob == layer.diff_id)
             except (DigestMismatch, InvalidImage) as e:
                 if not blob.check_on_unpack:
                     raise
@@ -319,7 +431,7 @@ def _lock(key: str) -> threading.Lock:
         return _unpack_locks.setdefault(key, threading.Lock())
 
 
-def _committed(worker: Worker, key: str) -> bool:
+def _committed(worker: SolverWorker, key: str) -> bool:
     try:
         info = worker.snapshotter.stat(key)
     except NotFound:
@@ -327,19 +439,28 @@ def _committed(worker: Worker, key: str) -> bool:
     return info.kind is SnapshotKind.COMMITTED
 
 
-def _unpack_layer(worker: Worker, layer: ImportLayer, blob: Path) -> None:
+@runtime_checkable
+class _HasUpperDir(Protocol):
+    """A snapshotter that says where an active snapshot's writes land (the overlay one)."""
+
+    def upper_dir(self, key: str) -> str: ...
+
+
+def _unpack_layer(worker: SolverWorker, layer: ImportLayer, blob: Path, verified: bool = False) -> None:
     snapshotter = worker.snapshotter
     active = f"{layer.key}.import-{uuid.uuid4().hex[:12]}"
     snapshotter.prepare(active, layer.parent)
     try:
-        mount = snapshotter.mount(active)
-        try:
-            upper = overlay_upper_dir(mount.path)
-        finally:
-            snapshotter.unmount(active)
-        if upper is not None:
+        if isinstance(snapshotter, _HasUpperDir):
+            # Straight into the upper directory, no mount: overlay whiteouts over a parent; a
+            # bottom layer has nothing below to hide, so its whiteouts are carried out instead.
             apply_layer(
-                str(blob), upper, mode=WhiteoutMode.OVERLAY, layer=layer.blob, expected_diff_id=layer.diff_id
+                str(blob),
+                snapshotter.upper_dir(active),
+                mode=WhiteoutMode.OVERLAY if layer.parent else WhiteoutMode.DELETE,
+                layer=layer.blob,
+                expected_diff_id=layer.diff_id,
+                verified_diff_id=layer.diff_id if verified else None,
             )
         else:
             target = snapshotter.mount(active)
@@ -365,14 +486,14 @@ def _unpack_layer(worker: Worker, layer: ImportLayer, blob: Path) -> None:
         raise
 
 
-def _snapshot_events(worker: Worker, made: Sequence[ImportLayer]) -> list[Event]:
+def _snapshot_events(worker: SolverWorker, made: Sequence[ImportLayer]) -> list[Event]:
     events: list[Event] = []
     for layer in made:
         # Content-addressed layers are made, then recorded (as image layers): remaking one is harmless.
         events.append(
             ev.SnapshotCreated(
                 snapshot_id=layer.key,
-                worker=worker.name,
+                worker=worker.info.name,
                 snapshotter=worker.snapshotter.name,
                 parent=layer.parent,
                 kind="committed",
@@ -538,6 +659,21 @@ class _LayerCache:
     def parent_of(self, snapshot: str) -> str | None:
         return self.worker.snapshotter.stat(snapshot).parent
 
+    @contextlib.contextmanager
+    def _changed_files(self, snapshot: str) -> Iterator[Path | None]:
+        """A directory holding every file ``snapshot`` adds or changes, at its path.
+
+        An overlay layer's own directory is that (copy-up copies whole files), read unmounted; the
+        solve holding the result keeps it and its parents. Other snapshotters: a mounted view.
+        """
+        snapshotter = self.worker.snapshotter
+        if isinstance(snapshotter, _HasUpperDir):
+            yield Path(snapshotter.upper_dir(snapshot))
+            return
+        view = ResultRef(worker=self.worker, snapshot_id=snapshot, cache_key="")
+        with self.engine.view(view, self.build_ref) as root:
+            yield root
+
     def layer_of(self, snapshot: str) -> LayerBlob:
         spec = self.spec
         level = spec.compression_level
@@ -561,8 +697,7 @@ class _LayerCache:
             changes = self.worker.snapshotter.changes(snapshot)
             partial = self.dir / f".{name}.{uuid.uuid4().hex[:8]}"
             try:
-                view = ResultRef(worker=self.worker, snapshot_id=snapshot, cache_key="")
-                with self.engine.view(view, self.build_ref) as root:
+                with self._changed_files(snapshot) as root:
                     blob = write_layer(
                         root,
                         changes,

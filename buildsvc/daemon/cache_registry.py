@@ -88,11 +88,14 @@ class RegistrySource:
         return self.content.read(digest)
 
     def blob(self, digest: str, size: int, work: Path, diff_id: str = "") -> BlobAccess:
-        """The layer blob, fetched into the content store when missing (verified as it is written)."""
+        """The layer blob, fetched into the content store when missing (verified as it is written).
+
+        A blob already in the store is checked again by the unpack (``verified`` is false).
+        """
         if self.content.has(digest):
             return BlobAccess(path=Path(self.content.path(digest)), read=0)
         path = self.client.fetch_blob(self.ref, self._desc(digest, size), self.content)
-        return BlobAccess(path=Path(path), read=size)
+        return BlobAccess(path=Path(path), read=size, verified=True)
 
     @staticmethod
     def _desc(digest: str, size: int) -> Descriptor:

@@ -238,8 +238,10 @@ def prune(
             return not any(
                 not old_enough(r.recorded_at) or (r.worker, r.build_ref) in kept_builds for r in recs
             )
-        # A layer no record points at: only a committed one nothing holds at all.
-        return row.state == "committed" and row.active_refs == 0 and old_enough(created_at.get(sid))
+        # A layer no record points at: only a committed one nothing but cache refs holds. Those
+        # are orphans: their key's record now points at another snapshot (the step ran again), so
+        # the cache can no longer hand this one out; remove_snapshot releases them with it.
+        return row.state == "committed" and sid not in held and old_enough(created_at.get(sid))
 
     chosen = {sid for sid in live if matches(sid) and eligible(sid)}
     skipped: dict[str, str] = {sid: "in use" for sid in chosen if sid in held}

@@ -23,6 +23,7 @@ __all__ = [
     "CacheExportCompleted",
     "CacheExportFailed",
     "CacheExportStarted",
+    "CacheImportMiss",
     "CacheImported",
     "CacheRecordAdded",
     "CacheRecordRemoved",
@@ -346,7 +347,7 @@ class CacheImported(Event):
     attrs: dict[str, str] = field(default_factory=dict)
     manifest_digest: str = ""
     records: int = 0
-    """Records imported (unpacked and added to the cache index)."""
+    """Records offered (unpacked when a lookup hits them; older events: unpacked at import)."""
     bytes_read: int = 0
     records_matched: int = 0
     """Records the cache index already had on the worker (nothing unpacked)."""
@@ -356,6 +357,8 @@ class CacheImported(Event):
     """Layers unpacked into new snapshots."""
     error: str = ""
     """Why the import (or, when ``records_skipped``, a record) failed."""
+    offered: tuple[str, ...] = ()
+    """``<cache key>#<output>`` of each record offered (unpacked only when a lookup hits it)."""
 
 
 @event_type
@@ -606,3 +609,20 @@ class OutputDiscarded(Event):
     build_ref: str
     index: int
     reason: str = ""
+
+
+# --- lazy cache imports (issue 6's speed work) ----------------------------------------------------
+# Stream ``cache-import-<id>``: an import offers its records (CacheImported); a record is unpacked
+# when a solve's lookup hits it, recorded there too (snapshots, CacheRecordAdded), or, when a blob
+# fails its check then, recorded as a miss.
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheImportMiss(Event):
+    """An imported record was hit but a blob of its layers failed its check: a miss, the step ran."""
+
+    build_ref: str
+    """The build that imported it."""
+    cache_key: str
+    error: str

@@ -59,6 +59,18 @@ class OverlaySnapshotter:
                     raise
             return SnapshotMount(key=key, path=target, readonly=readonly)
 
+    def upper_dir(self, key: str) -> str:
+        """The directory of ``key``'s own layer (``fs``): an active one's upper dir, a committed layer.
+
+        Layer unpacking writes overlay whiteouts into an active one itself, and a layer export reads
+        a committed one's changed files there: neither needs a mount (the caller holds ``key``).
+        """
+        with self._index.key_lock(key):
+            entry = self._index.get(key)
+            if entry.info.kind is SnapshotKind.VIEW:
+                raise SnapshotStateError(key, entry.info.kind.value, "read its upper directory")
+            return self._layer(entry)
+
     def unmount(self, key: str) -> None:
         """Unmount ``key`` if it is mounted."""
         with self._index.key_lock(key):

@@ -16,7 +16,7 @@ from buildsvc.events import catalog as ev
 from buildsvc.events.database import Database
 from buildsvc.events.envelope import StoredEvent
 from buildsvc.projections.refs import unreleased_refs
-from buildsvc.projections.rows import RowBuffer
+from buildsvc.projections.rows import RowBuffer, flush_together
 from buildsvc.projections.schema import cache_records
 
 __all__ = ["CacheIndexProjection", "SqlCacheIndex"]
@@ -64,7 +64,7 @@ class CacheIndexProjection:
                     rows.flush()
                     conn.execute(cache_records.delete().where(cache_records.c.cache_key == cache_key))
                     rows = RowBuffer(conn, cache_records)
-        rows.flush()
+        flush_together([rows])  # a few new records: pipelined INSERTs, not a COPY
 
 
 class SqlCacheIndex:
@@ -82,7 +82,7 @@ class SqlCacheIndex:
         """Output index -> snapshot id of the record for ``cache_key`` on ``worker`` (empty on a miss)."""
 
         def once() -> dict[int, str]:
-            with self.db.read() as conn:
+            with self.db.read_statement() as conn:  # one SELECT: no BEGIN/COMMIT round trips
                 return {
                     r.output: r.snapshot_id
                     for r in conn.execute(self._query, {"key": cache_key, "worker": worker})

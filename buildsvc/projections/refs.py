@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from buildsvc.events import catalog as ev
 from buildsvc.events.envelope import StoredEvent
-from buildsvc.projections.rows import RowBuffer
+from buildsvc.projections.rows import RowBuffer, flush_together, load_together
 from buildsvc.projections.schema import ended_scopes, refs, snapshots
 
 __all__ = [
@@ -100,18 +100,28 @@ class RefStateProjection:
         ref_rows = RowBuffer(conn, refs)
         scope_rows = RowBuffer(conn, ended_scopes)
         snap_rows = RowBuffer(conn, snapshots)
-        ref_rows.load(e.ref_id for _, e in relevant if isinstance(e, ev.RefAcquired | ev.RefReleased))
-        snap_rows.load(
-            [getattr(e, "snapshot_id", None) for _, e in relevant]
-            + [e.from_active for _, e in relevant if isinstance(e, ev.SnapshotCommitted) and e.from_active]
-        )
-        scope_rows.load(
+        load_together(
             [
-                scope_of(e.holder_kind, e.holder_id, e.build_ref)
-                for _, e in relevant
-                if isinstance(e, ev.RefAcquired)
+                (ref_rows, [e.ref_id for _, e in relevant if isinstance(e, ev.RefAcquired | ev.RefReleased)]),
+                (
+                    snap_rows,
+                    [getattr(e, "snapshot_id", None) for _, e in relevant]
+                    + [
+                        e.from_active
+                        for _, e in relevant
+                        if isinstance(e, ev.SnapshotCommitted) and e.from_active
+                    ],
+                ),
+                (
+                    scope_rows,
+                    [
+                        scope_of(e.holder_kind, e.holder_id, e.build_ref)
+                        for _, e in relevant
+                        if isinstance(e, ev.RefAcquired)
+                    ]
+                    + [s for _, e in relevant if (s := _ended_scope(e) or _reopened_scope(e)) is not None],
+                ),
             ]
-            + [s for _, e in relevant if (s := _ended_scope(e) or _reopened_scope(e)) is not None]
         )
         newly_ended: list[dict[str, Any]] = []
         for stored, event in relevant:
@@ -156,9 +166,7 @@ class RefStateProjection:
                     reopened = _reopened_scope(event)
                     if reopened is not None:
                         scope_rows.delete(reopened)
-        ref_rows.flush()
-        scope_rows.flush()
-        snap_rows.flush()
+        flush_together([ref_rows, scope_rows, snap_rows])
         # Refs acquired before their scope ended (in this batch or earlier) learn it here, in order, so
         # a scope that ended, was reopened and ended again marks each ref with the end that followed it.
         for ended in newly_ended:

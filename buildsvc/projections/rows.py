@@ -4,6 +4,11 @@ A projection loads the rows a batch of events touches (one SELECT by the first k
 them as plain dicts, and writes back only what changed: new rows in one COPY on PostgreSQL (one
 executemany on SQLite), changed rows in one executemany UPDATE.
 
+An inline projection runs inside an append's commit, where each round trip is paid by the solver
+waiting for that append; there ``load_together`` and ``flush_together`` send the statements of
+several buffers in one psycopg pipeline (one round trip), and a few new rows go in as pipelined
+INSERTs rather than a COPY (a COPY costs two round trips of its own and cannot be pipelined).
+
 Loading by the first key column only (``= ANY(array)`` on PostgreSQL, ``IN`` on SQLite) keeps the
 statement text constant, so it is prepared once, and uses the primary key's index on both; a
 composite ``(a, b) IN (...)`` is a full scan on SQLite.
@@ -11,7 +16,7 @@ composite ``(a, b) IN (...)`` is a full scan on SQLite.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,7 +25,10 @@ from sqlalchemy.engine import Connection
 
 from buildsvc.events.rows import driver_errors
 
-__all__ = ["RowBuffer"]
+__all__ = ["RowBuffer", "flush_together", "load_together"]
+
+_COPY_FROM_ROWS = 64
+"""New rows of one table from which a COPY beats pipelined INSERTs."""
 
 Row = dict[str, Any]
 
@@ -148,6 +156,60 @@ class RowBuffer:
         self._dirty.clear()
         self._deleted.clear()
 
+    # --- one pipeline for several buffers (PostgreSQL) ------------------------------------------------
+
+    def _plain(self) -> bool:
+        """Whether rows can skip SQLAlchemy's type processing (no TypeDecorator column), as COPY does."""
+        return self.conn.dialect.name == "postgresql" and not any(
+            isinstance(c.type, sa.TypeDecorator) for c in self.table.columns
+        )
+
+    def _wanted(self, keys: Iterable[Hashable]) -> list[Hashable]:
+        wanted = [k for k in set(keys) if k not in self._rows]
+        for k in wanted:
+            self._rows[k] = None
+        if len(self.key_columns) > 1:
+            return list({k[0] for k in wanted})  # type: ignore[index]
+        return wanted
+
+    def _take(self, names: list[str], records: list[tuple[Any, ...]]) -> None:
+        for record in records:
+            row = dict(zip(names, record, strict=True))
+            key = self._key(row)
+            self._rows[key] = row
+            self._key_of[id(row)] = key
+
+    def _pending(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """(SQL, parameter rows) for the deletes, the few new rows and the updates, in flush order."""
+        t = f'"{self.table.name}"'
+        keys = self.key_columns
+        match = " AND ".join(f'"{c}" = %s' for c in keys)
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = []
+        if self._deleted:
+            params = [k if isinstance(k, tuple) else (k,) for k in self._deleted]
+            statements.append((f"DELETE FROM {t} WHERE {match}", params))
+        if self._new and len(self._new) < _COPY_FROM_ROWS:
+            columns = [c.name for c in self.table.columns]
+            names = ", ".join(f'"{c}"' for c in columns)
+            marks = ", ".join(["%s"] * len(columns))
+            rows = [self._rows[k] or {} for k in self._new]
+            statements.append(
+                (f"INSERT INTO {t} ({names}) VALUES ({marks})", [tuple(r[c] for c in columns) for r in rows])
+            )
+            self._new.clear()
+        if self._dirty:
+            others = [c.name for c in self.table.columns if c.name not in keys]
+            sets = ", ".join(f'"{c}" = %s' for c in others)
+            params = []
+            for k in self._dirty:
+                row = self._rows[k]
+                assert row is not None
+                params.append(tuple(row[c] for c in others) + tuple(row[c] for c in keys))
+            statements.append((f"UPDATE {t} SET {sets} WHERE {match}", params))
+        self._deleted.clear()
+        self._dirty.clear()
+        return statements
+
     def _insert(self, rows: list[Row]) -> None:
         columns = [c.name for c in self.table.columns]
         if self.conn.dialect.name != "postgresql":
@@ -165,6 +227,50 @@ class RowBuffer:
                         copy.write_row([row[c] for c in columns])
             finally:
                 cursor.close()
+
+
+def load_together(loads: Sequence[tuple[RowBuffer, Iterable[Hashable]]]) -> None:
+    """``buffer.load(keys)`` for each pair, the SELECTs in one round trip on PostgreSQL."""
+    if not loads or not all(b._plain() for b, _ in loads):
+        for buffer, keys in loads:
+            buffer.load(keys)
+        return
+    conn = loads[0][0].conn
+    pending = [(b, w) for b, keys in loads if (w := b._wanted(keys))]
+    if not pending:
+        return
+    pg = conn.connection.driver_connection
+    with driver_errors(conn), pg.pipeline():  # type: ignore[union-attr]
+        cursors = []
+        for buffer, wanted in pending:
+            first = buffer.table.c[buffer.key_columns[0]]
+            cur = pg.cursor()  # type: ignore[union-attr]
+            cur.execute(
+                f'SELECT * FROM "{buffer.table.name}" WHERE "{first.name}" = ANY(%s::{_pg_type(first)}[])',
+                (wanted,),
+            )
+            cursors.append(cur)
+        for (buffer, _), cur in zip(pending, cursors, strict=True):
+            records = cur.fetchall()
+            buffer._take([d.name for d in cur.description or ()], records)
+            cur.close()
+
+
+def flush_together(buffers: Sequence[RowBuffer]) -> None:
+    """``flush()`` each buffer, their statements in one round trip on PostgreSQL (large inserts by COPY)."""
+    if not buffers or not all(b._plain() for b in buffers):
+        for buffer in buffers:
+            buffer.flush()
+        return
+    conn = buffers[0].conn
+    statements = [s for b in buffers for s in b._pending()]
+    if statements:
+        pg = conn.connection.driver_connection
+        with driver_errors(conn), pg.pipeline(), pg.cursor() as cur:  # type: ignore[union-attr]
+            for sql, params in statements:
+                cur.executemany(sql, params)
+    for buffer in buffers:
+        buffer.flush()  # what is left: inserts large enough for a COPY
 
 
 def _pg_type(column: sa.Column[Any]) -> str:

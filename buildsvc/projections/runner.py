@@ -1,10 +1,11 @@
 """Apply events to projections exactly once, one runner at a time, and rebuild them from the log.
 
 Exactly once: a projection's rows and its checkpoint are written in one transaction, and that
-transaction first locks the projection's checkpoint row (``SELECT ... FOR UPDATE``; SQLite's write
-lock does the same) and re-reads the position there. Whoever applies a batch — a runner, or an
-append applying an inline projection — does it under that lock and only from the stored position,
-so no event is applied twice or skipped, whatever runs concurrently.
+transaction first locks the projection's checkpoint row (``SELECT ... FOR UPDATE``, or in an
+append the ``UPDATE`` that advances it; SQLite's write lock does the same) and re-reads the
+position there. Whoever applies a batch — a runner, or an append applying an inline projection —
+does it under that lock and only from the stored position, so no event is applied twice or
+skipped, whatever runs concurrently.
 
 One runner at a time: runners (in one process or in several daemons on one database) take a lease
 on a projection (``owner``, ``lease_until`` in its checkpoint row) and renew it with every batch; a
@@ -107,8 +108,10 @@ class InlineProjections:
         self.projections = [p for p in projections if p.inline]
         self._advance = (
             checkpoints.update()
-            .where(checkpoints.c.name == sa.bindparam("_name"))
+            .where(checkpoints.c.name.in_(sa.bindparam("names", expanding=True)))
+            .where(checkpoints.c.status == LIVE)
             .values(position=sa.bindparam("position"))
+            .returning(checkpoints.c.name)
         )
 
     def __call__(self, conn: Connection, appended: Sequence[StoredEvent], head_before: int) -> None:
@@ -116,21 +119,21 @@ class InlineProjections:
         wanted = [p for p in self.projections if not p.event_types.isdisjoint(types)]
         if not wanted:
             return
-        state = {
-            r.name: r.status
-            for r in conn.execute(
-                sa.select(checkpoints.c.name, checkpoints.c.status)
-                .where(checkpoints.c.name.in_([p.name for p in wanted]))
-                .with_for_update()
-            )
-        }
-        advanced = []
+        # One statement both locks and advances every wanted checkpoint that is live, and says which
+        # were (RETURNING): the same row locks ``SELECT ... FOR UPDATE`` took, one round trip fewer.
+        # A rebuild that changes a status first holds that row's lock; this UPDATE waits for it and
+        # then re-checks ``status = live`` on the committed row (PostgreSQL re-evaluates the WHERE of
+        # a row it waited for; SQLite has one writer), so a projection being rebuilt is left alone
+        # exactly as before. The rows written below are in the same transaction as the new position.
+        live = set(
+            conn.execute(
+                self._advance,
+                {"names": [p.name for p in wanted], "position": appended[-1].position},
+            ).scalars()
+        )
         for p in wanted:
-            if state.get(p.name) == LIVE:
+            if p.name in live:
                 p.apply(conn, appended)
-                advanced.append({"_name": p.name, "position": appended[-1].position})
-        if advanced:
-            conn.execute(self._advance, advanced)
 
 
 class ProjectionRunner:

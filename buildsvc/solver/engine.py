@@ -40,7 +40,7 @@ from buildsvc.solver.recording import DAEMON_ACTOR, BuildRecorder, HeldRef, LogW
 from buildsvc.solver.resume import CompletedVertex, ResumePlan, missing_local_dirs, repair
 from buildsvc.solver.source_excerpt import SourceExcerpt, locate
 from buildsvc.solver.unrecorded import UnrecordedEnds
-from buildsvc.solver.worker import Worker, select_worker
+from buildsvc.solver.worker import RemoteCache, Worker, select_worker
 
 __all__ = ["CacheIndex", "ResultRef", "SolveRequest", "SolveResult", "Solver"]
 
@@ -191,6 +191,8 @@ class Solver:
         self._records: dict[tuple[str, str], Mapping[int, str]] = {}
         self.unrecorded = UnrecordedEnds(state_dir / "unrecorded", store)
         """Ends of solves the store did not take during an outage, until it answers again."""
+        self.remote_cache: RemoteCache | None = None
+        """Imported cache records unpacked on a hit (set by the daemon's first cache import)."""
 
     def close(self) -> None:
         """Stop the vertex threads (running vertices finish first)."""
@@ -722,6 +724,13 @@ class _Solve:
                 for recorded in hit.values():
                     if not self._exists(worker, recorded):
                         step.record(ev.SnapshotRemoved(snapshot_id=recorded, reason=reason))
+            remote = self.solver.remote_cache
+            lazy = remote.materialize(key, worker, self.request.build_ref) if remote is not None else {}
+            if len(lazy) == expected and all(self._exists(worker, s) for s in lazy.values()):
+                imported: tuple[str | None, ...] = tuple(lazy[i] for i in range(expected))
+                self.solver._remember(key, worker.info.name, lazy)
+                self._use(vertex, name, key, worker, imported)
+                return imported
         step.record(
             ev.VertexStarted(
                 build_ref=self.request.build_ref,

@@ -254,6 +254,19 @@ class Worker(Protocol):
         ...
 
 
+class RemoteCache(Protocol):
+    """Cache records imported (``--import-cache``) but not unpacked yet: lazy, as BuildKit's.
+
+    The solver asks on a local miss; the implementation (``buildsvc.daemon.cache_exports``) verifies
+    and unpacks the record's layers, records them and the cache record, and answers as the cache
+    index would. A blob that fails its check is a miss (recorded there), never a hit.
+    """
+
+    def materialize(self, cache_key: str, worker: Worker, build_ref: str) -> Mapping[int, str]:
+        """Output index -> snapshot id of the imported result of ``cache_key`` (empty: none, or bad)."""
+        ...
+
+
 class FileBackend(Protocol):
     """Applies a FileOp's actions to mounted snapshot directories (BuildKit's file backend)."""
 

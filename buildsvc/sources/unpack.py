@@ -15,8 +15,9 @@ than followed, files are created with ``O_NOFOLLOW | O_EXCL`` after removing wha
 hard links must name an earlier entry inside the tree. A refused entry fails the whole layer
 (``UnsafeLayer``); the caller throws the half-filled snapshot away.
 
-The uncompressed stream is hashed as it is read, so the result carries the layer's diff id and
-a layer whose content does not match the image config's diff id is refused too.
+The uncompressed stream is hashed as it is read (a plain tar on disk: by a second thread while the
+kernel copies file data out of it), so the result carries the layer's diff id and a layer whose
+content does not match the image config's diff id is refused too.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import shutil
 import stat
 import tarfile
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, BinaryIO, Protocol, cast
@@ -107,29 +109,77 @@ def apply_layer(
     mode: WhiteoutMode,
     layer: str = "",
     expected_diff_id: str | None = None,
+    verified_diff_id: str | None = None,
 ) -> UnpackResult:
     """Apply the layer blob at ``blob_path`` onto the directory ``target``.
 
     ``layer`` names the layer in errors (its digest). With ``expected_diff_id``, a layer whose
     uncompressed content hashes differently raises ``DigestMismatch`` (after it was applied: the
-    caller must discard ``target``).
+    caller must discard ``target``). ``verified_diff_id``: the caller has just checked that the blob
+    hashes to it (a plain tar whose digest is its diff id, hashed as it was fetched); a plain tar is
+    then not hashed again.
     """
     label = layer or os.path.basename(blob_path)
     with open(blob_path, "rb") as raw:
-        reader = _HashingReader(_decompressed(raw))
         applier = _Applier(os.path.realpath(target), mode, label)
+        compressed = _is_compressed(raw)
         try:
-            with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
-                for member in tar:
-                    applier.apply(member, tar)
-            reader.drain()
+            if compressed:
+                reader = _HashingReader(_decompressed(raw))
+                # A 1 MiB stream buffer: tarfile's default moves data in 10 KiB records.
+                with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|", bufsize=_CHUNK) as tar:
+                    for member in tar:
+                        applier.apply(member, tar)
+                reader.drain()
+                diff_id = reader.digest()
+            else:
+                diff_id = _apply_plain(raw, blob_path, applier, verified_diff_id)
         except (tarfile.TarError, EOFError, gzip.BadGzipFile, zstandard.ZstdError) as e:
             raise InvalidImage(label, f"layer is not a readable tar stream: {e}") from e
         applier.finish()
-    diff_id = reader.digest()
     if expected_diff_id is not None and diff_id != expected_diff_id:
         raise DigestMismatch(f"uncompressed layer {label}", expected_diff_id, diff_id)
     return UnpackResult(diff_id=diff_id, entries=applier.entries, skipped_devices=applier.skipped_devices)
+
+
+def _apply_plain(raw: BinaryIO, blob_path: str, applier: _Applier, verified: str | None) -> str:
+    """A plain tar on disk: headers read in place, file data copied by the kernel, hashed beside.
+
+    The diff id is the hash of the whole file, so a second thread hashes it (hashlib releases the
+    GIL) while this one reads headers and has the kernel copy each file's bytes from the blob
+    (``copy_file_range``): the data never passes through Python. A blob the caller has just
+    verified (``verified``) is not hashed again.
+    """
+    digest: list[str] = [verified] if verified is not None else []
+    failure: list[BaseException] = []
+
+    def hash_blob() -> None:
+        try:
+            with open(blob_path, "rb") as f:
+                digest.append("sha256:" + hashlib.file_digest(f, "sha256").hexdigest())
+        except BaseException as e:  # re-raised by the caller
+            failure.append(e)
+
+    hasher = threading.Thread(target=hash_blob, name="layer-hash", daemon=True)
+    if verified is None:
+        hasher.start()
+    try:
+        applier.source_fd = raw.fileno()
+        with tarfile.open(fileobj=raw, mode="r:") as tar:
+            for member in tar:
+                applier.apply(member, tar)
+    finally:
+        if verified is None:
+            hasher.join()
+    if failure:
+        raise failure[0]
+    return digest[0]
+
+
+def _is_compressed(raw: BinaryIO) -> bool:
+    head = raw.read(4)
+    raw.seek(0)
+    return head[:2] == _GZIP_MAGIC or head == _ZSTD_MAGIC
 
 
 def _decompressed(raw: BinaryIO) -> _Readable:
@@ -156,6 +206,8 @@ class _Applier:
         self._touched: set[str] = set()
         """Directories that hold something this layer created."""
         self._dir_times: list[tuple[str, float]] = []
+        self.source_fd: int | None = None
+        """The blob's descriptor when it is a plain tar on disk: file data is copied from it."""
 
     def apply(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         parts = self._clean(member.name, member.name)
@@ -242,9 +294,15 @@ class _Applier:
             return
         _remove(path)
         if member.isreg():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            if self.source_fd is not None and not member.sparse:
+                try:
+                    _copy_range(self.source_fd, fd, member.offset_data, member.size, member.name)
+                finally:
+                    os.close(fd)
+                return
             source = tar.extractfile(member)
             assert source is not None
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(source, out, _CHUNK)
         elif member.issym():
@@ -301,6 +359,27 @@ class _Applier:
             self._dir_times.append((path, member.mtime))
         else:
             os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+
+
+def _copy_range(src: int, dst: int, offset: int, size: int, name: str) -> None:
+    """Copy ``size`` bytes at ``offset`` of ``src`` to ``dst`` in the kernel (sendfile as fallback)."""
+    done = 0
+    use_range = True
+    while done < size:
+        n = 0
+        if use_range:
+            try:
+                n = os.copy_file_range(src, dst, size - done, offset + done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                use_range = False
+                continue
+        else:
+            n = os.sendfile(dst, src, offset + done, size - done)
+        if n == 0:
+            raise tarfile.ReadError(f"{name}: the layer ends inside this file's data")
+        done += n
 
 
 def _set_xattr(path: str, name: str, value: str) -> None:

@@ -72,7 +72,7 @@ def run_group(
     for i, fn in enumerate(others, start=1):
         threads.append(threading.Thread(target=call, args=(i, fn)))
         threads[-1].start()
-    queued(store, len(others))
+        queued(store, i)  # one at a time: threads started together may queue in any order
     hook.release.set()
     for t in threads:
         t.join(60)

@@ -23,6 +23,7 @@ from buildsvc.executors.mounts import mounts_under, unmount
 from buildsvc.executors.rootfs import make_busybox_rootfs
 from buildsvc.solver import llb
 from buildsvc.solver.definition import Definition
+from tests.support.releasable import check_state_releasable
 
 pytestmark = pytest.mark.root
 
@@ -74,7 +75,9 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def cli(db_url: str, tmp_path: Path) -> Iterator[Cli]:
-    yield Cli(db_url, tmp_path / "root")
+    made = Cli(db_url, tmp_path / "root")
+    yield made
+    check_state_releasable(made.root, made.db_url)  # what the embedded builds made can all be let go
     leaked = mounts_under(str(tmp_path))
     for point in sorted(leaked, key=len, reverse=True):
         unmount(point)

@@ -41,6 +41,7 @@ def daemons(db_url: str, tmp_path: Path) -> Iterator[Daemons]:
     ds = Daemons(db_url, tmp_path)
     try:
         yield ds
+        ds.check_all_releasable()
     finally:
         ds.close()
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from buildsvc.api.client import Client
-from buildsvc.daemon.engine import Engine
+from buildsvc.daemon.engine import Engine, open_engine
 from buildsvc.daemon.history import update_build_history
 from buildsvc.daemon.leaks import scan_leaks
 from buildsvc.daemon.prune import disk_usage, prune
@@ -27,7 +27,7 @@ from buildsvc.executors.mounts import mounts_under
 from buildsvc.projections import find_leaks
 from buildsvc.projections.builds import list_builds
 
-__all__ = ["check_all_releasable", "check_engine_releasable"]
+__all__ = ["check_all_releasable", "check_engine_releasable", "check_state_releasable"]
 
 
 def check_all_releasable(client: Client, *, root: Path, db_url: str, timeout: float = 60) -> None:
@@ -39,8 +39,9 @@ def check_all_releasable(client: Client, *, root: Path, db_url: str, timeout: fl
     while in_use := [r for r in client.disk_usage() if r.in_use]:
         assert time.monotonic() < deadline, f"snapshots still in use after {timeout}s: {in_use}"
         time.sleep(0.1)
-    list(client.prune(all=True))
-    assert client.disk_usage() == []
+    pruned = list(client.prune(all=True))
+    left = client.disk_usage()
+    assert left == [], f"left after prune --all: {left}; prune said: {pruned}"
     state = open_state(root, db_url, migrate=False)
     try:
         _assert_nothing_left(state)
@@ -63,8 +64,21 @@ def check_engine_releasable(engine: Engine, *, timeout: float = 60) -> None:
         time.sleep(0.1)
     report = prune(engine, all=True)
     assert not report.skipped, f"prune left: {report.skipped}"
-    assert disk_usage(engine) == []
+    left = disk_usage(engine)
+    assert left == [], f"left after prune --all: {left}"
     _assert_nothing_left(state)
+
+
+def check_state_releasable(root: Path, db_url: str) -> None:
+    """The check for a state the embedded ``buildsvc`` command used (nothing to do if it never ran)."""
+    if not root.exists():
+        return
+    state = open_state(root, db_url, migrate=False)
+    try:
+        with open_engine(state) as engine:
+            check_engine_releasable(engine)
+    finally:
+        state.close()
 
 
 def _assert_nothing_left(state: State) -> None:

@@ -2,7 +2,8 @@
 
 ``daemon`` starts ``buildsvc daemon`` (SQLite and PostgreSQL through ``db_url``); the test gets a
 typed client, the root and database to read the log, and the busybox root filesystem to build on
-as the ``rootfs`` local source. Every daemon a test starts is killed when it ends.
+as the ``rootfs`` local source. When the test ends, each daemon still running must pass
+``check_all_releasable`` (tests/support/releasable.py); then every daemon is killed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from buildsvc.events.codec import Event
 from buildsvc.executors import make_busybox_rootfs
 from buildsvc.executors.mounts import mounts_under, unmount
 from buildsvc.solver import llb
+from tests.support.releasable import check_all_releasable, check_state_releasable
 
 
 def _find_buildsvc() -> str:
@@ -55,6 +57,7 @@ class Daemon:
         self.root = root
         self.addr = addr
         self.log = log
+        self.extra = extra
         self._log_file = log.open("w")
         self.proc = subprocess.Popen(
             [BUILDSVC, "daemon", "--root", str(root), "--db", db_url, "--addr", addr, *extra],
@@ -143,6 +146,26 @@ class Daemons:
         self.db_url = db_url
         self.tmp_path = tmp_path
         self.started: list[Daemon] = []
+        self.check_releasable = True
+        """Whether the test's end checks its live daemons with ``check_all_releasable``; only a
+        test that leaves a leak in the log on purpose (to see it reported) turns this off."""
+
+    def check_all_releasable(self) -> None:
+        """BuildKit's ``checkAllReleasable`` on every daemon still running (one the test killed or
+        stopped, or that never came up, has nothing to ask)."""
+        if not self.check_releasable:
+            return
+        for d in self.started:
+            if d.proc.poll() is not None or "listening on" not in d.output():
+                continue
+            if _plainly_reachable(d):
+                check_all_releasable(d.client(), root=d.root, db_url=d.db_url)
+            else:
+                # A TLS daemon (the test holds its client certificate), or one whose socket the test
+                # removed: stopped in order, then its root and database get the same check here.
+                d.terminate()
+                d.wait()
+                check_state_releasable(d.root, d.db_url)
 
     def start(self, *extra: str, addr: str | None = None, wait: bool = True) -> Daemon:
         n = len(self.started)
@@ -169,11 +192,18 @@ class Daemons:
         assert leaked == [], f"mounts left behind: {leaked}"
 
 
+def _plainly_reachable(d: Daemon) -> bool:
+    if d.addr.startswith("unix://"):
+        return Path(d.addr.removeprefix("unix://")).exists()
+    return "--tlscacert" not in d.extra
+
+
 @pytest.fixture
 def daemons(db_url: str, tmp_path: Path) -> Iterator[Daemons]:
     ds = Daemons(db_url, tmp_path)
     try:
         yield ds
+        ds.check_all_releasable()  # after the test, everything it built can be let go
     finally:
         ds.close()
 

@@ -15,6 +15,7 @@ from tests.integration.api.conftest import Daemon
 from tests.integration.test_build_cli import Cli
 from tests.support.databases import PostgresTemplates, open_test_database, sqlite_url
 from tests.support.registry import TestRegistry
+from tests.support.releasable import check_all_releasable, check_state_releasable
 
 
 @pytest.fixture
@@ -35,10 +36,14 @@ def fresh_cli(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> It
         else:
             templates: PostgresTemplates = request.getfixturevalue("pg_templates")
             url = stack.enter_context(templates.fresh())
-        return Cli(url, root / "root")
+        clis.append(Cli(url, root / "root"))
+        return clis[-1]
 
+    clis: list[Cli] = []
     with stack:
         yield make
+        for cli in clis:
+            check_state_releasable(cli.root, cli.db_url)
         for root in made:
             for point in sorted(mounts_under(str(root)), key=len, reverse=True):
                 unmount(point)
@@ -88,6 +93,9 @@ def fresh_daemons(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -
         daemons = FreshDaemons(request, tmp_path, stack)
         try:
             yield daemons
+            for d in daemons.started:  # after the test, everything each daemon built can be let go
+                if d.proc.poll() is None:
+                    check_all_releasable(d.client(), root=d.root, db_url=d.db_url)
         finally:
             for d in daemons.started:
                 d.close()

@@ -25,6 +25,7 @@ from buildsvc.sources import ContentStore, RegistryClient, RegistryOptions
 from buildsvc.sources.reference import parse_reference
 from tests.support.images import build_image, busybox_layer_tars, make_layer, push_image
 from tests.support.registry import TestRegistry
+from tests.support.releasable import check_engine_releasable
 
 pytestmark = pytest.mark.root
 
@@ -49,6 +50,7 @@ def engine(db_url: str, tmp_path: Path) -> Iterator[Engine]:
     eng = open_engine(state, insecure_registries=True)
     try:
         yield eng
+        check_engine_releasable(eng)  # what the test's builds made can all be let go
     finally:
         eng.close()
         state.close()

@@ -26,6 +26,7 @@ from buildsvc.sources import RegistryClient, RegistryOptions
 from buildsvc.sources.reference import parse_reference
 from tests.support.images import build_image, busybox_layer_tars, make_layer, push_image, tar_tree
 from tests.support.registry import TestRegistry
+from tests.support.releasable import check_engine_releasable
 
 E = TypeVar("E", bound=Event)
 
@@ -97,6 +98,7 @@ def h(db_url: str, tmp_path: Path) -> Iterator[Harness]:
     engine = open_engine(state, insecure_registries=True)
     try:
         yield Harness(state, engine)
+        check_engine_releasable(engine)  # what the test's solves made can all be let go
     finally:
         engine.close()
         state.close()

@@ -57,6 +57,7 @@ def test_the_catalog_names_every_event_the_service_records() -> None:
         "GatewaySolveRequested", "GatewaySolveCompleted", "GatewaySolveFailed", "GatewayWarning",
         "GatewayReturned", "FrontendInputReceived",
         "OutputFetched", "OutputDiscarded",
+        "CacheImportMiss",
     }  # fmt: skip
     assert expected <= set(registered_types())
     assert set(catalog.__all__) == expected
