@@ -18,12 +18,17 @@ through). Failures raise :class:`PathProblem` naming the container path; ``fileo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
 import shutil
 import stat
+import tarfile
+import tempfile
 from dataclasses import dataclass, field
+
+import zstandard
 
 from buildsvc.executors.paths import resolve_in_root
 from buildsvc.solver.contenthash import expand_path, resolve_path
@@ -357,14 +362,62 @@ def copy_action(src_root: str, dst_root: str, action: CopyAction, meta: Metadata
         st_src = _lstat(src_host)
         if st_src is None:
             raise PathProblem(container_src, "no such file or directory")
-        if action.attempt_unpack and stat.S_ISREG(st_src.st_mode) and _looks_like_archive(src_host):
-            raise Unsupported(container_src, "unpacking archives (attempt_unpack) is not supported")
+        unpack = action.attempt_unpack and stat.S_ISREG(st_src.st_mode) and _looks_like_archive(src_host)
+        if unpack and _unpack(src_host, dst_root, dst_host, writer, meta):
+            continue
         target = _prepare_target(dst_root, src_host, st_src, container_src, dst_host, action, meta)
         entries = collect(src_host, selector)
         for entry in entries:
             dst = os.path.join(target, entry.rel) if entry.rel else target
             writer.write(entry.host, entry.st, dst, overwrite_dir_metadata=bool(entry.rel))
     writer.finish()
+
+
+def _open_tar(host: str, stack: contextlib.ExitStack) -> tarfile.TarFile | None:
+    """The tar archive in ``host`` (plain, gzip, bzip2, xz or zstd), or ``None`` when it is not one."""
+    try:
+        with open(host, "rb") as f:
+            zstd = f.read(4) == b"\x28\xb5\x2f\xfd"
+        if zstd:
+            raw = stack.enter_context(open(host, "rb"))  # noqa: SIM115 (closed by the stack)
+            stream = stack.enter_context(zstandard.ZstdDecompressor().stream_reader(raw))
+            return stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
+        return stack.enter_context(tarfile.open(host, "r:*"))
+    except (tarfile.ReadError, zstandard.ZstdError):
+        return None  # compressed, but not a tar: copied as a file, as BuildKit does
+
+
+def _unpack_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    # tarfile's "tar" filter refuses names and symlinked parents that leave the extraction directory;
+    # hard links are checked here too. The archive's mode bits (setuid included) are kept, as Docker's
+    # untar keeps them.
+    if member.islnk():
+        target = posixpath.normpath(member.linkname.lstrip("/"))
+        if target == ".." or target.startswith("../"):
+            raise tarfile.OutsideDestinationError(member, target)
+    filtered = tarfile.tar_filter(member, path)
+    return filtered.replace(mode=member.mode, deep=False)
+
+
+def _unpack(src_host: str, dst_root: str, dst_host: str, writer: EntryWriter, meta: Metadata) -> bool:
+    """ADD's auto-extract: the archive's entries into the directory ``dst_host``; ``False`` when the
+    file is not a tar archive. Extracted into a scratch directory first (off the destination root, so
+    nothing in it can be written through), then written with the action's owner and mode like a copy.
+    """
+    with contextlib.ExitStack() as stack:
+        tar = _open_tar(src_host, stack)
+        if tar is None:
+            return False
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="buildsvc-unpack-"))
+        try:
+            tar.extractall(scratch, numeric_owner=True, filter=_unpack_filter)
+        except (tarfile.TarError, OSError) as exc:
+            name = os.path.basename(src_host)
+            raise PathProblem(_container(dst_root, dst_host), f"unpacking {name}: {exc}") from exc
+        mkdir_all(dst_root, dst_host, mode=0o755, meta=meta)
+        for entry in collect(scratch, Selector())[1:]:  # the scratch directory itself is dest
+            writer.write(entry.host, entry.st, os.path.join(dst_host, entry.rel))
+    return True
 
 
 def _prepare_target(

@@ -17,8 +17,8 @@ Deliberate differences from BuildKit, each for predictability:
 - ``copy`` with ``mode`` sets exactly those bits, special bits included;
 - ``rm`` treats a dangling symlink as existing (it removes the link);
 - ``symlink`` onto an existing symlink fails with "file exists" (BuildKit follows the old link first);
-- ``copy`` with ``attempt_unpack`` of an archive is refused (:class:`UnsupportedFileAction`); a source
-  that is not an archive is copied, as BuildKit does.
+- ``copy`` with ``attempt_unpack`` extracts a tar (plain, gzip, bzip2, xz, zstd) into dest; a source
+  that is not a tar archive is copied, as BuildKit does.
 """
 
 from __future__ import annotations

@@ -257,7 +257,7 @@ def parse_flags(ins: Instruction, spec: Mapping[str, type]) -> dict[str, FlagVal
     return out
 
 
-_HEREDOC_RE = re.compile(r"^<<(-?)\s*([\"']?)([^<\"']+)\2$")
+_HEREDOC_RE = re.compile(r"^<<(-?)\s*([\"']?)([^<\"'\s]+)\2$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import stat
@@ -21,7 +22,6 @@ from buildsvc.executors.fileops import (
     OpInput,
     PlannedAction,
     SourceRef,
-    UnsupportedFileAction,
     apply_actions,
     plan_action_result,
     plan_file_op,
@@ -458,16 +458,36 @@ def test_copy_attempt_unpack(dst: Path, tmp_path: Path) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         info = tarfile.TarInfo("inner")
-        info.size = 1
+        info.size, info.mode, info.uid = 1, 0o4711, 7
         tar.addfile(info, io.BytesIO(b"x"))
-    s = write(tmp_path / "arch", {"a.tar": buf.getvalue(), "plain.txt": "not an archive"})
-    with pytest.raises(UnsupportedFileAction) as err:
-        run(dst, CopyAction(src="/a.tar", dest="/out", attempt_unpack=True), src=s)
-    assert str(err.value) == (
-        "copy /a.tar -> /out: /a.tar: unpacking archives (attempt_unpack) is not supported"
+        link = tarfile.TarInfo("abs-link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    escaping = io.BytesIO()
+    with tarfile.open(fileobj=escaping, mode="w") as tar:
+        link = tarfile.TarInfo("up")
+        link.type, link.linkname = tarfile.LNKTYPE, "../../etc/passwd"
+        tar.addfile(link)
+    s = write(
+        tmp_path / "arch",
+        {
+            "a.tar.gz": gzip.compress(buf.getvalue()),
+            "plain.txt": "not an archive",
+            "text.gz": gzip.compress(b"compressed, not a tar"),
+            "escape.tar": escaping.getvalue(),
+        },
     )
+    # Extracted into dest (a directory), modes and owners from the archive, symlinks as they are.
+    run(dst, CopyAction(src="/a.tar.gz", dest="/out", attempt_unpack=True), src=s)
+    assert (dst / "out" / "inner").read_text() == "x" and mode(dst / "out" / "inner") == 0o4711
+    assert (dst / "out" / "inner").stat().st_uid == 7
+    assert os.readlink(dst / "out" / "abs-link") == "/etc/passwd"
     run(dst, CopyAction(src="/plain.txt", dest="/p", attempt_unpack=True), src=s)
     assert (dst / "p").read_text() == "not an archive"
+    run(dst, CopyAction(src="/text.gz", dest="/t.gz", attempt_unpack=True), src=s)
+    assert (dst / "t.gz").read_bytes() == gzip.compress(b"compressed, not a tar")
+    with pytest.raises(FileActionError, match=r"unpacking escape\.tar"):
+        run(dst, CopyAction(src="/escape.tar", dest="/e", attempt_unpack=True), src=s)
 
 
 # ---------------------------------------------------------------------------------------------------

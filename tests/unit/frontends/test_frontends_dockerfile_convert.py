@@ -374,6 +374,20 @@ def test_heredoc_run_and_copy() -> None:
     assert copies(d, "[stage-0 3/3] COPY <<EOT /greeting")[0].src == "/EOT"
 
 
+def test_a_heredoc_fed_to_a_command_is_handed_to_the_shell_whole() -> None:
+    # "<<EOT sh" is not a heredoc-only RUN (found by the corpus, 13-heredocs): the shell gets the text.
+    d = build(
+        """
+        FROM busybox
+        RUN <<EOT sh
+        echo piped
+        EOT
+        """
+    ).definition
+    run = exec_op(d, "[stage-0 2/2] RUN <<EOT sh (echo piped)")
+    assert run.meta.args == ("/bin/sh", "-c", "<<EOT sh\necho piped\nEOT")
+
+
 def test_add_url_makes_an_https_source() -> None:
     checksum = "sha256:" + "b" * 64
     d = build(
