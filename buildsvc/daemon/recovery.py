@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -28,6 +28,7 @@ from buildsvc.daemon.cache_exports import export_caches, inline_cache_for
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.exporters import run_exporters
 from buildsvc.daemon.gateway import JOB_FRONTEND
+from buildsvc.daemon.leaks import scan_leaks
 from buildsvc.daemon.outputs import OutputStaging
 from buildsvc.daemon.state import State
 from buildsvc.errors import BuildsvcError, Conflict
@@ -127,6 +128,30 @@ def sweep_root(engine: Engine) -> tuple[list[str], list[str]]:
     return containers, points
 
 
+def remove_untracked_snapshots(engine: Engine) -> list[str]:
+    """Delete snapshots on disk that the log does not hold live; returns their keys.
+
+    A process killed after a snapshotter made a snapshot and before its event was written (or after
+    SnapshotRemoved was recorded and before the data went) leaves data no event accounts for; left
+    there, it blocks the removal of its parent. Children go before parents: repeat until no more go.
+    """
+    snapshotters = {w.name: w.snapshotter for w in engine.workers}
+    left = [u for u in scan_leaks(engine.state).untracked if u.snapshot_id and u.worker in snapshotters]
+    removed: list[str] = []
+    while left:
+        still: list[Any] = []
+        for u in left:
+            try:
+                snapshotters[u.worker].remove(u.snapshot_id)
+                removed.append(u.snapshot_id)
+            except Conflict:
+                still.append(u)  # a child of it is still there
+        if len(still) == len(left):
+            break
+        left = still
+    return removed
+
+
 def unfinished_builds(state: State) -> list[str]:
     """Builds whose solve has no end, oldest first: the builds projection up to its checkpoint,
     corrected by the events after it (the projection may lag; the log is the truth).
@@ -201,6 +226,9 @@ def take_up(
     if recorded:
         log(f"recovery: recorded the end of {len(recorded)} build(s) kept through a database outage")
     containers, points = sweep_root(engine)
+    untracked = remove_untracked_snapshots(engine)
+    if untracked:
+        log(f"recovery: removed {len(untracked)} snapshot(s) on disk that no event accounts for")
     # Outputs staged for clients of the dead process: none will come for them (a resumed build
     # stages its outputs again, for `build --ref` to fetch).
     OutputStaging(engine.state.root, engine.state.store).discard(
