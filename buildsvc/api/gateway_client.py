@@ -40,7 +40,7 @@ from buildsvc.api.errors import error_from_rpc
 from buildsvc.api.gen import gateway_pb2 as pb
 from buildsvc.api.gen import gateway_pb2_grpc as pb_grpc
 from buildsvc.api.model import SolveOptions, WorkerRecord
-from buildsvc.daemon.gateway import IMAGE_CONFIG_KEY, FileStat
+from buildsvc.daemon.gateway_types import IMAGE_CONFIG_KEY, FileStat
 from buildsvc.errors import InvalidInput
 from buildsvc.frontends.dockerfile import ImageConfigLike, Platform, build_definition
 from buildsvc.solver.definition import Definition

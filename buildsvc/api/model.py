@@ -12,13 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from buildsvc.daemon.prune import PruneSkipped, UsageRecord
+from buildsvc.daemon.usage import PruneSkipped, UsageRecord
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import encode_payload
 from buildsvc.events.envelope import StoredEvent
-from buildsvc.executors import Worker
+
+if TYPE_CHECKING:  # executors (runc, overlayfs) are the daemon's: a client only names them
+    from buildsvc.executors import Worker
 
 __all__ = [
     "FINAL_EVENT_TYPES",

@@ -29,7 +29,7 @@ from buildsvc.api.errors import error_from_rpc
 from buildsvc.api.gen import content_pb2 as pb
 from buildsvc.api.gen import content_pb2_grpc as pb_grpc
 from buildsvc.api.unpack import unpack_tar
-from buildsvc.daemon.exporters import is_true
+from buildsvc.daemon.exporter_specs import is_true
 from buildsvc.daemon.outputs import CLIENT_DEST, CLIENT_OUTPUT, STAGED_TYPES, is_client_output
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev

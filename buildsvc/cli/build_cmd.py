@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -26,27 +26,23 @@ from buildsvc.api.model import SolveOptions, status_update
 from buildsvc.api.output_client import fetch_outputs, for_daemon, recorded_exporters
 from buildsvc.cache.options import legacy_export, legacy_import
 from buildsvc.cli.attach import attach_build, connection_lost
-from buildsvc.cli.client_side import run_client_side_build, run_embedded_client_side_build
 from buildsvc.cli.common import open_from
-from buildsvc.cli.local_contexts import embedded_contexts, send_local_dirs
+from buildsvc.cli.local_contexts import send_local_dirs
 from buildsvc.cli.progress import PROGRESS_CHOICES, make_printer
 from buildsvc.cli.remote import connect_from
-from buildsvc.daemon.cache_exports import (
-    CacheOptions,
-    check_cache_options,
-    export_caches,
-    import_caches,
-    inline_cache_for,
-)
-from buildsvc.daemon.engine import Engine, open_engine
-from buildsvc.daemon.exporters import check_exporter, run_exporters
-from buildsvc.daemon.frontend import run_frontend
-from buildsvc.daemon.state import State
+from buildsvc.daemon.cache_specs import CacheOptions, check_cache_options
+from buildsvc.daemon.exporter_specs import check_exporter
 from buildsvc.errors import InvalidInput
 from buildsvc.events.codec import Event
-from buildsvc.events.subscription import Subscription
 from buildsvc.solver.definition import Definition
-from buildsvc.solver.engine import ResultRef, SolveRequest, SolveResult
+
+if TYPE_CHECKING:
+    from buildsvc.daemon.engine import Engine
+    from buildsvc.daemon.state import State
+    from buildsvc.solver.engine import ResultRef, SolveResult
+
+# What only the embedded engine needs (the engine, the solver, exporters, the frontend) is imported
+# where it runs: a build through a daemon would otherwise pay for importing it all on every call.
 
 __all__ = ["COMMANDS", "parse_kv", "run_build", "run_remote_build"]
 
@@ -112,6 +108,11 @@ def run_build(
     cache: CacheOptions | None = None,
 ) -> SolveResult:
     """Solve ``definition``, print progress from its events, and export its result."""
+    from buildsvc.daemon.cache_exports import export_caches, import_caches, inline_cache_for
+    from buildsvc.daemon.exporters import run_exporters
+    from buildsvc.events.subscription import Subscription
+    from buildsvc.solver.engine import SolveRequest
+
     ref = build_ref or uuid.uuid4().hex[:25]
     printer = make_printer(progress)
     follow = Subscription(state.store, after=state.store.head(), poll_interval=0.05)
@@ -411,6 +412,8 @@ def build(
             client, local_dirs, frontend=frontend or "", frontend_attrs=frontend_attrs, progress=progress
         )
         if client_side:
+            from buildsvc.cli.client_side import run_client_side_build
+
             sent_outputs = for_daemon(parsed_outputs)
             ref, response = run_client_side_build(
                 client,
@@ -447,6 +450,11 @@ def build(
         return
     if any(o.get("dest") == "-" for o in parsed_outputs):
         raise InvalidInput("--output dest=- (stdout) needs a daemon; the embedded engine writes files")
+    from buildsvc.cli.client_side import run_embedded_client_side_build
+    from buildsvc.cli.local_contexts import embedded_contexts
+    from buildsvc.daemon.engine import open_engine
+    from buildsvc.daemon.frontend import run_frontend
+
     state = open_from(ctx)
     build_ref = build_ref or uuid.uuid4().hex[:25]
     contexts = embedded_contexts(

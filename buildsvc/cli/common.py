@@ -8,15 +8,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from buildsvc.daemon.state import State, default_db_url, default_root, open_state
-from buildsvc.events.database import Database, RetryPolicy, open_database
 from buildsvc.events.envelope import format_time
+
+if TYPE_CHECKING:
+    from buildsvc.daemon.state import State
+    from buildsvc.events.database import Database
 
 __all__ = ["FORMAT_OPTION", "Options", "console", "echo_json", "open_db_from", "open_from", "print_table"]
 
@@ -44,6 +46,10 @@ class Options:
 
 def open_from(ctx: click.Context, *, migrate: bool = True) -> State:
     """Open the state store the global options name."""
+    # Imported here: SQLAlchemy and alembic cost a command that talks to a daemon about 0.3 s.
+    from buildsvc.daemon.state import open_state
+    from buildsvc.events.database import RetryPolicy
+
     opts: Options = ctx.find_object(Options)  # type: ignore[assignment]
     state = open_state(opts.root, opts.db_url, migrate=migrate, retry=RetryPolicy(max_delay=opts.db_timeout))
     ctx.call_on_close(state.close)
@@ -52,6 +58,9 @@ def open_from(ctx: click.Context, *, migrate: bool = True) -> State:
 
 def open_db_from(ctx: click.Context) -> Database:
     """Open only the database (for schema commands, which must work on an empty one)."""
+    from buildsvc.daemon.state import default_db_url, default_root
+    from buildsvc.events.database import RetryPolicy, open_database
+
     opts: Options = ctx.find_object(Options)  # type: ignore[assignment]
     db = open_database(
         opts.db_url or default_db_url(opts.root or default_root()),

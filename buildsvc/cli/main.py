@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import click
 
-from buildsvc.cli import (
-    build_cmd,
-    daemon_cmd,
-    db_cmd,
-    demo_cmd,
-    du_cmd,
-    events_cmd,
-    history_cmd,
-    projections_cmd,
-    prune_cmd,
-    workers_cmd,
-)
 from buildsvc.cli.common import Options
 from buildsvc.cli.remote import ADDR_KEY, TLS_KEY, TlsOptions
 from buildsvc.errors import BuildsvcError, InvalidInput
@@ -26,7 +15,43 @@ from buildsvc.errors import BuildsvcError, InvalidInput
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+# Command name -> the module (under buildsvc.cli) whose COMMANDS holds it. Modules are imported when
+# their command runs: importing them all (the engine, SQLAlchemy, alembic...) cost a client command
+# about a second, which a no-op ``build`` through the daemon paid every time.
+_COMMAND_MODULES = {
+    "build": "build_cmd",
+    "daemon": "daemon_cmd",
+    "db": "db_cmd",
+    "events": "events_cmd",
+    "projections": "projections_cmd",
+    "history": "history_cmd",
+    "leaks": "history_cmd",
+    "demo": "demo_cmd",
+    "workers": "workers_cmd",
+    "du": "du_cmd",
+    "prune": "prune_cmd",
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = _COMMAND_MODULES.get(cmd_name)
+        if module_name is None:
+            return None
+        module = importlib.import_module(f"buildsvc.cli.{module_name}")
+        commands: list[click.Command] = module.COMMANDS
+        return next((c for c in commands if c.name == cmd_name), None)
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.option(
     "--root",
     type=click.Path(path_type=Path, file_okay=False),
@@ -93,22 +118,6 @@ def cli(
     ctx.meta[ADDR_KEY] = addr
     # Checked when a command connects: a partial set must not break commands that never do.
     ctx.meta[TLS_KEY] = TlsOptions(tlscacert, tlscert, tlskey, tlsservername)
-
-
-for module in (
-    build_cmd,
-    daemon_cmd,
-    db_cmd,
-    events_cmd,
-    projections_cmd,
-    history_cmd,
-    demo_cmd,
-    workers_cmd,
-    du_cmd,
-    prune_cmd,
-):
-    for command in module.COMMANDS:
-        cli.add_command(command)
 
 
 def main() -> None:

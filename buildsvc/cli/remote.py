@@ -17,9 +17,9 @@ from pathlib import Path
 
 import click
 
+from buildsvc.api.address import TlsFiles, default_address, parse_address
 from buildsvc.api.client import Client, connect
 from buildsvc.api.errors import DaemonUnavailable
-from buildsvc.api.serve import TlsFiles, default_address, parse_address
 from buildsvc.cli.common import Options
 from buildsvc.errors import BuildsvcError, InvalidInput
 

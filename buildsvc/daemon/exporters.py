@@ -26,16 +26,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsvc.cache.inline import INLINE_CACHE_KEY, InlineCache
-from buildsvc.daemon.engine import Engine
+from buildsvc.daemon.exporter_specs import EXPORTER_TYPES, check_exporter, is_true
 from buildsvc.daemon.image_layers import base_tree, walk_tree, write_diff_layer, write_full_layer
 from buildsvc.daemon.outputs import CLIENT_DEST, CLIENT_OUTPUT, is_client_output, seal, staging_payload
 from buildsvc.daemon.registry_push import client_for
 from buildsvc.errors import InvalidInput
 from buildsvc.events import catalog as ev
-from buildsvc.solver.engine import ResultRef
 from buildsvc.sources import OciLayout, host_platform, parse_reference
 from buildsvc.sources.manifests import (
     OCI_CONFIG,
@@ -49,6 +48,10 @@ from buildsvc.sources.manifests import (
 from buildsvc.sources.platforms import ImagePlatform
 from buildsvc.sources.reference import Reference
 
+if TYPE_CHECKING:  # the engine imports the solver, SQLAlchemy...: not for a client
+    from buildsvc.daemon.engine import Engine
+    from buildsvc.solver.engine import ResultRef
+
 __all__ = [
     "EXPORTER_TYPES",
     "ExportedImage",
@@ -59,31 +62,8 @@ __all__ = [
     "run_exporters",
 ]
 
-EXPORTER_TYPES = ("local", "tar", "oci", "image")
 CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
 _CHUNK = 1 << 20
-_TRUE = ("1", "true", "yes")
-
-
-def check_exporter(attrs: Mapping[str, str]) -> None:
-    """Refuse an exporter spec that cannot work (``InvalidInput`` saying what is wrong)."""
-    kind = attrs.get("type", "")
-    if kind not in EXPORTER_TYPES:
-        raise InvalidInput(f"type must be one of {', '.join(EXPORTER_TYPES)}, got {kind!r}")
-    if kind in ("local", "tar", "oci") and not attrs.get("dest") and not is_client_output(attrs):
-        raise InvalidInput(f"type={kind}: dest= is required")
-    if kind == "image" and is_client_output(attrs):
-        raise InvalidInput("type=image pushes from the daemon: client-dest= is for local, tar and oci")
-    name = attrs.get("name", "")
-    if kind == "image":
-        if not name:
-            raise InvalidInput("type=image: name= is required")
-        if not is_true(attrs.get("push", "")):
-            raise InvalidInput("type=image: push=true is required (there is no local image store)")
-    if name:
-        ref = parse_reference(name)  # InvalidReference is InvalidInput
-        if kind == "image" and ref.tag is None and ref.digest is not None:
-            raise InvalidInput(f"type=image: name= needs a tag to push to, got {name!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -410,8 +390,3 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             yield chunk
-
-
-def is_true(value: str) -> bool:
-    """Whether an exporter attribute says yes (``true``, ``1``, ``yes``)."""
-    return value.lower() in _TRUE

@@ -45,6 +45,7 @@ from buildsvc.daemon.cache_exports import export_caches, inline_cache_for
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.exporters import run_exporters
 from buildsvc.daemon.frontend import FRONTENDS, run_frontend
+from buildsvc.daemon.gateway_types import IMAGE_CONFIG_KEY, FileStat
 from buildsvc.errors import Conflict, InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
@@ -71,8 +72,6 @@ __all__ = [
 
 JOB_FRONTEND = "gateway.v0"
 """The frontend a gateway job is recorded with."""
-IMAGE_CONFIG_KEY = "containerimage.config"
-"""Result metadata holding the image config an image exporter writes (as in BuildKit)."""
 MAX_READ_BYTES = 3 * 1024 * 1024
 """The most one ReadFile returns: gRPC refuses messages over 4 MiB by default; read larger files in
 ranges."""
@@ -91,19 +90,6 @@ CAPABILITIES = (
     "warn",
     "return",
 )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FileStat:
-    """A file in a result, as ReadDir and StatFile describe it (``path``: relative to what was asked)."""
-
-    path: str
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mod_time_ns: int
-    linkname: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.errors import SnapshotInUse
+from buildsvc.daemon.usage import PruneSkipped, UsageRecord
 from buildsvc.errors import Conflict, InvalidInput, NotFound
 from buildsvc.events.schema import events
 from buildsvc.projections.schema import cache_records, refs, snapshots
@@ -46,36 +47,6 @@ __all__ = [
     "prune",
     "usage_records",
 ]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UsageRecord:
-    """A snapshot on disk (``DiskUsage``), from the snapshots projection."""
-
-    snapshot_id: str
-    worker: str
-    snapshotter: str
-    parent: str
-    kind: str
-    state: str
-    size_bytes: int
-    active_refs: int
-    """Unreleased refs on it, a cache record's among them."""
-    in_use: bool = False
-    """Whether something other than a cache record holds it (a build, an export...)."""
-    shared: bool = False
-    """Whether other live snapshots are stacked on it (it is their layer)."""
-    cache_keys: tuple[str, ...] = ()
-    """The cache records whose result it is."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PruneSkipped:
-    """A snapshot prune would have removed but could not (held since it looked, or already gone)."""
-
-    snapshot_id: str
-    worker: str
-    reason: str
 
 
 FILTER_KEYS = ("worker", "build", "id")

@@ -1,0 +1,39 @@
+"""What ``DiskUsage`` and ``Prune`` report, apart from :mod:`buildsvc.daemon.prune` so that clients (the
+API model, the CLI) can name these records without importing the engine (a second of start-up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PruneSkipped", "UsageRecord"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageRecord:
+    """A snapshot on disk (``DiskUsage``), from the snapshots projection."""
+
+    snapshot_id: str
+    worker: str
+    snapshotter: str
+    parent: str
+    kind: str
+    state: str
+    size_bytes: int
+    active_refs: int
+    """Unreleased refs on it, a cache record's among them."""
+    in_use: bool = False
+    """Whether something other than a cache record holds it (a build, an export...)."""
+    shared: bool = False
+    """Whether other live snapshots are stacked on it (it is their layer)."""
+    cache_keys: tuple[str, ...] = ()
+    """The cache records whose result it is."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PruneSkipped:
+    """A snapshot prune would have removed but could not (held since it looked, or already gone)."""
+
+    snapshot_id: str
+    worker: str
+    reason: str
