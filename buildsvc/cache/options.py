@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from buildsvc.attrs import parse_kv
 from buildsvc.errors import InvalidInput
 
 __all__ = [
@@ -168,16 +169,6 @@ def parse_import(attrs: Mapping[str, str]) -> CacheImportSpec:
     )
 
 
-def _split(text: str, what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput(f"{what}: expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def legacy_export(specs: Sequence[str], opts: Sequence[str]) -> tuple[list[dict[str, str]], list[str]]:
     """``--export-cache`` values (new or deprecated) and ``--export-cache-opt`` pairs, as attrs.
 
@@ -192,7 +183,7 @@ def legacy_export(specs: Sequence[str], opts: Sequence[str]) -> tuple[list[dict[
             )
             exports.append({"type": "registry", "ref": text})
         else:
-            exports.append(_split(text, "--export-cache"))
+            exports.append(parse_kv(text, "--export-cache"))
     if opts:
         warnings.append(
             "--export-cache-opt is deprecated: put the options in --export-cache type=...,KEY=VALUE"
@@ -200,7 +191,7 @@ def legacy_export(specs: Sequence[str], opts: Sequence[str]) -> tuple[list[dict[
         if len(exports) != 1:
             raise InvalidInput("--export-cache-opt needs exactly one --export-cache to apply to")
         for text in opts:
-            exports[0].update(_split(text, "--export-cache-opt"))
+            exports[0].update(parse_kv(text, "--export-cache-opt"))
     return exports, warnings
 
 
@@ -215,5 +206,5 @@ def legacy_import(specs: Sequence[str]) -> tuple[list[dict[str, str]], list[str]
             )
             imports.append({"type": "registry", "ref": text})
         else:
-            imports.append(_split(text, "--import-cache"))
+            imports.append(parse_kv(text, "--import-cache"))
     return imports, warnings

@@ -24,6 +24,7 @@ from buildsvc.api.client import Client
 from buildsvc.api.errors import DaemonUnavailable
 from buildsvc.api.model import SolveOptions, status_update
 from buildsvc.api.output_client import fetch_outputs, for_daemon, recorded_exporters
+from buildsvc.attrs import parse_kv
 from buildsvc.cache.options import legacy_export, legacy_import
 from buildsvc.cli.attach import attach_build, connection_lost
 from buildsvc.cli.common import open_from
@@ -44,18 +45,7 @@ if TYPE_CHECKING:
 # What only the embedded engine needs (the engine, the solver, exporters, the frontend) is imported
 # where it runs: a build through a daemon would otherwise pay for importing it all on every call.
 
-__all__ = ["COMMANDS", "parse_kv", "run_build", "run_remote_build"]
-
-
-def parse_kv(text: str, what: str) -> dict[str, str]:
-    """``a=b,c=d`` as a dict; a malformed pair is an error naming ``what``."""
-    out: dict[str, str] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput(f"{what}: expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
-        out[key.strip()] = value.strip()
-    return out
+__all__ = ["COMMANDS", "run_build", "run_remote_build"]
 
 
 def _opt(text: str) -> tuple[str, str]:
