@@ -41,7 +41,6 @@ from buildsvc.api.gen import gateway_pb2 as pb
 from buildsvc.api.gen import gateway_pb2_grpc as pb_grpc
 from buildsvc.api.model import SolveOptions, WorkerRecord
 from buildsvc.daemon.gateway_types import IMAGE_CONFIG_KEY, FileStat
-from buildsvc.errors import InvalidInput
 from buildsvc.frontends.dockerfile import ImageConfigLike, Platform, build_definition
 from buildsvc.solver.definition import Definition
 from buildsvc.sources.manifests import parse_image_config
@@ -61,7 +60,6 @@ __all__ = [
     "Pong",
     "Ref",
     "dockerfile_frontend",
-    "read_dockerfile",
     "run_client_build",
 ]
 
@@ -356,8 +354,6 @@ def run_client_build(
 
 # --- the Dockerfile frontend, run in the client ----------------------------------------------------
 
-MAX_DOCKERFILE_BYTES = 4 * 1024 * 1024
-
 
 class GatewayImageResolver:
     """Base images resolved by the daemon (its registry client, credentials and insecure-registry
@@ -372,22 +368,6 @@ class GatewayImageResolver:
         """The image's digest and config for ``platform``."""
         digest, blob = self.gateway.resolve_image_config(ref, str(platform))
         return digest, parse_image_config(ref, blob)
-
-
-def read_dockerfile(directory: Path, filename: str) -> str:
-    """The Dockerfile ``filename`` inside ``directory`` (not through a link out of it)."""
-    root = directory.resolve()
-    path = (root / filename).resolve()
-    if not path.is_relative_to(root):
-        raise InvalidInput(f"dockerfile {filename!r} is outside the dockerfile dir {directory}")
-    try:
-        if path.stat().st_size > MAX_DOCKERFILE_BYTES:
-            raise InvalidInput(f"dockerfile {filename!r} is larger than {MAX_DOCKERFILE_BYTES} bytes")
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInput(f"no dockerfile {filename!r} in {directory}") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(f"dockerfile {filename!r} is not UTF-8 text") from None
 
 
 def dockerfile_frontend(dockerfile: str, options: Mapping[str, str]) -> Callable[[Gateway], FrontendResult]:

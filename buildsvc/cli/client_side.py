@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from buildsvc.api.client import Client, StatusStream
-from buildsvc.api.gateway_client import dockerfile_frontend, read_dockerfile
+from buildsvc.api.gateway_client import dockerfile_frontend
 from buildsvc.api.gateway_local import run_local_build
 from buildsvc.api.model import status_update
 from buildsvc.cli.progress import ProgressPrinter, make_printer
@@ -28,6 +28,7 @@ from buildsvc.daemon.cache_exports import CacheOptions
 from buildsvc.daemon.engine import Engine
 from buildsvc.errors import InvalidInput
 from buildsvc.events.subscription import Subscription
+from buildsvc.frontends.dockerfile.source import read_dockerfile
 
 __all__ = ["run_client_side_build", "run_embedded_client_side_build"]
 

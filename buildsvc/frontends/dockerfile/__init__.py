@@ -17,8 +17,8 @@ wildcards, heredocs, ``--chown``, octal ``--chmod``, ``--link``, ``--exclude``; 
 and their scoping), ``USER``, ``LABEL``, ``EXPOSE``, ``ENTRYPOINT``, ``CMD``, ``SHELL``,
 ``STOPSIGNAL``, ``HEALTHCHECK``, ``VOLUME``, ``MAINTAINER``, and BuildKit's variable expansion.
 Refused with a clear error for now: ``ONBUILD``, ``RUN --mount=type=secret|ssh``, ``COPY --parents``,
-git sources, symbolic ``--chmod``, platforms other than the host's. ``ADD`` of a local archive is
-handed to the executor, which refuses to unpack it.
+git sources, symbolic ``--chmod``, platforms other than the host's. ``ADD`` of a local tar
+archive (plain, gzip, bzip2, xz, zstd) is unpacked by the executor.
 """
 
 from __future__ import annotations
@@ -29,14 +29,17 @@ from buildsvc.frontends.dockerfile.config import ImageConfigLike, ImageConfigRes
 from buildsvc.frontends.dockerfile.convert import DockerfileResult, decode_options, lower
 from buildsvc.frontends.dockerfile.errors import DockerfileError
 from buildsvc.frontends.dockerfile.parse import parse_dockerfile
+from buildsvc.frontends.dockerfile.source import MAX_DOCKERFILE_BYTES, read_dockerfile
 
 __all__ = [
+    "MAX_DOCKERFILE_BYTES",
     "DockerfileError",
     "DockerfileResult",
     "ImageConfigLike",
     "ImageConfigResolver",
     "Platform",
     "build_definition",
+    "read_dockerfile",
 ]
 
 
