@@ -74,6 +74,8 @@ class Recovery:
 
     containers: tuple[str, ...] = ()
     mounts: tuple[str, ...] = ()
+    untracked: tuple[str, ...] = ()
+    """Snapshots on disk no event accounted for, removed."""
     resumed: tuple[str, ...] = ()
     cancelled: tuple[str, ...] = ()
     threads: tuple[threading.Thread, ...] = ()
@@ -81,8 +83,9 @@ class Recovery:
     def describe(self) -> str:
         """One line for the daemon's log."""
         return (
-            f"recovery: {len(self.containers)} container(s) and {len(self.mounts)} mount(s) left by a "
-            f"dead process removed; resuming {len(self.resumed)} build(s)"
+            f"recovery: {len(self.containers)} container(s), {len(self.mounts)} mount(s) and "
+            f"{len(self.untracked)} unrecorded snapshot(s) left by a dead process removed; "
+            f"resuming {len(self.resumed)} build(s)"
             + (f": {', '.join(self.resumed)}" if self.resumed else "")
             + (f"; cancelled {len(self.cancelled)}: {', '.join(self.cancelled)}" if self.cancelled else "")
         )
@@ -227,8 +230,6 @@ def take_up(
         log(f"recovery: recorded the end of {len(recorded)} build(s) kept through a database outage")
     containers, points = sweep_root(engine)
     untracked = remove_untracked_snapshots(engine)
-    if untracked:
-        log(f"recovery: removed {len(untracked)} snapshot(s) on disk that no event accounts for")
     # Outputs staged for clients of the dead process: none will come for them (a resumed build
     # stages its outputs again, for `build --ref` to fetch).
     OutputStaging(engine.state.root, engine.state.store).discard(
@@ -266,6 +267,7 @@ def take_up(
     return Recovery(
         containers=tuple(containers),
         mounts=tuple(points),
+        untracked=tuple(untracked),
         resumed=tuple(resumed),
         cancelled=tuple(cancelled),
         threads=tuple(threads),
