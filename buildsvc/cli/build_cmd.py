@@ -12,7 +12,6 @@ import getpass
 import json
 import os
 import threading
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,14 +21,14 @@ import click
 
 from buildsvc.api.client import Client
 from buildsvc.api.errors import DaemonUnavailable
-from buildsvc.api.model import SolveOptions, status_update
+from buildsvc.api.model import SolveOptions
 from buildsvc.api.output_client import fetch_outputs, for_daemon, recorded_exporters
 from buildsvc.attrs import parse_kv
 from buildsvc.cache.options import legacy_export, legacy_import
 from buildsvc.cli.attach import attach_build, connection_lost
 from buildsvc.cli.common import open_from
 from buildsvc.cli.local_contexts import send_local_dirs
-from buildsvc.cli.progress import PROGRESS_CHOICES, make_printer
+from buildsvc.cli.progress import PROGRESS_CHOICES, make_printer, printing_progress
 from buildsvc.cli.remote import connect_from
 from buildsvc.daemon.cache_specs import CacheOptions, check_cache_options
 from buildsvc.daemon.exporter_specs import check_exporter
@@ -100,21 +99,9 @@ def run_build(
     """Solve ``definition``, print progress from its events, and export its result."""
     from buildsvc.daemon.cache_exports import export_caches, import_caches, inline_cache_for
     from buildsvc.daemon.exporters import run_exporters
-    from buildsvc.events.subscription import Subscription
     from buildsvc.solver.engine import SolveRequest
 
     ref = build_ref or uuid.uuid4().hex[:25]
-    printer = make_printer(progress)
-    follow = Subscription(state.store, after=state.store.head(), poll_interval=0.05)
-    stream = f"build-{ref}"
-
-    def show() -> None:
-        for stored in follow:
-            if stored.stream_id == stream and printer is not None:
-                printer.feed(status_update(stored))
-
-    watcher = threading.Thread(target=show, name="progress", daemon=True)
-    watcher.start()
 
     def export(result: ResultRef | None) -> Mapping[str, str]:
         exports = cache.exports if cache is not None else ()
@@ -135,20 +122,10 @@ def run_build(
         local_contexts=dict(local_contexts or {}),
         received=received,
     )
-    try:
+    with printing_progress(state.store, progress, lambda stream: stream == f"build-{ref}"):
         if cache is not None:
             import_caches(engine, ref, cache.imports)
         return engine.solver.solve(request, export=export)
-    finally:
-        # Print everything the build recorded before returning (or raising).
-        last = state.store.head()
-        deadline = time.monotonic() + 10
-        while follow.position < last and watcher.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        follow.close()
-        watcher.join(5)
-        if printer is not None:
-            printer.close()
 
 
 def _actor() -> str:

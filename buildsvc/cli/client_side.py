@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,13 +20,11 @@ from pathlib import Path
 from buildsvc.api.client import Client, StatusStream
 from buildsvc.api.gateway_client import dockerfile_frontend
 from buildsvc.api.gateway_local import run_local_build
-from buildsvc.api.model import status_update
-from buildsvc.cli.progress import ProgressPrinter, make_printer
+from buildsvc.cli.progress import ProgressPrinter, make_printer, printing_progress
 from buildsvc.contexts import ReceivedContexts
 from buildsvc.daemon.cache_exports import CacheOptions
 from buildsvc.daemon.engine import Engine
 from buildsvc.errors import InvalidInput
-from buildsvc.events.subscription import Subscription
 from buildsvc.frontends.dockerfile.source import read_dockerfile
 
 __all__ = ["run_client_side_build", "run_embedded_client_side_build"]
@@ -131,22 +128,13 @@ def run_embedded_client_side_build(
 ) -> tuple[str, Mapping[str, str]]:
     """Run ``dockerfile.v0`` here against the embedded engine's gateway (no daemon)."""
     text = _dockerfile(frontend, frontend_attrs, contexts.dirs)
-    store = engine.state.store
-    printer = make_printer(progress)
-    follow = Subscription(store, after=store.head(), poll_interval=0.05)
     job_stream = f"build-{build_ref}"
 
-    def show() -> None:
+    def shows(stream: str) -> bool:
         # The job's stream and its solves' (build-<job>-<n>), as the daemon's Status would send them.
-        for stored in follow:
-            if printer is not None and (
-                stored.stream_id == job_stream or stored.stream_id.startswith(f"{job_stream}-")
-            ):
-                printer.feed(status_update(stored))
+        return stream == job_stream or stream.startswith(f"{job_stream}-")
 
-    watcher = threading.Thread(target=show, name="progress", daemon=True)
-    watcher.start()
-    try:
+    with printing_progress(engine.state.store, progress, shows):
         outcome = run_local_build(
             engine,
             dockerfile_frontend(text, frontend_attrs),
@@ -157,16 +145,6 @@ def run_embedded_client_side_build(
             actor=actor,
             cache=cache,
         )
-    finally:
-        # Print everything the build recorded before returning (or raising).
-        last = store.head()
-        deadline = time.monotonic() + 10
-        while follow.position < last and watcher.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        follow.close()
-        watcher.join(5)
-        if printer is not None:
-            printer.close()
     return outcome.build_ref, outcome.exporter_response
 
 

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from rich.console import Console
 
-from buildsvc.api.model import StatusUpdate
+from buildsvc.api.model import StatusUpdate, status_update
 from buildsvc.cli.tty_progress import TtyProgress
 from buildsvc.events.envelope import format_time
+
+if TYPE_CHECKING:
+    from buildsvc.events.sql_store import SqlEventStore
 
 __all__ = [
     "PROGRESS_CHOICES",
@@ -27,6 +34,7 @@ __all__ = [
     "RawJsonProgress",
     "TtyProgress",
     "make_printer",
+    "printing_progress",
 ]
 
 PROGRESS_CHOICES = ("auto", "tty", "plain", "rawjson", "quiet")
@@ -154,3 +162,34 @@ def make_printer(progress: str, out: TextIO | None = None) -> ProgressPrinter | 
             stream = out or sys.stderr
             return make_printer("tty" if stream.isatty() else "plain", stream)
     raise ValueError(f"unknown progress mode {progress!r}; expected one of {', '.join(PROGRESS_CHOICES)}")
+
+
+@contextmanager
+def printing_progress(store: SqlEventStore, progress: str, shows: Callable[[str], bool]) -> Iterator[None]:
+    """Print an in-process build's progress from the events appended to the streams ``shows`` takes,
+    as they are appended; on leaving, wait (up to 10 s) until all the build recorded is printed.
+    """
+    # Here, not at the top: a client of a daemon prints from Status and never loads the SQL store.
+    from buildsvc.events.subscription import Subscription
+
+    printer = make_printer(progress)
+    follow = Subscription(store, after=store.head(), poll_interval=0.05)
+
+    def show() -> None:
+        for stored in follow:
+            if printer is not None and shows(stored.stream_id):
+                printer.feed(status_update(stored))
+
+    watcher = threading.Thread(target=show, name="progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        last = store.head()
+        deadline = time.monotonic() + 10
+        while follow.position < last and watcher.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        follow.close()
+        watcher.join(5)
+        if printer is not None:
+            printer.close()
