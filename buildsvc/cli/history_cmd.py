@@ -29,7 +29,7 @@ from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.envelope import StoredEvent, format_time
 from buildsvc.projections.build_request import BuildRequest, build_request
-from buildsvc.projections.builds import list_builds
+from buildsvc.projections.builds import list_builds, queued_vertex
 from buildsvc.projections.provenance import provenance_statement
 from buildsvc.projections.replay import Cut, replay
 from buildsvc.projections.timeline import build_spans
@@ -154,21 +154,7 @@ def _add_queued(build: dict[str, Any], request: BuildRequest) -> None:
         if entry.get("id") in seen:
             continue
         name = ((entry.get("metadata") or {}).get("description") or {}).get("llb.customname", "")
-        build["vertices"].append(
-            {
-                "build_ref": build["build_ref"],
-                "vertex": entry["id"],
-                "name": name,
-                "status": "queued",
-                "worker": "",
-                "runs": 0,
-                "started_at": None,
-                "ended_at": None,
-                "duration_ms": None,
-                "exit_code": None,
-                "error": "",
-            }
-        )
+        build["vertices"].append(queued_vertex(build["build_ref"], entry["id"], name))
 
 
 def _plain_text(value: Any) -> str:

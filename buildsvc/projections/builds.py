@@ -19,7 +19,7 @@ from buildsvc.events.envelope import StoredEvent
 from buildsvc.projections.rows import RowBuffer
 from buildsvc.projections.schema import build_vertices, builds
 
-__all__ = ["BuildHistoryProjection", "fold_build", "get_build", "list_builds"]
+__all__ = ["BuildHistoryProjection", "fold_build", "get_build", "list_builds", "queued_vertex"]
 
 _SOLVE_TYPES = {
     ev.SolveRequested.type_name,
@@ -125,10 +125,15 @@ def _vertex_row(rows: RowBuffer, key: tuple[str, str], event: Any) -> dict[str, 
 
 
 def _new_vertex(key: tuple[str, str], event: Any) -> dict[str, Any]:
+    return queued_vertex(key[0], key[1], getattr(event, "name", ""))
+
+
+def queued_vertex(build_ref: str, vertex: str, name: str = "") -> dict[str, Any]:
+    """A vertex row before any event about it: queued, never run."""
     return {
-        "build_ref": key[0],
-        "vertex": key[1],
-        "name": getattr(event, "name", ""),
+        "build_ref": build_ref,
+        "vertex": vertex,
+        "name": name,
         "status": "queued",
         "worker": "",
         "runs": 0,
