@@ -72,7 +72,6 @@ class ExportedImage:
 
     manifest_digest: str
     config_digest: str
-    layer_digest: str
 
     def response(self) -> dict[str, str]:
         """The exporter response keys BuildKit uses."""
@@ -98,11 +97,6 @@ class _Image:
     platform: ImagePlatform
 
     @property
-    def layer(self) -> Descriptor:
-        """The top layer (the build's own, unless it changed nothing above its base)."""
-        return self.layers[-1].descriptor
-
-    @property
     def manifest_digest(self) -> str:
         return sha256_digest(self.manifest)
 
@@ -114,7 +108,6 @@ class _Image:
         return ExportedImage(
             manifest_digest=self.manifest_digest,
             config_digest=self.config_digest,
-            layer_digest=self.layer.digest,
         )
 
 

@@ -118,7 +118,6 @@ class _Stage:
     cmd_set: bool = False
     state: llb.State = field(default_factory=llb.scratch)
     image: ImageSpec | None = None
-    base_config: ImageConfigLike | None = None
     pinned: str = ""
 
 
@@ -373,7 +372,6 @@ class _Lowering:
         digest, config = self.resolve_image(ref)
         pinned = ref if "@" in ref else f"{ref}@{digest}"
         stage.pinned = pinned
-        stage.base_config = config
         stage.image = ImageSpec.from_base(platform, config)
         name = self.step_name(stage, f"FROM {pinned}")
         stage.state = self.mark(llb.image(pinned, name=name), ins)
