@@ -1,10 +1,11 @@
 """Cache export and import against same-run baselines: ``cp -r`` (local) and a plain httpx push/pull.
 
 Run (as root): ``.venv/bin/python -m benchmarks.cache [--steps 20] [--mb 10] [--compression uncompressed]
-[--repeat 3]``.
+[--repeat 3] [--backend sqlite|postgres]``.
 
 A build of ``--steps`` exec steps on a busybox tree, each writing ``--mb`` MB of random bytes (default
-20 x 10 MB = 200 MB), is solved once on an embedded engine (SQLite). Then, each beside its baseline
+20 x 10 MB = 200 MB), is solved once on an embedded engine (SQLite, or a fresh PostgreSQL database
+per state at ``$BUILDSVC_TEST_PG_URL``'s server with ``--backend postgres``). Then, each beside its baseline
 measured in the same run on the same bytes:
 
 1. local export (``mode=max``), cold: every layer is written (tar + hash) -- against ``cp -r`` of the
@@ -26,6 +27,7 @@ export is repeated by removing ``<root>/cache/layers`` and the layout first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import shutil
@@ -48,6 +50,7 @@ from buildsvc.executors.mounts import mounts_under, unmount
 from buildsvc.solver import llb
 from buildsvc.solver.definition import Definition
 from buildsvc.solver.engine import ResultRef, SolveRequest
+from tests.support.databases import PostgresTemplates
 from tests.support.registry import TestRegistry
 
 
@@ -111,7 +114,7 @@ def rebuild(engine: Engine, ref: str, attrs: dict[str, str], definition: Definit
     The import only reads the cache config; each layer is verified and unpacked when the solve's
     lookup hits its record, so the solve is part of the figure.
     """
-    import_caches(engine, ref, [parse_import(attrs)])
+    import_caches(engine, ref, [parse_import(attrs)], actor="bench")
     engine.solver.solve(SolveRequest(definition=definition, build_ref=ref, local_dirs={"rootfs": rootfs}))
     events = [s.decode() for s in engine.state.store.read_stream(f"build-{ref}")]
     ran = [e for e in events if isinstance(e, ev.VertexStarted) and e.name.startswith("step ")]
@@ -127,11 +130,24 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=10)
     parser.add_argument("--compression", default="uncompressed", choices=["uncompressed", "gzip", "zstd"])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--backend", default="sqlite", choices=["sqlite", "postgres"])
     options = parser.parse_args()
     repeat = max(1, options.repeat)
     rows: list[tuple[str, float, str, float]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-cache-", dir="/var/tmp") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-cache-", dir="/var/tmp") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         work = Path(tmp)
+        pg: PostgresTemplates | None = None
+        if options.backend == "postgres":
+            pg = PostgresTemplates()
+            stack.callback(pg.close)
+
+        def db_url(name: str) -> str:
+            """A fresh database for one state."""
+            return f"sqlite:///{work / f'{name}.db'}" if pg is None else stack.enter_context(pg.fresh())
+
         rootfs = Path(make_busybox_rootfs(str(work / "rootfs")))
         state = llb.local("rootfs")
         for n in range(options.steps):
@@ -141,7 +157,7 @@ def main() -> None:
         comp = options.compression
         try:
             with TestRegistry(work / "registry") as registry:
-                st = open_state(work / "root", f"sqlite:///{work / 'a.db'}")
+                st = open_state(work / "root", db_url("a"))
                 with open_engine(st) as engine:
                     seen: dict[str, float] = {}
                     cold_base: list[float] = []
@@ -157,7 +173,11 @@ def main() -> None:
                                 shutil.rmtree(layout)
                                 shutil.rmtree(work / "root" / "cache" / "layers")
                             cold.append(
-                                timed(lambda: export_caches(engine, result, "bench", definition, [local]))
+                                timed(
+                                    lambda: export_caches(
+                                        engine, result, "bench", definition, [local], actor="bench"
+                                    )
+                                )
                             )
                         seen["cold"] = statistics.median(cold)
                         # Into a new directory: layers come from <root>/cache/layers, every blob is copied.
@@ -170,7 +190,7 @@ def main() -> None:
                             }
                         )
                         seen["warm"] = timed(
-                            lambda: export_caches(engine, result, "bench", definition, [again])
+                            lambda: export_caches(engine, result, "bench", definition, [again], actor="bench")
                         )
                         ref = f"{registry.host}/bench/cache:max"
                         remote = parse_export(
@@ -183,7 +203,9 @@ def main() -> None:
                             }
                         )
                         seen["push"] = timed(
-                            lambda: export_caches(engine, result, "bench", definition, [remote])
+                            lambda: export_caches(
+                                engine, result, "bench", definition, [remote], actor="bench"
+                            )
                         )
                         return {}
 
@@ -222,7 +244,7 @@ def main() -> None:
                     for n in range(repeat):
                         bases.append(baseline())
                         name = f"{len(rows)}-{n}"
-                        fresh = open_state(work / f"root-{name}", f"sqlite:///{work / f'{name}.db'}")
+                        fresh = open_state(work / f"root-{name}", db_url(name))
                         with open_engine(fresh) as other:
                             spent.append(timed(lambda: rebuild(other, name, attrs, definition, rootfs)))  # noqa: B023
                     rows.append((kind, statistics.median(spent), base_name, statistics.median(bases)))
@@ -231,7 +253,7 @@ def main() -> None:
                 unmount(point)
     print(
         f"{options.steps} steps x {options.mb} MB, compression={comp}, {size / 1e6:.0f} MB of blobs, "
-        f"median of {repeat}"
+        f"{options.backend}, median of {repeat}"
     )
     print(f"{'figure':42} {'buildsvc':>10} {'baseline':>22} {'ratio':>7}")
     for name, ours, base_name, base in rows:

@@ -252,99 +252,112 @@ def run(options: argparse.Namespace) -> list[Row]:
             digest = busybox_layout(work)
             layout = work / "layout"
             solve(engine, llb.oci_layout(str(layout), digest).marshal())  # pull once, outside the timing
-            bundle = runc_bundle(work)
-            runc_root = work / "runc-state"
-            solve(engine, exec_chain(layout, digest, "warm"))
-            runc_loop(bundle, runc_root, "warm")
-            ours, raw = [], []
-            for r in range(int(options.repeat)):
-                tag = f"e{r}-{secrets.token_hex(3)}"
-                chain = exec_chain(layout, digest, tag)
-                ours.append(timed(partial(solve, engine, chain)))
-                raw.append(timed(partial(runc_loop, bundle, runc_root, tag)))
-                print(f"  exec run {r}: engine {ours[-1]:.2f}s runc loop {raw[-1]:.2f}s", file=sys.stderr)
-            ours_s, raw_s = statistics.median(ours), statistics.median(raw)
-            rows.append(
-                Row(
-                    f"2. {EXEC_STEPS} exec steps of true (s)",
-                    ours_s,
-                    raw_s,
-                    "s",
-                    "<= 1.5x",
-                    ours_s / raw_s <= 1.5,
-                )
-            )
-
-            graph0 = file_graph(leaves, "warm")
-            assert len(graph0.vertices) == n_vertices, len(graph0.vertices)
-            print(f"graph: {leaves} mkfile + {n_vertices - leaves} merge vertices", file=sys.stderr)
-
-            # Peak memory: the first cold solve of the full graph.
-            rss_before = rss_mb()
-            t = timed(lambda: solve(engine, graph0))
-            rss_after = rss_mb()
-            print(f"first cold solve {t:.2f}s, rss {rss_before:.0f} -> {rss_after:.0f} MB", file=sys.stderr)
-
-            cold, cached, base = [], [], []
-            for r in range(int(options.repeat)):
-                tag = f"run{r}-{secrets.token_hex(3)}"
-                graph = file_graph(leaves, tag)
-                cold.append(timed(partial(solve, engine, graph)))
-                cached.append(timed(partial(solve, engine, graph)))
-                d = work / f"baseline-{r}"
-                d.mkdir()
-                base.append(timed(partial(file_baseline, leaves, tag, d)))
-                shutil.rmtree(d)
-                print(
-                    f"  graph run {r}: cold {cold[-1]:.2f}s cached {cached[-1]:.2f}s base {base[-1]:.3f}s",
-                    file=sys.stderr,
-                )
-            cold_s, cached_s, base_s = (statistics.median(x) for x in (cold, cached, base))
-            per_cold = (cold_s - base_s) / n_vertices * 1000
-            per_cached = cached_s / n_vertices * 1000
-            rows += [
-                Row(f"1. {n_vertices}-vertex file graph, cold (s)", cold_s, base_s, "s", "-", None),
-                Row(
-                    "   engine overhead per vertex, cold",
-                    per_cold,
-                    base_s / n_vertices * 1000,
-                    "ms",
-                    "< 2 ms",
-                    per_cold < 2,
-                ),
-                Row(f"1. {n_vertices}-vertex file graph, cached (s)", cached_s, 0.0, "s", "-", None),
-                Row(
-                    "   engine overhead per vertex, cached",
-                    per_cached,
-                    0.0,
-                    "ms",
-                    "< 0.3 ms",
-                    per_cached < 0.3,
-                ),
-                Row(
-                    f"3. peak RSS, {n_vertices}-vertex solve (MB)",
-                    rss_after,
-                    rss_before,
-                    "MB",
-                    "< 300 MB",
-                    rss_after < 300,
-                ),
-            ]
-
+            if options.only in (None, "exec"):
+                rows += exec_figure(engine, work, layout, digest, int(options.repeat))
+            if options.only in (None, "graph"):
+                rows += graph_figures(engine, n_vertices, int(options.repeat), work)
             if options.profile:
                 # A fresh engine each time, so its vertex threads start under the profiler.
                 graph = file_graph(leaves, f"profile-{secrets.token_hex(3)}")
                 chain = exec_chain(layout, digest, "profile")
-                for label, definition in (
-                    ("cold file graph", graph),
-                    ("cached file graph", graph),
-                    ("exec chain", chain),
+                for label, definition, figure in (
+                    ("cold file graph", graph, "graph"),
+                    ("cached file graph", graph, "graph"),
+                    ("exec chain", chain, "exec"),
                 ):
-                    profile(label, partial(solve_on_fresh_engine, state, definition, int(options.parallel)))
+                    if options.only in (None, figure):
+                        solve_it = partial(solve_on_fresh_engine, state, definition, int(options.parallel))
+                        profile(label, solve_it)
         finally:
             engine.close()
             state.close()
     return rows
+
+
+def exec_figure(engine: Engine, work: Path, layout: Path, digest: str, repeat: int) -> list[Row]:
+    """Figure 2: the exec chain against the bare runc loop, interleaved."""
+    bundle = runc_bundle(work)
+    runc_root = work / "runc-state"
+    solve(engine, exec_chain(layout, digest, "warm"))
+    runc_loop(bundle, runc_root, "warm")
+    ours, raw = [], []
+    for r in range(repeat):
+        tag = f"e{r}-{secrets.token_hex(3)}"
+        chain = exec_chain(layout, digest, tag)
+        ours.append(timed(partial(solve, engine, chain)))
+        raw.append(timed(partial(runc_loop, bundle, runc_root, tag)))
+        print(f"  exec run {r}: engine {ours[-1]:.2f}s runc loop {raw[-1]:.2f}s", file=sys.stderr)
+    ours_s, raw_s = statistics.median(ours), statistics.median(raw)
+    return [
+        Row(
+            f"2. {EXEC_STEPS} exec steps of true (s)",
+            ours_s,
+            raw_s,
+            "s",
+            "<= 1.5x",
+            ours_s / raw_s <= 1.5,
+        )
+    ]
+
+
+def graph_figures(engine: Engine, n_vertices: int, repeat: int, work: Path) -> list[Row]:
+    """Figures 1 and 3: the file-op graph cold and cached against the Python writes; peak RSS."""
+    leaves = leaf_count(n_vertices)
+    graph0 = file_graph(leaves, "warm")
+    assert len(graph0.vertices) == n_vertices, len(graph0.vertices)
+    print(f"graph: {leaves} mkfile + {n_vertices - leaves} merge vertices", file=sys.stderr)
+
+    # Peak memory: the first cold solve of the full graph.
+    rss_before = rss_mb()
+    t = timed(lambda: solve(engine, graph0))
+    rss_after = rss_mb()
+    print(f"first cold solve {t:.2f}s, rss {rss_before:.0f} -> {rss_after:.0f} MB", file=sys.stderr)
+
+    cold, cached, base = [], [], []
+    for r in range(repeat):
+        tag = f"run{r}-{secrets.token_hex(3)}"
+        graph = file_graph(leaves, tag)
+        cold.append(timed(partial(solve, engine, graph)))
+        cached.append(timed(partial(solve, engine, graph)))
+        d = work / f"baseline-{r}"
+        d.mkdir()
+        base.append(timed(partial(file_baseline, leaves, tag, d)))
+        shutil.rmtree(d)
+        print(
+            f"  graph run {r}: cold {cold[-1]:.2f}s cached {cached[-1]:.2f}s base {base[-1]:.3f}s",
+            file=sys.stderr,
+        )
+    cold_s, cached_s, base_s = (statistics.median(x) for x in (cold, cached, base))
+    per_cold = (cold_s - base_s) / n_vertices * 1000
+    per_cached = cached_s / n_vertices * 1000
+    return [
+        Row(f"1. {n_vertices}-vertex file graph, cold (s)", cold_s, base_s, "s", "-", None),
+        Row(
+            "   engine overhead per vertex, cold",
+            per_cold,
+            base_s / n_vertices * 1000,
+            "ms",
+            "< 2 ms",
+            per_cold < 2,
+        ),
+        Row(f"1. {n_vertices}-vertex file graph, cached (s)", cached_s, 0.0, "s", "-", None),
+        Row(
+            "   engine overhead per vertex, cached",
+            per_cached,
+            0.0,
+            "ms",
+            "< 0.3 ms",
+            per_cached < 0.3,
+        ),
+        Row(
+            f"3. peak RSS, {n_vertices}-vertex solve (MB)",
+            rss_after,
+            rss_before,
+            "MB",
+            "< 300 MB",
+            rss_after < 300,
+        ),
+    ]
 
 
 def print_table(rows: list[Row]) -> None:
@@ -366,6 +379,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--parallel", type=int, default=4, help="the solver's max_parallel")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--only", choices=("graph", "exec"), help="measure one figure (default: all)")
     options = parser.parse_args()
     began = time.monotonic()
     rows = run(options)

@@ -29,11 +29,11 @@ from buildsvc.api.model import (
 )
 from buildsvc.contexts import ContextTransfer, Scan
 from buildsvc.errors import InvalidInput
-from buildsvc.events.envelope import StoredEvent
 
 if TYPE_CHECKING:
     # The client-side frontend (the Dockerfile parser, image config...) loads when a build uses it.
     from buildsvc.api.gateway_client import BuildOutcome, Gateway
+    from buildsvc.events.envelope import StoredEvent
 
 __all__ = ["Client", "StatusStream", "connect"]
 
@@ -220,6 +220,14 @@ class Client:
             raise error_from_rpc(e, addr=self.addr) from None
         finally:
             call.cancel()
+
+    def list_builds(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The builds projection's rows, newest first (times as text, as ``--format json`` has them)."""
+        response: pb.ListBuildsResponse = self._call(
+            "ListBuilds", pb.ListBuildsRequest(limit=limit), timeout=60
+        )
+        rows: list[dict[str, Any]] = json.loads(response.rows_json)
+        return rows
 
     def leaks(self, *, build_ref: str = "") -> dict[str, Any]:
         """The daemon's leak report as JSON (see ``buildsvc.daemon.leaks.report_to_json``)."""

@@ -17,7 +17,7 @@ from buildsvc.api.gen import content_pb2 as pb
 from buildsvc.api.gen import content_pb2_grpc as pb_grpc
 from buildsvc.api.peercred import actor_of
 from buildsvc.contexts import ContextStore
-from buildsvc.contexts.store import BlobWriter
+from buildsvc.contexts.store import BlobBatch, BlobWriter
 from buildsvc.daemon.outputs import OutputStaging
 from buildsvc.errors import InvalidInput, NotFound
 
@@ -61,22 +61,28 @@ class ContentServicer(pb_grpc.ContentServicer):
     ) -> pb.UploadResponse:
         """Store each blob once all its chunks arrived and its bytes match its digest."""
         writer: BlobWriter | None = None
+        batch = BlobBatch(self.store)  # stored durably together, not an fsync each
         blobs = size = 0
         try:
             for chunk in request_iterator:
                 if writer is None or chunk.digest != writer.digest:
                     if writer is not None:
-                        writer.commit()
+                        batch.add(writer)
                         blobs, size = blobs + 1, size + writer.size
                     writer = self.store.open_blob(chunk.digest, chunk.path or chunk.digest)
                 writer.write(chunk.data)
             if writer is not None:
-                writer.commit()
+                batch.add(writer)
                 blobs, size = blobs + 1, size + writer.size
+                writer = None
+            batch.flush()
         except BaseException as e:
             if writer is not None:
                 writer.abort()  # a blob cut short is dropped; those verified before it stay
-            abort_with(context, e)
+            try:
+                batch.flush()
+            finally:
+                abort_with(context, e)
         return pb.UploadResponse(blobs=blobs, bytes=size)
 
     def Download(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -27,7 +28,9 @@ from buildsvc.api.model import (
     VertexUpdate,
     WorkerRecord,
 )
-from buildsvc.events.envelope import StoredEvent
+
+if TYPE_CHECKING:  # the log's envelope loads where events are read: a build's client needs none
+    from buildsvc.events.envelope import StoredEvent
 
 __all__ = [
     "build_record_from_pb",
@@ -414,6 +417,8 @@ def stored_event_to_pb(stored: StoredEvent) -> pb.LogEvent:
 
 def stored_event_from_pb(message: pb.LogEvent) -> StoredEvent:
     """The event as the log holds it (the projections take it as if read from the store)."""
+    from buildsvc.events.envelope import StoredEvent
+
     return StoredEvent(
         position=message.position,
         event_id=UUID(message.event_id),

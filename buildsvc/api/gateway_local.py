@@ -136,7 +136,9 @@ def run_local_build(
     )
     job.start(outputs)
     if cache is not None:
-        import_caches(engine, ref, cache.imports)  # before the frontend's solves, as a daemon does
+        import_caches(
+            engine, ref, cache.imports, actor=actor
+        )  # before the frontend's solves, as a daemon does
     gateway = LocalGateway(job)
     try:
         value = fn(gateway)

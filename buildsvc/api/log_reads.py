@@ -1,4 +1,5 @@
-"""``BuildEvents``: the log's events as stored, in batches, for the read commands of a remote client.
+"""``BuildEvents``: the log's events as stored, in batches, for the read commands of a remote client;
+``ListBuilds``' rows as JSON.
 
 The client folds them with the same pure projections the embedded commands use (``projections/``),
 so ``history inspect|logs|replay|trace|provenance`` print the same whether they read the log
@@ -7,15 +8,18 @@ themselves or ask the daemon.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
 
 from buildsvc.api import convert
 from buildsvc.api.gen import control_pb2 as pb
 from buildsvc.errors import InvalidInput
-from buildsvc.events.envelope import StoredEvent
+from buildsvc.events.envelope import StoredEvent, format_time
 from buildsvc.events.store import EventStore
 
-__all__ = ["read_events"]
+__all__ = ["read_events", "rows_to_json"]
 
 # Big enough that a 100,000-event replay is a few hundred messages, small enough to stay far below
 # gRPC's 4 MB message limit with ordinary payloads.
@@ -57,3 +61,16 @@ def _batches(found: Iterable[StoredEvent], until: int) -> Iterator[pb.BuildEvent
             batch, size = [], 0
     if batch:
         yield pb.BuildEventsResponse(events=batch)
+
+
+def rows_to_json(rows: Sequence[dict[str, Any]]) -> str:
+    """Projection rows as JSON, times in the log's text form (as ``--format json`` prints them), so
+    a client prints a daemon's rows exactly as it prints those it read itself.
+    """
+    return json.dumps(list(rows), default=_time_text)
+
+
+def _time_text(value: object) -> str:
+    if isinstance(value, datetime):
+        return format_time(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")

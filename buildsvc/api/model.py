@@ -1,6 +1,7 @@
 """What the API speaks in, as plain Python: the shapes both sides of the wire share.
 
-The servicers turn engine objects and events into these and :mod:`buildsvc.api.convert` turns
+The servicers turn engine objects and events into these (a build's events through
+:mod:`buildsvc.api.updates`) and :mod:`buildsvc.api.convert` turns
 these into protobuf messages and back, so the command line sees the same objects whether it runs
 the engine in its own process or talks to a daemon. No protobuf type appears here.
 """
@@ -15,9 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsvc.daemon.usage import PruneSkipped, UsageRecord
-from buildsvc.events import catalog as ev
-from buildsvc.events.codec import encode_payload
-from buildsvc.events.envelope import StoredEvent
 
 if TYPE_CHECKING:  # executors (runc, overlayfs) are the daemon's: a client only names them
     from buildsvc.executors import Worker
@@ -35,13 +33,12 @@ __all__ = [
     "VertexLog",
     "VertexUpdate",
     "WorkerRecord",
-    "status_update",
     "worker_record",
 ]
 
-FINAL_EVENT_TYPES = frozenset(
-    {ev.SolveCompleted.type_name, ev.SolveFailed.type_name, ev.SolveCancelled.type_name}
-)
+# By name, not from the catalog: the client's import path stays off the event classes (a test holds
+# these to the catalog's names).
+FINAL_EVENT_TYPES = frozenset({"SolveCompleted", "SolveFailed", "SolveCancelled"})
 """The events that end a build (and with it a Status stream)."""
 
 
@@ -127,52 +124,6 @@ class StatusUpdate:
     def final(self) -> bool:
         """Whether this update ends the build."""
         return self.type in FINAL_EVENT_TYPES
-
-
-def _update_of(event: object) -> VertexUpdate | VertexLog | BuildUpdate | None:
-    match event:
-        case ev.VertexStarted(vertex=v, name=name, worker=worker):
-            return VertexUpdate(digest=v, state="started", name=name, worker=worker)
-        case ev.VertexCached(vertex=v, name=name):
-            return VertexUpdate(digest=v, state="cached", name=name)
-        case ev.VertexCompleted(vertex=v, worker=worker, duration_ms=ms, exit_code=code):
-            return VertexUpdate(digest=v, state="completed", worker=worker, duration_ms=ms, exit_code=code)
-        case ev.VertexFailed(vertex=v, error=error, worker=worker, duration_ms=ms, exit_code=code):
-            return VertexUpdate(
-                digest=v, state="failed", error=error, worker=worker, duration_ms=ms, exit_code=code
-            )
-        case ev.VertexInterrupted(vertex=v, reason=reason):
-            return VertexUpdate(digest=v, state="interrupted", error=reason)
-        case ev.VertexLogChunk(vertex=v, data=data, stream=stream):
-            return VertexLog(vertex=v, data=data, stream=stream)
-        case ev.SolveRequested():
-            return BuildUpdate(status="requested")
-        case ev.SolveStarted():
-            return BuildUpdate(status="running")
-        case ev.SolveCompleted():
-            return BuildUpdate(status="completed")
-        case ev.SolveFailed(error=error, vertex=vertex, exit_code=code, source_location=where):
-            return BuildUpdate(
-                status="failed", error=error, vertex=vertex or "", exit_code=code, source_location=where
-            )
-        case ev.SolveCancelled(reason=reason):
-            return BuildUpdate(status="cancelled", error=reason)
-    return None
-
-
-def status_update(stored: StoredEvent) -> StatusUpdate:
-    """The update a build's event makes (every event makes one; rawjson progress prints them all)."""
-    event = stored.decode()
-    update = _update_of(event)
-    return StatusUpdate(
-        position=stored.position,
-        time=stored.recorded_at,
-        type=stored.type,
-        payload_json=json.dumps(encode_payload(event), sort_keys=True),
-        vertex=update if isinstance(update, VertexUpdate) else None,
-        log=update if isinstance(update, VertexLog) else None,
-        build=update if isinstance(update, BuildUpdate) else None,
-    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,21 +25,22 @@ import grpc
 import sqlalchemy as sa
 
 from buildsvc.api import convert
+from buildsvc.api.debug_session import debug_session
 from buildsvc.api.errors import DaemonUnavailable, abort_with
 from buildsvc.api.gen import control_pb2 as pb
 from buildsvc.api.gen import control_pb2_grpc as pb_grpc
-from buildsvc.api.log_reads import read_events
+from buildsvc.api.log_reads import read_events, rows_to_json
 from buildsvc.api.model import (
     FINAL_EVENT_TYPES,
     BuildRecord,
     DaemonInfo,
     HistoryEvent,
     SolveOptions,
-    status_update,
     worker_record,
 )
 from buildsvc.api.peercred import actor_of
 from buildsvc.api.status_wake import StreamWaker
+from buildsvc.api.updates import status_update
 from buildsvc.contexts import ContextStore, ReceivedContexts, receive_contexts
 from buildsvc.daemon.cache_exports import (
     CacheOptions,
@@ -53,7 +54,7 @@ from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.exporters import check_exporter, run_exporters
 from buildsvc.daemon.frontend import run_frontend
 from buildsvc.daemon.gateway import GatewayJob, GatewayJobs
-from buildsvc.daemon.history import update_build_history
+from buildsvc.daemon.history import recent_builds, update_build_history
 from buildsvc.daemon.leaks import report_to_json, scan_leaks
 from buildsvc.daemon.outputs import CLIENT_OUTPUT, OutputStaging, is_client_output
 from buildsvc.daemon.prune import disk_usage, prune
@@ -67,6 +68,7 @@ from buildsvc.projections.schema import projection_checkpoints
 from buildsvc.solver.definition import Definition
 from buildsvc.solver.engine import ResultRef, SolveRequest
 from buildsvc.solver.errors import BuildRefInUse
+from buildsvc.solver.worker import Terminal
 
 __all__ = ["ControlServicer", "SolveGate"]
 
@@ -210,7 +212,9 @@ class ControlServicer(pb_grpc.ControlServicer):
         verified = actor_of(context, self.peer_nonce)
         return replace(options, actor=verified or f"unverified:{options.actor}")
 
-    def _solve(self, options: SolveOptions, context: grpc.ServicerContext) -> pb.SolveResponse:
+    def _solve(
+        self, options: SolveOptions, context: grpc.ServicerContext, *, terminal: Terminal | None = None
+    ) -> pb.SolveResponse:
         exporters = _exporters(options.exporters)
         if options.frontend_inputs and (options.frontend or options.definition_json):
             raise InvalidInput(
@@ -275,15 +279,27 @@ class ControlServicer(pb_grpc.ControlServicer):
                 inline = inline_cache_for(result, definition, cache.exports)
                 response = dict(
                     run_exporters(
-                        self.engine, result, ref, exporters, image_config=image_config, inline_cache=inline
+                        self.engine,
+                        result,
+                        ref,
+                        exporters,
+                        image_config=image_config,
+                        inline_cache=inline,
+                        actor=options.actor,
                     )
                 )
                 made = export_caches(
-                    self.engine, result, ref, definition, cache.exports, exporter_response=response
+                    self.engine,
+                    result,
+                    ref,
+                    definition,
+                    cache.exports,
+                    exporter_response=response,
+                    actor=options.actor,
                 )
                 return {**response, **made}
 
-            import_caches(self.engine, ref, cache.imports)
+            import_caches(self.engine, ref, cache.imports, actor=options.actor)
             result = self.engine.solver.solve(
                 SolveRequest(
                     definition=definition,
@@ -300,11 +316,26 @@ class ControlServicer(pb_grpc.ControlServicer):
                     received=(*received.events, *(rerun.events if rerun is not None else ())),
                     rerun_of=options.rerun_of,
                     reuse=rerun.reuse if rerun is not None else {},
+                    terminal=terminal,
                 ),
                 cancel=cancel,
                 export=export,
             )
         return pb.SolveResponse(ref=result.build_ref, exporter_response=dict(result.exporter_response))
+
+    def Debug(
+        self, request_iterator: Iterator[pb.DebugRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.DebugResponse]:
+        """``history debug REF`` on a terminal: a process on a pty in place of REF's failed step."""
+        try:
+            yield from debug_session(
+                request_iterator,
+                context,
+                solve=lambda options, ctx, terminal: self._solve(options, ctx, terminal=terminal),
+                attributed=lambda options: self._attributed(options, context),
+            )
+        except BaseException as e:
+            abort_with(context, e)
 
     def _gateway_job(
         self,
@@ -328,7 +359,9 @@ class ControlServicer(pb_grpc.ControlServicer):
                 frontend_attrs=options.frontend_attrs,
                 cache_exports=cache.exports,
             )
-            import_caches(self.engine, ref, cache.imports)  # the frontend's solves then find them
+            import_caches(
+                self.engine, ref, cache.imports, actor=options.actor
+            )  # the frontend's solves then find them
             job.start(exporters)
             with self.gateway_jobs.registered(job):
                 response = job.finish(exporters)
@@ -437,16 +470,19 @@ class ControlServicer(pb_grpc.ControlServicer):
     def Prune(self, request: pb.PruneRequest, context: grpc.ServicerContext) -> Iterator[pb.PruneResponse]:
         """Remove unreferenced cached results; streams each removed snapshot, then each one skipped."""
         try:
+            # Who asked (unix peer, TLS subject); a plaintext loopback caller proves nothing.
+            actor = actor_of(context, self.peer_nonce) or "unverified:"
             report = prune(
                 self.engine,
                 all=request.all,
                 keep_duration=request.keep_duration_seconds or None,
                 filters=dict(request.filters),
-                # Who asked (unix peer, TLS subject); a plaintext loopback caller proves nothing.
-                actor=actor_of(context, self.peer_nonce) or "unverified:",
+                actor=actor,
             )
             # Outputs whose client never came for them: any of a build that no longer runs here.
-            self.outputs.discard(keep=self.gate.is_active, reason="prune: the client never downloaded it")
+            self.outputs.discard(
+                keep=self.gate.is_active, reason="prune: the client never downloaded it", actor=actor
+            )
         except BaseException as e:
             abort_with(context, e)
         for removed in report.removed:
@@ -461,7 +497,7 @@ class ControlServicer(pb_grpc.ControlServicer):
     ) -> pb.UpdateBuildHistoryResponse:
         """Pin, unpin or delete a build's history entry (recorded in ``history-<ref>``)."""
         try:
-            actor = actor_of(context, self.peer_nonce)
+            actor = actor_of(context, self.peer_nonce) or "unverified:"
             if request.delete:
                 update_build_history(self.state.store, request.ref, delete=True, actor=actor)
             else:
@@ -493,6 +529,17 @@ class ControlServicer(pb_grpc.ControlServicer):
             self.state.runner.run_once()
             report = scan_leaks(self.state, build_ref=request.ref or None)
             return pb.LeaksResponse(report_json=json.dumps(report_to_json(report)))
+        except BaseException as e:
+            abort_with(context, e)
+
+    def ListBuilds(
+        self, request: pb.ListBuildsRequest, context: grpc.ServicerContext
+    ) -> pb.ListBuildsResponse:
+        """The builds projection's rows, newest first, caught up with the log first."""
+        try:
+            return pb.ListBuildsResponse(
+                rows_json=rows_to_json(recent_builds(self.state, limit=request.limit or 50))
+            )
         except BaseException as e:
             abort_with(context, e)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from buildsvc.cache.config import CacheConfigError
 
-__all__ = ["REF_NAME_ANNOTATION", "LayoutStore"]
+__all__ = ["REF_NAME_ANNOTATION", "LayoutStore", "stat_identity"]
 
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -104,22 +104,31 @@ class LayoutStore:
 
     def verify_blob(self, digest: str, size: int) -> int:
         """Check that blob ``digest`` is there, ``size`` bytes long (0: any) and hashes to its name."""
+        return self.verified_identity(digest, size)[2]
+
+    def verified_identity(self, digest: str, size: int) -> tuple[int, ...]:
+        """:meth:`verify_blob`, and the file's (device, inode, size, mtime, ctime) while it was read.
+
+        ``CacheConfigError`` also when the file changed while it was hashed.
+        """
         path = self.blob_path(digest)
         sha = hashlib.sha256()
         read = 0
         try:
             with path.open("rb") as src:
+                before = stat_identity(os.fstat(src.fileno()))
                 while chunk := src.read(_CHUNK):
                     sha.update(chunk)
                     read += len(chunk)
+                after = stat_identity(os.fstat(src.fileno()))
         except FileNotFoundError:
             raise CacheConfigError(str(self.path), f"layer blob {digest} is missing") from None
         actual = "sha256:" + sha.hexdigest()
-        if actual != digest or (size and read != size):
+        if actual != digest or (size and read != size) or before != after:
             raise CacheConfigError(
                 str(self.path), f"layer blob {digest} is corrupt ({read} bytes hashing to {actual})"
             )
-        return read
+        return before
 
     # --- index.json -------------------------------------------------------------------------------
 
@@ -178,6 +187,14 @@ class LayoutStore:
                 yield
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def stat_identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced or written to: device, inode, size, mtime and ctime.
+
+    ctime cannot be set back by a user, so a blob edited in place and its mtime restored still differs.
+    """
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _linked(source: Path, dest: Path) -> bool:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from buildsvc.cache.config import CacheConfig, CacheConfigError, parse_config
-from buildsvc.cache.imports import ImportRecord, import_records
+from buildsvc.cache.imports import ImportLayer, ImportRecord, import_records
 from buildsvc.cache.layers import LayerBlob
-from buildsvc.cache.layout import LayoutStore
+from buildsvc.cache.layout import LayoutStore, stat_identity
 from buildsvc.cache.manifest import parse_root
 
 __all__ = ["BlobAccess", "LocalSource", "LocalTarget", "is_compressed"]
@@ -33,6 +37,17 @@ class BlobAccess:
     """Not hashed yet: the unpacker's diff-id check (diff id == digest) verifies it."""
     verified: bool = False
     """Hashed to its digest just now, as it was fetched (a plain tar's unpack need not hash it again)."""
+    identity: tuple[int, ...] = ()
+    """The file as it was when hashed ahead (``LocalSource.prefetch_after``): :meth:`changed` compares."""
+
+    def changed(self) -> bool:
+        """Whether the file hashed ahead has been replaced or written to since (check after using it)."""
+        if not self.identity:
+            return False
+        try:
+            return stat_identity(os.stat(self.path)) != self.identity
+        except FileNotFoundError:
+            return True
 
 
 class LocalTarget:
@@ -76,6 +91,40 @@ class LocalSource:
         self.config: CacheConfig = parse_config(self.store.read_blob(self.root.config.digest), self.where)
         self.records: list[ImportRecord] = import_records(self.config, self.root, self.where)
         self.bytes_read = self.root.config.size
+        self._after: dict[str, dict[str, ImportLayer]] = {}
+        """Snapshot key -> the layers (by key) that sit directly on it in some record's chain."""
+        for record in self.records:
+            for layer in record.layers:
+                if layer.parent is not None:
+                    self._after.setdefault(layer.parent, {})[layer.key] = layer
+        self._ahead: dict[str, Future[tuple[int, ...]]] = {}
+        self._ahead_lock = threading.Lock()
+
+    def prefetch_after(self, key: str, present: Callable[[str], bool]) -> None:
+        """Start hashing the blobs of the layers on top of snapshot ``key`` (unless ``present``).
+
+        Read only, no state changes, in the background: a hit on ``key`` is most likely followed by
+        one on a record whose chain goes on from it (the next step), so that blob's digest check
+        overlaps this hit's unpack and recording. :meth:`blob` then hands it over as verified,
+        unless the file changed since it was hashed.
+        """
+        for layer in self._after.get(key, {}).values():
+            if present(layer.key):
+                continue
+            with self._ahead_lock:
+                if layer.blob in self._ahead:
+                    continue
+                future: Future[tuple[int, ...]] = Future()
+                self._ahead[layer.blob] = future
+            threading.Thread(
+                target=self._hash_ahead, args=(layer, future), name="cache-prefetch", daemon=True
+            ).start()
+
+    def _hash_ahead(self, layer: ImportLayer, future: Future[tuple[int, ...]]) -> None:
+        try:
+            future.set_result(self.store.verified_identity(layer.blob, layer.size))
+        except BaseException as e:  # blob() reports it (or checks the blob itself)
+            future.set_exception(e)
 
     def check_present(self, digest: str, size: int) -> None:
         """``CacheConfigError`` when the layout lacks the blob or it has another size (no read)."""
@@ -94,9 +143,17 @@ class LocalSource:
         A plain tar whose digest is its diff id (``compression=uncompressed``) is read once: the
         unpacker hashes every byte for the diff id anyway, so its check is the digest check and the
         caller discards the layer when it fails (``check_on_unpack``). Any other blob is hashed here
-        first.
+        first. A blob hashed ahead (:meth:`prefetch_after`) and unchanged since is verified already; one
+        whose check failed ahead is checked again here, so the error is this call's.
         """
         path = self.store.blob_path(digest)
+        with self._ahead_lock:
+            ahead = self._ahead.pop(digest, None)
+        if ahead is not None and ahead.exception() is None:
+            identity = ahead.result()
+            with contextlib.suppress(FileNotFoundError):
+                if stat_identity(os.stat(path)) == identity:
+                    return BlobAccess(path=path, read=identity[2], verified=True, identity=identity)
         try:
             with path.open("rb") as f:
                 magic = f.read(4)

@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterator
 
 from buildsvc.api.client import Client
 from buildsvc.api.errors import DaemonUnavailable
-from buildsvc.api.model import StatusUpdate, status_update
+from buildsvc.api.model import StatusUpdate
 from buildsvc.cli.progress import ProgressPrinter, make_printer
 from buildsvc.errors import NotFound
-from buildsvc.events import catalog as ev
 from buildsvc.events.store import EventStore
 from buildsvc.solver.errors import SolveCancelled, SolveError
 
@@ -56,6 +55,8 @@ def attach_build(client: Client, build_ref: str, progress: str) -> dict[str, str
 
 def result_of(final: StatusUpdate, build_ref: str) -> dict[str, str]:
     """A build's exporter response from its final update, or its failure raised."""
+    from buildsvc.events import catalog as ev  # loaded only here: every client build imports this module
+
     payload = final.payload
     if final.type == ev.SolveCompleted.type_name:
         response = payload.get("exporter_response") or {}
@@ -111,6 +112,8 @@ def _from_daemon(client: Client, build_ref: str) -> Iterator[StatusUpdate]:
 
 
 def _from_log(store: EventStore, build_ref: str, poll: float) -> Iterator[StatusUpdate]:
+    from buildsvc.api.updates import status_update
+
     stream = f"build-{build_ref}"
     version = 0
     while True:

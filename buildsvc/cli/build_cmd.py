@@ -8,7 +8,6 @@ progress printers read the same updates, made from the build's events.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import threading
@@ -22,27 +21,27 @@ import click
 from buildsvc.api.client import Client
 from buildsvc.api.errors import DaemonUnavailable
 from buildsvc.api.model import SolveOptions
-from buildsvc.api.output_client import fetch_outputs, for_daemon, recorded_exporters
 from buildsvc.attrs import parse_kv
 from buildsvc.cache.options import legacy_export, legacy_import
-from buildsvc.cli.attach import attach_build, connection_lost
-from buildsvc.cli.common import open_from
+from buildsvc.cli.common import local_actor, open_from
 from buildsvc.cli.local_contexts import send_local_dirs
 from buildsvc.cli.progress import PROGRESS_CHOICES, make_printer, printing_progress
 from buildsvc.cli.remote import connect_from
 from buildsvc.daemon.cache_specs import CacheOptions, check_cache_options
-from buildsvc.daemon.exporter_specs import check_exporter
 from buildsvc.errors import InvalidInput
-from buildsvc.events.codec import Event
-from buildsvc.solver.definition import Definition
 
 if TYPE_CHECKING:
     from buildsvc.daemon.engine import Engine
+    from buildsvc.daemon.rerun import Rerun
     from buildsvc.daemon.state import State
+    from buildsvc.events.codec import Event
+    from buildsvc.solver.definition import Definition
     from buildsvc.solver.engine import ResultRef, SolveResult
 
 # What only the embedded engine needs (the engine, the solver, exporters, the frontend) is imported
 # where it runs: a build through a daemon would otherwise pay for importing it all on every call.
+# So are the definition model (for --llb), outputs (for -o) and re-attaching (for --ref): a no-op
+# rebuild through a daemon, whose whole cost is this process, imports none of them.
 
 __all__ = ["COMMANDS", "run_build", "run_remote_build"]
 
@@ -69,6 +68,10 @@ def _locals(pairs: Sequence[str]) -> dict[str, Path]:
 
 
 def _outputs(specs: Sequence[str]) -> list[dict[str, str]]:
+    if not specs:
+        return []
+    from buildsvc.daemon.exporter_specs import check_exporter
+
     outputs = []
     for spec in specs:
         attrs = parse_kv(spec, "--output")
@@ -95,41 +98,51 @@ def run_build(
     local_contexts: Mapping[str, str] | None = None,
     received: Sequence[Event] = (),
     cache: CacheOptions | None = None,
+    rerun: Rerun | None = None,
 ) -> SolveResult:
-    """Solve ``definition``, print progress from its events, and export its result."""
+    """Solve ``definition``, print progress from its events, and export its result (``rerun``: as
+    a rerun of a recorded build, see ``buildsvc.daemon.rerun``).
+    """
     from buildsvc.daemon.cache_exports import export_caches, import_caches, inline_cache_for
     from buildsvc.daemon.exporters import run_exporters
     from buildsvc.solver.engine import SolveRequest
 
     ref = build_ref or uuid.uuid4().hex[:25]
+    actor = _actor()
 
     def export(result: ResultRef | None) -> Mapping[str, str]:
         exports = cache.exports if cache is not None else ()
         inline = inline_cache_for(result, definition, exports)
         response = dict(
-            run_exporters(engine, result, ref, outputs, image_config=image_config, inline_cache=inline)
+            run_exporters(
+                engine, result, ref, outputs, image_config=image_config, inline_cache=inline, actor=actor
+            )
         )
-        response.update(export_caches(engine, result, ref, definition, exports, exporter_response=response))
+        response.update(
+            export_caches(engine, result, ref, definition, exports, exporter_response=response, actor=actor)
+        )
         return response
 
     request = SolveRequest(
         definition=definition,
         build_ref=ref,
         local_dirs=local_dirs,
-        actor=_actor(),
+        actor=actor,
         frontend=frontend,
         frontend_attrs=dict(frontend_attrs or {}),
         local_contexts=dict(local_contexts or {}),
-        received=received,
+        received=(*received, *(rerun.events if rerun is not None else ())),
+        rerun_of=rerun.rerun_of if rerun is not None else "",
+        reuse=rerun.reuse if rerun is not None else {},
     )
     with printing_progress(state.store, progress, lambda stream: stream == f"build-{ref}"):
         if cache is not None:
-            import_caches(engine, ref, cache.imports)
+            import_caches(engine, ref, cache.imports, actor=actor)
         return engine.solver.solve(request, export=export)
 
 
 def _actor() -> str:
-    return os.environ.get("USER") or getpass.getuser()
+    return local_actor()
 
 
 def run_remote_build(
@@ -174,7 +187,7 @@ def run_remote_build(
         definition_json=definition.to_json(indent=None).encode() if definition is not None else b"",
         frontend=frontend,
         frontend_attrs=dict(frontend_attrs or {}),
-        exporters=tuple(for_daemon(outputs)),  # written here from what the daemon stages
+        exporters=tuple(_for_daemon(outputs)),  # written here from what the daemon stages
         local_dirs={name: path.resolve() for name, path in local_dirs.items()},
         actor=_actor(),
         local_contexts=dict(local_contexts or {}),
@@ -186,6 +199,8 @@ def run_remote_build(
     try:
         response = client.solve(options)
     except DaemonUnavailable as e:
+        from buildsvc.cli.attach import connection_lost
+
         raise connection_lost(e, ref) from e
     finally:
         # A build that was recorded ends its stream with its last event: wait for every line. One
@@ -196,8 +211,19 @@ def run_remote_build(
         watcher.join(5)
         if printer is not None:
             printer.close()
-    fetch_outputs(client.channel, ref, options.exporters, addr=client.addr)
+    if options.exporters:
+        from buildsvc.api.output_client import fetch_outputs
+
+        fetch_outputs(client.channel, ref, options.exporters, addr=client.addr)
     return ref, response
+
+
+def _for_daemon(outputs: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    if not outputs:
+        return []
+    from buildsvc.api.output_client import for_daemon
+
+    return for_daemon(outputs)
 
 
 @click.command("build")
@@ -313,7 +339,10 @@ def build(
             raise click.UsageError("--from-failure goes with --rerun REF")
         client = connect_from(ctx)
         if client is None:
-            raise click.UsageError("--rerun REF runs a build recorded by a daemon: none answers")
+            _embedded_rerun(
+                ctx, rerun_of, build_ref, from_failure, _outputs(outputs), progress, metadata_file
+            )
+            return
         ref, response = run_remote_build(
             client,
             None,
@@ -329,6 +358,9 @@ def build(
         return
     if build_ref and not (context or llb_file or frontend or dockerfile or locals_ or outputs or opts):
         # --ref alone: re-attach to a build that runs (or ran) on the daemon, e.g. a resumed one.
+        from buildsvc.api.output_client import fetch_outputs, recorded_exporters
+        from buildsvc.cli.attach import attach_build
+
         attached = connect_from(ctx)
         if attached is None:
             raise click.UsageError("--ref alone re-attaches to a daemon's build: no daemon answers")
@@ -345,6 +377,8 @@ def build(
     if llb_file is not None:
         if context is not None or frontend:
             raise click.UsageError("--llb takes a definition: give no CONTEXT or --frontend with it")
+        from buildsvc.solver.definition import Definition
+
         definition: Definition | None = Definition.from_json(llb_file.read_text())
         frontend = ""
     else:
@@ -379,6 +413,7 @@ def build(
             client, local_dirs, frontend=frontend or "", frontend_attrs=frontend_attrs, progress=progress
         )
         if client_side:
+            from buildsvc.api.output_client import fetch_outputs, for_daemon
             from buildsvc.cli.client_side import run_client_side_build
 
             sent_outputs = for_daemon(parsed_outputs)
@@ -470,6 +505,34 @@ def build(
         )
     _write_metadata(metadata_file, result.build_ref, result.exporter_response)
     click.echo(f"build {result.build_ref} completed", err=True)
+
+
+def _embedded_rerun(
+    ctx: click.Context,
+    rerun_of: str,
+    build_ref: str | None,
+    from_failure: bool,
+    outputs: Sequence[Mapping[str, str]],
+    progress: str,
+    metadata_file: Path | None,
+) -> None:
+    from buildsvc.cli.rerun_embedded import run_embedded_rerun
+    from buildsvc.daemon.engine import open_engine
+
+    state = open_from(ctx)
+    ref = build_ref or uuid.uuid4().hex[:25]
+    with open_engine(state) as engine:
+        result = run_embedded_rerun(
+            state,
+            engine,
+            rerun_of,
+            build_ref=ref,
+            from_failure=from_failure,
+            outputs=outputs,
+            progress=progress,
+        )
+    _write_metadata(metadata_file, result.build_ref, result.exporter_response)
+    click.echo(f"build {result.build_ref} completed (a rerun of {rerun_of})", err=True)
 
 
 def _absolute(attrs: Mapping[str, str], *keys: str) -> dict[str, str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,19 +14,42 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
-
-from buildsvc.events.envelope import format_time
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from buildsvc.daemon.state import State
     from buildsvc.events.database import Database
 
-__all__ = ["FORMAT_OPTION", "Options", "console", "echo_json", "open_db_from", "open_from", "print_table"]
+    console: Console
 
-# Piped output is read by people in logs and by grep: do not squeeze tables into 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+__all__ = [
+    "FORMAT_OPTION",
+    "Options",
+    "console",
+    "echo_json",
+    "local_actor",
+    "open_db_from",
+    "open_from",
+    "print_table",
+]
+
+
+@functools.cache
+def _console() -> Console:
+    from rich.console import Console
+
+    # Piped output is read by people in logs and by grep: do not squeeze tables into 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def __getattr__(name: str) -> Any:
+    # ``console`` (rich) is made when a command prints with it: every command imports this module,
+    # and a build through a daemon (the no-op rebuild) prints no table.
+    if name == "console":
+        return _console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 FORMAT_OPTION = click.option(
     "--format",
@@ -70,8 +96,15 @@ def open_db_from(ctx: click.Context) -> Database:
     return db
 
 
+def local_actor() -> str:
+    """Who an embedded command's events are for: the user running it (no transport proves more)."""
+    return os.environ.get("USER") or getpass.getuser()
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
+        from buildsvc.events.envelope import format_time
+
         return format_time(value)
     if isinstance(value, bytes):
         return value.hex()
@@ -85,9 +118,11 @@ def echo_json(value: Any) -> None:
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Print rows as a table for people."""
+    from rich.table import Table
+
     table = Table(title=title, show_edge=False, header_style="bold")
     for column in columns:
         table.add_column(column)
     for row in rows:
         table.add_row(*("" if v is None else str(_plain(v)) for v in row))
-    console.print(table)
+    _console().print(table)

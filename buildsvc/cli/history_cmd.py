@@ -1,7 +1,8 @@
 """``buildsvc history ...`` and ``buildsvc leaks``: builds as the log has them.
 
-``rm`` and ``pin`` go through the daemon when one answers (``UpdateBuildHistory``), else they record
-the event in the state directly.
+``ls``, ``rm`` and ``pin`` go through the daemon when one answers (``ListBuilds``,
+``UpdateBuildHistory``), else they read the state or record the event in it directly; the read
+commands get the log as ``cli/log_source.py`` says.
 """
 
 from __future__ import annotations
@@ -15,21 +16,21 @@ from typing import Any
 
 import click
 
-from buildsvc.api.model import status_update
+from buildsvc.api.updates import status_update
 from buildsvc.cli.attach import follow_build, result_of
-from buildsvc.cli.common import FORMAT_OPTION, console, echo_json, open_from, print_table
+from buildsvc.cli.common import FORMAT_OPTION, console, echo_json, local_actor, open_from, print_table
 from buildsvc.cli.debug_cmd import debug
 from buildsvc.cli.log_source import LogSource, log_source
 from buildsvc.cli.progress import PlainProgress
 from buildsvc.cli.remote import connect_from
 from buildsvc.cli.replay_render import gantt_html, print_timeline, replay_json
-from buildsvc.daemon.history import update_build_history
+from buildsvc.daemon.history import recent_builds, update_build_history
 from buildsvc.daemon.leaks import RootLeakReport, report_from_json, report_to_json, scan_leaks
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.envelope import StoredEvent, format_time
 from buildsvc.projections.build_request import BuildRequest, build_request
-from buildsvc.projections.builds import list_builds, queued_vertex
+from buildsvc.projections.builds import queued_vertex
 from buildsvc.projections.provenance import provenance_statement
 from buildsvc.projections.replay import Cut, replay
 from buildsvc.projections.timeline import build_spans
@@ -43,15 +44,15 @@ def history_group() -> None:
 
 
 @history_group.command("ls")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @FORMAT_OPTION
 @click.pass_context
 def ls(ctx: click.Context, limit: int, fmt: str) -> None:
     """List builds, newest first."""
-    state = open_from(ctx)
-    state.runner.run_once()
-    with state.db.read() as conn:
-        rows = list_builds(conn, limit=limit)
+    client = connect_from(ctx)
+    rows = (
+        client.list_builds(limit=limit) if client is not None else recent_builds(open_from(ctx), limit=limit)
+    )
     if fmt == "json":
         echo_json(rows)
         return
@@ -333,7 +334,7 @@ def rm(ctx: click.Context, ref: str) -> None:
     if client is not None:
         client.update_build_history(ref, delete=True)
     else:
-        update_build_history(open_from(ctx).store, ref, delete=True)
+        update_build_history(open_from(ctx).store, ref, delete=True, actor=local_actor())
     click.echo(f"deleted {ref}")
 
 
@@ -347,7 +348,7 @@ def pin(ctx: click.Context, ref: str, unpin: bool) -> None:
     if client is not None:
         client.update_build_history(ref, pinned=not unpin)
     else:
-        update_build_history(open_from(ctx).store, ref, pinned=not unpin)
+        update_build_history(open_from(ctx).store, ref, pinned=not unpin, actor=local_actor())
     click.echo(f"{'unpinned' if unpin else 'pinned'} {ref}")
 
 

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from buildsvc.api.client import Client
-from buildsvc.contexts import (
-    ContextStore,
-    ContextTransfer,
-    ReceivedContexts,
-    receive_contexts,
-    scan_dir,
-    scan_rules,
-)
+from buildsvc.contexts import ContextStore, ContextTransfer, scan_dir, scan_rules
+
+if TYPE_CHECKING:
+    from buildsvc.contexts import ReceivedContexts
 
 __all__ = ["embedded_contexts", "send_local_dirs"]
 
@@ -64,6 +61,8 @@ def embedded_contexts(
     progress: str,
 ) -> ReceivedContexts:
     """The dirs through the context store under ``root`` (the embedded engine's own)."""
+    from buildsvc.contexts import receive_contexts  # records events: the embedded engine's side
+
     received = receive_contexts(
         ContextStore.under(root),
         build_ref,

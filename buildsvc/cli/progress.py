@@ -18,21 +18,19 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TextIO
 
-from rich.console import Console
-
-from buildsvc.api.model import StatusUpdate, status_update
-from buildsvc.cli.tty_progress import TtyProgress
-from buildsvc.events.envelope import format_time
+from buildsvc.api.model import StatusUpdate
 
 if TYPE_CHECKING:
     from buildsvc.events.sql_store import SqlEventStore
+
+# The live view (rich), the event catalog and the time format load when a build uses them: a quiet or
+# plain build through a daemon, the no-op rebuild among them, never does.
 
 __all__ = [
     "PROGRESS_CHOICES",
     "PlainProgress",
     "ProgressPrinter",
     "RawJsonProgress",
-    "TtyProgress",
     "make_printer",
     "printing_progress",
 ]
@@ -126,6 +124,8 @@ class RawJsonProgress:
 
     def feed(self, update: StatusUpdate) -> None:
         """Print one update."""
+        from buildsvc.events.envelope import format_time
+
         self.out.write(
             json.dumps(
                 {
@@ -157,6 +157,10 @@ def make_printer(progress: str, out: TextIO | None = None) -> ProgressPrinter | 
         case "plain":
             return PlainProgress(out)
         case "tty":
+            from rich.console import Console
+
+            from buildsvc.cli.tty_progress import TtyProgress
+
             return TtyProgress(Console(file=out or sys.stderr, force_terminal=True, highlight=False))
         case "auto":
             stream = out or sys.stderr
@@ -170,6 +174,7 @@ def printing_progress(store: SqlEventStore, progress: str, shows: Callable[[str]
     as they are appended; on leaving, wait (up to 10 s) until all the build recorded is printed.
     """
     # Here, not at the top: a client of a daemon prints from Status and never loads the SQL store.
+    from buildsvc.api.updates import status_update
     from buildsvc.events.subscription import Subscription
 
     printer = make_printer(progress)

@@ -7,11 +7,28 @@ are trees made from a manifest (``receive``), and ``LocalContextReceived`` recor
 No gRPC here: the wire is in :mod:`buildsvc.api.content_server` and :mod:`buildsvc.api.client`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from buildsvc.contexts.dockerignore import read_ignore_file, scan_rules
 from buildsvc.contexts.manifest import Entry, InvalidManifest, Manifest, check_digest, parse_manifest
-from buildsvc.contexts.receive import ReceivedContexts, receive_contexts
 from buildsvc.contexts.scan import Scan, ScanRules, scan_dir
 from buildsvc.contexts.store import ContextStore, ContextTransfer, MissingBlobs
+
+if TYPE_CHECKING:
+    from buildsvc.contexts.receive import ReceivedContexts, receive_contexts
+
+
+def __getattr__(name: str) -> Any:
+    # The daemon's side (it records events, so it loads the event catalog) on first use: the
+    # sending client imports this package on every build and never receives.
+    if name in ("ReceivedContexts", "receive_contexts"):
+        from buildsvc.contexts import receive
+
+        return getattr(receive, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ContextStore",

@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from buildsvc.errors import InvalidInput
@@ -89,6 +89,9 @@ class Manifest:
     """A directory's entries, sorted by path; build one with :meth:`of` or :func:`parse_manifest`."""
 
     entries: tuple[Entry, ...]
+    _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    """:meth:`canonical`, made once: a context of 10,000 files takes about 0.1 s to encode, and the
+    daemon asks for the digest several times per build (store, check, tree name)."""
 
     @classmethod
     def of(cls, entries: Iterable[Entry]) -> Manifest:
@@ -97,8 +100,12 @@ class Manifest:
 
     def canonical(self) -> bytes:
         """The canonical JSON bytes (what the digest is taken of)."""
-        doc = {"version": MANIFEST_VERSION, "entries": [e.to_json() for e in self.entries]}
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        data = self._canonical
+        if data is None:
+            doc = {"version": MANIFEST_VERSION, "entries": [e.to_json() for e in self.entries]}
+            data = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            object.__setattr__(self, "_canonical", data)  # frozen: the entries never change
+        return data
 
     @property
     def digest(self) -> str:

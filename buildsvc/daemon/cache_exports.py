@@ -1,6 +1,7 @@
 """Cache export and import around a solve (``--export-cache``, ``--import-cache``), recorded.
 
-Import runs before the solve and is lazy, as BuildKit's: it reads the cache config and offers its
+Import runs before the solve (and again before a resumed one, see :func:`import_caches_again`) and
+is lazy, as BuildKit's: it reads the cache config and offers its
 records (``CacheImported`` in its own stream ``cache-import-<id>``, counting the records offered and
 those the index already has on the worker); a record's layers are fetched, verified and unpacked only
 when the solver's lookup for its key misses locally (:class:`LazyImports`, the solver's remote
@@ -9,7 +10,9 @@ keyed by chain id (content-addressed, remaking is harmless), ``CacheRecordAdded`
 ``source=import:<type>`` and a ref held by the record. A blob missing from a local layout is a clear
 error at import time (or, with ``ignore-error=true``, its record is left out); a blob that fails its
 digest check at hit time is ``CacheImportMiss`` and the step runs: never a wrong hit. A plain tar is
-verified by the unpacker's diff-id hash in the same read, anything else by hashing it first. An
+verified by the unpacker's diff-id hash in the same read, anything else by hashing it first; a
+local hit starts hashing the blobs on top of it (the next step's) in the background, and the next
+hit takes such a blob as verified if the file is unchanged (checked again before the commit). An
 imported record carries the vertex the cache names (empty for BuildKit's caches).
 
 Export runs in the solve's export step, while the solve still holds its results: the records the
@@ -28,7 +31,7 @@ import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -73,6 +76,7 @@ __all__ = [
     "export_caches",
     "frontend_attrs_with_imports",
     "import_caches",
+    "import_caches_again",
     "inline_cache_for",
 ]
 
@@ -99,15 +103,56 @@ class _Source(Protocol):
 
     def blob(self, digest: str, size: int, work: Path, diff_id: str = "") -> BlobAccess: ...
 
+    def prefetch_after(self, key: str, present: Callable[[str], bool]) -> None:
+        """Get ready (read only) the blobs of the layers on top of snapshot ``key`` not ``present``."""
+        ...
+
 
 _unpack_locks: dict[str, threading.Lock] = {}
 _unpack_guard = threading.Lock()
 
 
-def import_caches(engine: Engine, build_ref: str, imports: Sequence[CacheImportSpec]) -> None:
-    """Import each source before a solve (see the module doc); raises on a failure unless ignored."""
+def import_caches(engine: Engine, build_ref: str, imports: Sequence[CacheImportSpec], *, actor: str) -> None:
+    """Import each source before a solve (see the module doc); raises on a failure unless ignored.
+
+    What the import records (and a hit's unpack, later) is for ``actor``, who asked for the build.
+    """
     for spec in imports:
-        _import_one(engine, build_ref, spec)
+        _import_one(engine, build_ref, spec, actor)
+
+
+def import_caches_again(
+    engine: Engine,
+    build_ref: str,
+    cache_imports: Sequence[Mapping[str, str]],
+    frontend_attrs: Mapping[str, str],
+    *,
+    actor: str,
+) -> list[str]:
+    """A resumed build's imports, read again from its recorded options; the errors, if any.
+
+    The offers of the process that died were held in its memory only: without this, the resumed
+    solve would run the steps the import would have served. The imports are those the build was
+    asked with (``SolveRequested.cache_imports``, and the frontend's ``cache-imports`` option that
+    names them all again, counted once). A source that fails now is recorded (``CacheImported``
+    with its error) and left out: the build was accepted, it goes on and runs those steps.
+    """
+    try:
+        wanted = check_cache_options((), cache_imports, frontend_attrs).imports
+    except InvalidInput as e:
+        return [str(e)]
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    errors: list[str] = []
+    for spec in wanted:
+        key = (spec.type, tuple(sorted((k, v) for k, v in spec.attrs.items() if k != "type")))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            _import_one(engine, build_ref, spec, actor)
+        except Exception as e:  # whatever it was, the resumed build must go on (and end, recorded)
+            errors.append(str(e) or type(e).__name__)
+    return errors
 
 
 @dataclass(slots=True, kw_only=True)
@@ -118,6 +163,8 @@ class _Offer:
     spec: CacheImportSpec
     stream: str
     build_ref: str
+    actor: str
+    """Who asked for the import (the build's actor): the unpack is recorded for them."""
     records: dict[int, ImportRecord]
     outputs: dict[int, str] | None = None
     """Once unpacked: output -> snapshot (an empty dict: it failed, a miss from then on)."""
@@ -183,6 +230,9 @@ class LazyImports:
                 if isinstance(offer.source, RegistrySource):
                     offer.source.client = self.client(spec.insecure)  # the import's own one is closed
                 for output, record in sorted(offer.records.items()):
+                    # The next step's layer most likely sits on this record's: its check can run
+                    # while this one is unpacked and recorded.
+                    offer.source.prefetch_after(record.snapshot, lambda key: _committed(worker, key))
                     made, _, size = _unpack_chain(worker, offer.source, record.layers, Path(work))
                     events.extend(_snapshot_events(worker, made))
                     events.extend(_record_events(worker, record, offer.build_ref, spec, size))
@@ -193,9 +243,9 @@ class LazyImports:
             events.append(
                 ev.CacheImportMiss(build_ref=offer.build_ref, cache_key=offer_key(offer), error=str(e))
             )
-            self.engine.state.store.append(offer.stream, events)
+            self.engine.state.store.append(offer.stream, events, actor=offer.actor)
             return {}
-        self.engine.state.store.append(offer.stream, events)
+        self.engine.state.store.append(offer.stream, events, actor=offer.actor)
         return outputs
 
 
@@ -218,7 +268,7 @@ def _lazy_imports(engine: Engine) -> LazyImports:
         return lazy
 
 
-def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
+def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec, actor: str) -> None:
     stream = f"cache-import-{uuid.uuid4().hex[:16]}"
     worker = engine.workers[0]
     lazy = _lazy_imports(engine)
@@ -230,7 +280,7 @@ def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
             else:
                 source = RegistrySource(client, spec.ref, engine.images.content, digest=spec.digest)
         except BuildsvcError as e:
-            _import_failed(engine, stream, build_ref, spec, str(e))
+            _import_failed(engine, stream, build_ref, spec, str(e), actor=actor)
             if spec.ignore_error:
                 return
             raise
@@ -249,7 +299,7 @@ def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
             except BuildsvcError as e:
                 errors.append(str(e))
                 if not spec.ignore_error:
-                    _import_failed(engine, stream, build_ref, spec, str(e))
+                    _import_failed(engine, stream, build_ref, spec, str(e), actor=actor)
                     raise
                 skipped += 1
                 continue
@@ -257,7 +307,10 @@ def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
         offered += 1
     for records in by_key.values():
         lazy.offer(
-            worker.name, _Offer(source=source, spec=spec, stream=stream, build_ref=build_ref, records=records)
+            worker.name,
+            _Offer(
+                source=source, spec=spec, stream=stream, build_ref=build_ref, actor=actor, records=records
+            ),
         )
     engine.state.store.append(
         stream,
@@ -276,6 +329,7 @@ def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec) -> None:
                 offered=tuple(f"{key}#{output}" for key, records in by_key.items() for output in records),
             ),
         ],
+        actor=actor,
     )
 
 
@@ -309,11 +363,13 @@ def _import_failed(
     build_ref: str,
     spec: CacheImportSpec,
     error: str,
-    made: Sequence[Event] = (),
+    *,
+    actor: str,
 ) -> None:
     engine.state.store.append(
         stream,
-        [*made, ev.CacheImported(build_ref=build_ref, type=spec.type, attrs=dict(spec.attrs), error=error)],
+        [ev.CacheImported(build_ref=build_ref, type=spec.type, attrs=dict(spec.attrs), error=error)],
+        actor=actor,
     )
 
 
@@ -342,7 +398,8 @@ def _unpack_chain(
             blob = source.blob(layer.blob, layer.size, work, layer.diff_id)
             moved += blob.read
             try:
-                _unpack_layer(worker, layer, blob.path, blob.verified and layer.blob == layer.diff_id)
+                verified = blob.verified and layer.blob == layer.diff_id
+                _unpack_layer(worker, layer, blob.path, verified, changed=blob.changed)
             except (DigestMismatch, InvalidImage) as e:
                 if not blob.check_on_unpack:
                     raise
@@ -373,7 +430,19 @@ class _HasUpperDir(Protocol):
     def upper_dir(self, key: str) -> str: ...
 
 
-def _unpack_layer(worker: SolverWorker, layer: ImportLayer, blob: Path, verified: bool = False) -> None:
+def _unpack_layer(
+    worker: SolverWorker,
+    layer: ImportLayer,
+    blob: Path,
+    verified: bool = False,
+    *,
+    changed: Callable[[], bool] = lambda: False,
+) -> None:
+    """Unpack one layer as snapshot ``layer.key``; ``changed`` is asked before it is committed.
+
+    ``verified``: the blob was hashed to its digest before (then ``changed`` says whether the file
+    is still what was hashed): a plain tar's unpack need not hash it again.
+    """
     snapshotter = worker.snapshotter
     active = f"{layer.key}.import-{uuid.uuid4().hex[:12]}"
     snapshotter.prepare(active, layer.parent)
@@ -401,6 +470,8 @@ def _unpack_layer(worker: SolverWorker, layer: ImportLayer, blob: Path, verified
                 )
             finally:
                 snapshotter.unmount(active)
+        if changed():
+            raise CacheConfigError(str(blob), f"layer blob {layer.blob} changed while it was unpacked")
         try:
             snapshotter.commit(layer.key, active)
         except Conflict:
@@ -441,15 +512,17 @@ def export_caches(
     exports: Sequence[CacheExportSpec],
     *,
     exporter_response: Mapping[str, str] | None = None,
+    actor: str,
 ) -> dict[str, str]:
     """Run each export (see the module doc); returns ``cache.export.<n>.digest`` keys for the response.
+    What it records is for ``actor``, who asked for the build.
 
     An inline export was written by the image exporter (see :func:`inline_cache_for`); here it is
     recorded, with the image's manifest digest from ``exporter_response``.
     """
     response: dict[str, str] = {}
     for n, spec in enumerate(exports):
-        digest = _export_one(engine, result, build_ref, definition, spec, exporter_response or {})
+        digest = _export_one(engine, result, build_ref, definition, spec, exporter_response or {}, actor)
         if digest:
             response[f"cache.export.{n}.digest"] = digest
     return response
@@ -462,20 +535,18 @@ def _export_one(
     definition: Definition,
     spec: CacheExportSpec,
     exporter_response: Mapping[str, str],
+    actor: str,
 ) -> str:
     export_id = uuid.uuid4().hex[:16]
     stream = f"build-{build_ref}"
-    engine.state.store.append(
-        stream,
-        [
-            ev.CacheExportStarted(
-                build_ref=build_ref,
-                export_id=export_id,
-                type=spec.type,
-                attrs=dict(spec.attrs),
-                mode=spec.mode,
-            )
-        ],
+
+    def record(event: Event) -> None:
+        engine.state.store.append(stream, [event], actor=actor)
+
+    record(
+        ev.CacheExportStarted(
+            build_ref=build_ref, export_id=export_id, type=spec.type, attrs=dict(spec.attrs), mode=spec.mode
+        )
     )
     try:
         if spec.type == "inline":
@@ -486,7 +557,7 @@ def _export_one(
                     "(add --output type=image,... or type=oci,...)"
                 )
             has_result = inline_cache_for(result, definition, [spec]) is not None
-            _record_inline(engine, stream, build_ref, export_id, image_digest, has_result)
+            record(_inline_completed(build_ref, export_id, image_digest, has_result))
             return image_digest
         records = []
         if result is not None and result.snapshot_id is not None and definition.output is not None:
@@ -501,7 +572,7 @@ def _export_one(
             }
             records = plan_records(steps, (definition.output.digest, definition.output.index), spec.mode)
         worker: SolverWorker = result.worker if result is not None else engine.workers[0]
-        layers = _LayerCache(engine, worker, build_ref, spec)
+        layers = _LayerCache(engine, worker, build_ref, spec, actor)
         with client_for(engine.registry, insecure=spec.insecure) as client:
             target = (
                 # Linked, not copied: _LayerCache notices a blob changed in place (its mtime).
@@ -518,53 +589,40 @@ def _export_one(
                 image_manifest=spec.image_manifest,
             )
     except BaseException as e:
-        engine.state.store.append(
-            stream,
-            [
-                ev.CacheExportFailed(
-                    build_ref=build_ref,
-                    export_id=export_id,
-                    error=str(e) or type(e).__name__,
-                    ignored=spec.ignore_error,
-                )
-            ],
+        record(
+            ev.CacheExportFailed(
+                build_ref=build_ref,
+                export_id=export_id,
+                error=str(e) or type(e).__name__,
+                ignored=spec.ignore_error,
+            )
         )
         if spec.ignore_error and isinstance(e, Exception):
             return ""
         raise
-    engine.state.store.append(
-        stream,
-        [
-            ev.CacheExportCompleted(
-                build_ref=build_ref,
-                export_id=export_id,
-                manifest_digest=summary.manifest_digest,
-                records=summary.records,
-                layers=summary.layers,
-                layers_written=summary.layers_written,
-                bytes_written=summary.bytes_written,
-            )
-        ],
+    record(
+        ev.CacheExportCompleted(
+            build_ref=build_ref,
+            export_id=export_id,
+            manifest_digest=summary.manifest_digest,
+            records=summary.records,
+            layers=summary.layers,
+            layers_written=summary.layers_written,
+            bytes_written=summary.bytes_written,
+        )
     )
     return summary.manifest_digest
 
 
-def _record_inline(
-    engine: Engine, stream: str, build_ref: str, export_id: str, image_digest: str, has_result: bool
-) -> None:
-    engine.state.store.append(
-        stream,
-        [
-            ev.CacheExportCompleted(
-                build_ref=build_ref,
-                export_id=export_id,
-                manifest_digest=image_digest,
-                records=1 if has_result else 0,
-                layers=0,  # the image's own layers: the image exporter wrote and recorded them
-                layers_written=0,
-                bytes_written=0,
-            )
-        ],
+def _inline_completed(build_ref: str, export_id: str, image_digest: str, has_result: bool) -> Event:
+    return ev.CacheExportCompleted(
+        build_ref=build_ref,
+        export_id=export_id,
+        manifest_digest=image_digest,
+        records=1 if has_result else 0,
+        layers=0,  # the image's own layers: the image exporter wrote and recorded them
+        layers_written=0,
+        bytes_written=0,
     )
 
 
@@ -575,10 +633,13 @@ class _LayerCache:
     blobs live under ``<root>/cache/layers`` with a small JSON note of their digests.
     """
 
-    def __init__(self, engine: Engine, worker: SolverWorker, build_ref: str, spec: CacheExportSpec) -> None:
+    def __init__(
+        self, engine: Engine, worker: SolverWorker, build_ref: str, spec: CacheExportSpec, actor: str
+    ) -> None:
         self.engine = engine
         self.worker = worker
         self.build_ref = build_ref
+        self.actor = actor
         self.spec = spec
         self.dir = engine.state.root / "cache" / "layers"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -598,7 +659,7 @@ class _LayerCache:
             yield Path(snapshotter.upper_dir(snapshot))
             return
         view = ResultRef(worker=self.worker, snapshot_id=snapshot, cache_key="")
-        with self.engine.view(view, self.build_ref) as root:
+        with self.engine.view(view, self.build_ref, self.actor) as root:
             yield root
 
     def layer_of(self, snapshot: str) -> LayerBlob:

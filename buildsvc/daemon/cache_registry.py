@@ -8,6 +8,7 @@ naming an image (not a cache root) is read for the inline cache its config carri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from buildsvc.cache.config import parse_config
@@ -86,6 +87,9 @@ class RegistrySource:
         if not self.content.has(digest):
             self.client.fetch_blob(self.ref, self._desc(digest, size), self.content)
         return self.content.read(digest)
+
+    def prefetch_after(self, key: str, present: Callable[[str], bool]) -> None:
+        """Nothing: a registry blob is fetched when a hit needs it (fetching ahead is a download)."""
 
     def blob(self, digest: str, size: int, work: Path, diff_id: str = "") -> BlobAccess:
         """The layer blob, fetched into the content store when missing (verified as it is written).

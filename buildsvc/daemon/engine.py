@@ -173,10 +173,10 @@ class Engine:
 
     # --- exports ---------------------------------------------------------------------------------
 
-    def export_local(self, result: ResultRef | None, dest: Path, *, build_ref: str) -> None:
+    def export_local(self, result: ResultRef | None, dest: Path, *, build_ref: str, actor: str = "") -> None:
         """Copy the result's tree into the directory ``dest`` (created; owners, modes, links kept)."""
         dest.mkdir(parents=True, exist_ok=True)
-        with self._view(result, build_ref) as root:
+        with self._view(result, build_ref, actor) as root:
             if root is None:
                 return
             done = subprocess.run(
@@ -185,29 +185,35 @@ class Engine:
             if done.returncode != 0:
                 raise ExecutionError(f"export to {dest} failed: {done.stderr.strip()}")
 
-    def export_tar(self, result: ResultRef | None, dest_file: Path, *, build_ref: str) -> None:
+    def export_tar(
+        self, result: ResultRef | None, dest_file: Path, *, build_ref: str, actor: str = ""
+    ) -> None:
         """Write the result's tree as an uncompressed tar (names relative, no root entry)."""
         dest_file.parent.mkdir(parents=True, exist_ok=True)
         with (
-            self._view(result, build_ref) as root,
+            self._view(result, build_ref, actor) as root,
             tarfile.open(dest_file, "w", format=tarfile.PAX_FORMAT) as tar,
         ):
             if root is not None:
                 for child in sorted(root.iterdir()):
                     tar.add(str(child), arcname=child.name, recursive=True)
 
-    def view(self, result: ResultRef | None, build_ref: str) -> AbstractContextManager[Path | None]:
-        """A recorded read-only view of ``result``'s tree (``None`` for an empty result), for exporters."""
-        return self._view(result, build_ref)
+    def view(
+        self, result: ResultRef | None, build_ref: str, actor: str = ""
+    ) -> AbstractContextManager[Path | None]:
+        """A recorded read-only view of ``result``'s tree (``None`` for an empty result), for exporters;
+        its events are recorded for ``actor``, the build's (who asked for the export).
+        """
+        return self._view(result, build_ref, actor)
 
     @contextmanager
-    def _view(self, result: ResultRef | None, build_ref: str) -> Iterator[Path | None]:
+    def _view(self, result: ResultRef | None, build_ref: str, actor: str) -> Iterator[Path | None]:
         """A mounted read-only view of ``result``'s snapshot, recorded in ``build-<build_ref>``."""
         if result is None or result.snapshot_id is None:
             yield None
             return
         snapshotter = result.worker.snapshotter
-        recorder = BuildRecorder(self.state.store, build_ref)
+        recorder = BuildRecorder(self.state.store, build_ref, actor=actor)
         step = recorder.step()
         key = f"export-{uuid.uuid4().hex}"
         step.record(

@@ -120,12 +120,13 @@ def export_image_layout(
     name: str = "",
     image_config: Mapping[str, Any] | None = None,
     inline_cache: InlineCache | None = None,
+    actor: str,
 ) -> ExportedImage:
     """Write the result as an OCI image layout tarball at ``dest_tar`` (replaced atomically)."""
     dest_tar = dest_tar.absolute()
     dest_tar.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".buildsvc-oci-", dir=dest_tar.parent) as work:
-        image = _make_image(engine, result, build_ref, Path(work), image_config, inline_cache)
+        image = _make_image(engine, result, build_ref, Path(work), image_config, inline_cache, actor=actor)
         layout = OciLayout(os.path.join(work, "layout"), create=True)
         for layer in image.layers:
             d = layer.descriptor
@@ -163,6 +164,7 @@ def push_image(
     image_config: Mapping[str, Any] | None = None,
     insecure: bool = False,
     inline_cache: InlineCache | None = None,
+    actor: str,
 ) -> ExportedImage:
     """Push the result as an image to ``name`` (its tag); returns the digests pushed."""
     ref = parse_reference(name)
@@ -171,7 +173,7 @@ def push_image(
         raise InvalidInput(f"image name {name!r} has no tag to push to")
     target = Reference(domain=ref.domain, path=ref.path, tag=tag)
     with tempfile.TemporaryDirectory(prefix="buildsvc-push-", dir=engine.state.root) as work:
-        image = _make_image(engine, result, build_ref, Path(work), image_config, inline_cache)
+        image = _make_image(engine, result, build_ref, Path(work), image_config, inline_cache, actor=actor)
         with client_for(engine.registry, insecure=insecure) as client:
             for layer in image.layers:
                 d = layer.descriptor
@@ -197,9 +199,11 @@ def run_exporters(
     *,
     image_config: Mapping[str, Any] | None = None,
     inline_cache: InlineCache | None = None,
+    actor: str,
 ) -> dict[str, str]:
     """Run each (checked) exporter on ``result``; their merged response, which the solve records
-    and ``--metadata-file`` writes. ``local``/``tar`` go through :class:`Engine`, the rest here.
+    and ``--metadata-file`` writes; what they record is for ``actor``, who asked for the build.
+    ``local``/``tar`` go through :class:`Engine`, the rest here.
     ``inline_cache`` (``--export-cache type=inline``) goes into the config of the image outputs.
     """
     response: dict[str, str] = {}
@@ -215,6 +219,7 @@ def run_exporters(
                 image_config=image_config,
                 insecure=is_true(out.get("registry.insecure", "")),
                 inline_cache=inline_cache,
+                actor=actor,
             )
             part.update(image.response())
             part["image.name"] = out["name"]
@@ -224,9 +229,9 @@ def run_exporters(
             root = engine.state.root
             dest = Path(out["dest"]) if index is None else staging_payload(root, build_ref, index)
             if kind == "local" and index is None:
-                engine.export_local(result, dest, build_ref=build_ref)
+                engine.export_local(result, dest, build_ref=build_ref, actor=actor)
             elif kind in ("local", "tar"):
-                engine.export_tar(result, dest, build_ref=build_ref)
+                engine.export_tar(result, dest, build_ref=build_ref, actor=actor)
             else:
                 image = export_image_layout(
                     engine,
@@ -236,6 +241,7 @@ def run_exporters(
                     name=out.get("name", ""),
                     image_config=image_config,
                     inline_cache=inline_cache,
+                    actor=actor,
                 )
                 part.update(image.response())
                 if out.get("name"):
@@ -249,6 +255,7 @@ def run_exporters(
         engine.state.store.append(
             f"build-{build_ref}",
             [ev.ExportCompleted(build_ref=build_ref, exporter=kind, attrs=dict(out), response=part)],
+            actor=actor,
         )
         response.update(part)
     return response
@@ -264,10 +271,12 @@ def _make_image(
     work: Path,
     image_config: Mapping[str, Any] | None,
     inline_cache: InlineCache | None = None,
+    *,
+    actor: str,
 ) -> _Image:
     layer_path = work / "layer.tar.gz"
     base = _base_layers(engine, image_config)
-    with engine.view(result, build_ref) as root:
+    with engine.view(result, build_ref, actor) as root:
         if base and root is not None:
             tree = base_tree([layer.path for layer in base])
             written = write_diff_layer(root, tree, layer_path)

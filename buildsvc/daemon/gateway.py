@@ -494,6 +494,7 @@ class GatewayJob:
                     exporters,
                     image_config=image_config,
                     inline_cache=inline,
+                    actor=self.actor,
                 )
             )
             response.update(
@@ -504,6 +505,7 @@ class GatewayJob:
                     definition,
                     self.cache_exports,
                     exporter_response=response,
+                    actor=self.actor,
                 )
             )
             self._end(
@@ -590,7 +592,7 @@ class GatewayJob:
     @contextmanager
     def _root_or_empty(self, ref_id: str) -> Iterator[Path]:
         """The result's files, or an empty directory for the empty result."""
-        with self.engine.view(self._result(ref_id), self.build_ref) as root:
+        with self.engine.view(self._result(ref_id), self.build_ref, self.actor) as root:
             if root is not None:
                 yield root
                 return
@@ -601,7 +603,7 @@ class GatewayJob:
     def _root(self, ref_id: str, path: str) -> Iterator[Path]:
         """The result's files through a recorded read-only view, for as long as the block runs."""
         result = self._result(ref_id)
-        with self.engine.view(result, self.build_ref) as root:
+        with self.engine.view(result, self.build_ref, self.actor) as root:
             if root is None:
                 raise NotFound(f"{path!r}: the empty result has no files")
             yield root

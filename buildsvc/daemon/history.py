@@ -1,4 +1,5 @@
-"""Pinning and deleting a build's history entry (``UpdateBuildHistory``, ``buildsvc history pin|rm``).
+"""The build history: listing it (``history ls``, ``ListBuilds``), pinning and deleting an entry
+(``UpdateBuildHistory``, ``buildsvc history pin|rm``).
 
 Both are events in ``history-<ref>`` (``BuildHistoryPinned``, ``BuildHistoryDeleted``) that the builds
 projection folds; the build's own events stay in the log. Whether the build exists, has ended or was
@@ -7,14 +8,25 @@ deleted already is read from the log itself, so the answer never waits for the p
 
 from __future__ import annotations
 
+from typing import Any
+
+from buildsvc.daemon.state import State
 from buildsvc.errors import Conflict, InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
 from buildsvc.events.store import EventStore
+from buildsvc.projections.builds import list_builds
 
-__all__ = ["update_build_history"]
+__all__ = ["recent_builds", "update_build_history"]
 
 _FINAL = frozenset({ev.SolveCompleted.type_name, ev.SolveFailed.type_name, ev.SolveCancelled.type_name})
+
+
+def recent_builds(state: State, *, limit: int) -> list[dict[str, Any]]:
+    """The builds projection's rows, newest first, caught up with the log first."""
+    state.runner.run_once()
+    with state.db.read() as conn:
+        return list_builds(conn, limit=limit)
 
 
 def update_build_history(

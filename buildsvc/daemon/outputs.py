@@ -189,8 +189,10 @@ class OutputStaging:
         )
         self._remove(staged.build_ref, staged.index)
 
-    def discard(self, *, keep: Callable[[str], bool], reason: str) -> list[tuple[str, int]]:
-        """Remove every staging whose build ``keep`` does not keep (and nobody downloads now)."""
+    def discard(self, *, keep: Callable[[str], bool], reason: str, actor: str) -> list[tuple[str, int]]:
+        """Remove every staging whose build ``keep`` does not keep (and nobody downloads now), for
+        ``actor`` (who pruned, or the daemon restarting).
+        """
         base = self.root / "outputs"
         if not base.is_dir():
             return []
@@ -206,7 +208,9 @@ class OutputStaging:
                         continue
                     # Record, then act: the log says why this output never reached its client.
                     self.store.append(
-                        f"outputs-{ref}", [ev.OutputDiscarded(build_ref=ref, index=index, reason=reason)]
+                        f"outputs-{ref}",
+                        [ev.OutputDiscarded(build_ref=ref, index=index, reason=reason)],
+                        actor=actor,
                     )
                     shutil.rmtree(entry, ignore_errors=True)
                 removed.append((ref, index))

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from buildsvc.cache.options import parse_export
 from buildsvc.contexts import ContextStore
-from buildsvc.daemon.cache_exports import export_caches, inline_cache_for
+from buildsvc.daemon.cache_exports import export_caches, import_caches_again, inline_cache_for
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.exporters import run_exporters
 from buildsvc.daemon.gateway import JOB_FRONTEND
@@ -38,6 +38,7 @@ from buildsvc.executors.mounts import mounts_under, unmount
 from buildsvc.projections.schema import builds, projection_checkpoints
 from buildsvc.solver.definition import Definition
 from buildsvc.solver.engine import ResultRef, SolveRequest
+from buildsvc.solver.recording import DAEMON_ACTOR
 from buildsvc.solver.resume import ResumePlan, read_plan
 
 __all__ = [
@@ -233,7 +234,7 @@ def take_up(
     # Outputs staged for clients of the dead process: none will come for them (a resumed build
     # stages its outputs again, for `build --ref` to fetch).
     OutputStaging(engine.state.root, engine.state.store).discard(
-        keep=lambda _ref: False, reason="daemon restarted before the client downloaded it"
+        keep=lambda _ref: False, reason="daemon restarted before the client downloaded it", actor=DAEMON_ACTOR
     )
     owners: dict[str, str | None] = {}
     resumed: list[str] = []
@@ -292,17 +293,29 @@ def _resume_one(engine: Engine, gate: Admission, plan: ResumePlan, log: Callable
         # Exports and cache exports that completed before the restart are not repeated; their
         # responses still count.
         inline = inline_cache_for(result, definition, [parse_export(spec) for _, spec in caches_left])
-        fresh = run_exporters(engine, result, ref, pending, image_config=image_config, inline_cache=inline)
+        fresh = run_exporters(
+            engine, result, ref, pending, image_config=image_config, inline_cache=inline, actor=plan.actor
+        )
         caches = dict(caches_done)
         for n, spec in caches_left:
             made = export_caches(
-                engine, result, ref, definition, [parse_export(spec)], exporter_response={**done, **fresh}
+                engine,
+                result,
+                ref,
+                definition,
+                [parse_export(spec)],
+                exporter_response={**done, **fresh},
+                actor=plan.actor,
             )
             caches.update({k.replace("cache.export.0.", f"cache.export.{n}."): v for k, v in made.items()})
         return {**done, **fresh, **caches}
 
     try:
         with gate.admit(ref) as cancel:
+            for error in import_caches_again(
+                engine, ref, plan.cache_imports, plan.frontend_attrs, actor=plan.actor
+            ):
+                log(f"resumed build {ref}: a cache import failed, its steps run instead: {error}")
             engine.solver.solve(
                 SolveRequest(
                     definition=definition,

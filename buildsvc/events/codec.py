@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import importlib
 import json
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -153,16 +155,28 @@ def upcaster(
     return register
 
 
+def _registered(type_name: str) -> type[Event] | None:
+    cls = _types.get(type_name)
+    if cls is None and "buildsvc.events.catalog" not in sys.modules:
+        # The catalog registers buildsvc's event types when it is imported, and it is imported on
+        # first need: building its ~100 decoders cost every client command (that only names an
+        # error or an envelope) about 0.05 s.
+        importlib.import_module("buildsvc.events.catalog")
+        cls = _types.get(type_name)
+    return cls
+
+
 def event_class(type_name: str) -> type[Event]:
     """The class registered for ``type_name``; :class:`UnknownEventType` if there is none."""
-    try:
-        return _types[type_name]
-    except KeyError:
-        raise UnknownEventType(type_name) from None
+    cls = _registered(type_name)
+    if cls is None:
+        raise UnknownEventType(type_name)
+    return cls
 
 
 def registered_types() -> Mapping[str, type[Event]]:
-    """All registered event classes by type name."""
+    """All registered event classes by type name (the catalog's among them)."""
+    importlib.import_module("buildsvc.events.catalog")
     return dict(_types)
 
 
@@ -320,7 +334,7 @@ def encode_payload(event: Event) -> dict[str, Any]:
 
 def decode_payload(type_name: str, schema_version: int, payload: Mapping[str, Any]) -> Event:
     """Decode a stored payload, upcasting it from ``schema_version`` to the current version first."""
-    cls = _types.get(type_name)
+    cls = _registered(type_name)
     if cls is None:
         raise UnknownEventType(type_name)
     data = payload

@@ -156,6 +156,10 @@ def mount_points() -> list[str]:
 
 def is_mounted(path: str) -> bool:
     """Whether something is mounted exactly at ``path``."""
+    if not os.path.lexists(path):
+        # Nothing can be mounted on a path that does not exist: the snapshotters remove a mount
+        # point when they unmount it, so the usual answer costs one stat, not a mount table read.
+        return False
     return os.path.realpath(path) in mount_points()
 
 

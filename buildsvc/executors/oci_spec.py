@@ -9,8 +9,11 @@ not (yet): the default seccomp profile, AppArmor, ``/etc/hosts`` and ``/etc/reso
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
+import struct
+import termios
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,10 +106,12 @@ def build_spec(spec: ExecSpec, options: SpecOptions | None = None) -> dict[str, 
     }
     if options.cgroups_path is not None:
         linux["cgroupsPath"] = options.cgroups_path
-    return {
+    config: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": {
-            "terminal": False,
+            # With a terminal the runtime makes the process a pty of its own and copies between
+            # it and its stdio (our terminal's slave), resizing it on SIGWINCH (see runtime.py).
+            "terminal": spec.terminal is not None,
             "user": _user(user),
             "args": list(process.args),
             "env": build_env(process.env),
@@ -124,6 +129,21 @@ def build_spec(spec: ExecSpec, options: SpecOptions | None = None) -> dict[str, 
         "mounts": _dedup(default_mounts() + [user_mount(m) for m in sort_mounts(spec.mounts)]),
         "linux": linux,
     }
+    if spec.terminal is not None:
+        # The size the process's pty starts with: runc sets it from its stdio again, crun only
+        # from here (and does not follow a resize).
+        rows, cols = _window_size(spec.terminal.fd)
+        if rows and cols:
+            config["process"]["consoleSize"] = {"height": rows, "width": cols}
+    return config
+
+
+def _window_size(fd: int) -> tuple[int, int]:
+    try:
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
+    except OSError:
+        return 0, 0
+    return rows, cols
 
 
 def build_env(env: tuple[str, ...]) -> list[str]:

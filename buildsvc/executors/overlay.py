@@ -3,8 +3,9 @@
 Each snapshot owns ``snapshots/<n>/fs``. A committed snapshot's ``fs`` is a layer; an active one's
 ``fs`` is the overlay upper directory (with ``work`` beside it) over the parent chain as lowerdirs,
 newest first. Committing only changes the index: the upper directory, whiteouts included, becomes a
-layer in place. An active snapshot with no parent is a plain bind mount of its ``fs``; a view is a
-read-only overlay of its parent's chain (a read-only bind when the chain is one layer).
+layer in place. An active snapshot with no parent has no lower to stack: it is used in place, its
+``fs`` directly, with no kernel mount (as the native snapshotter's actives); a view is a read-only
+overlay of its parent's chain (a read-only bind when the chain is one layer).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class OverlaySnapshotter:
     def __init__(self, root: str) -> None:
         """Keep snapshots, their index and their mount points under ``root``."""
         self._index = SnapshotIndex(root)
+        # Actives with no parent, "mounted" in place without a kernel mount: remembered to refuse
+        # their commit or removal while in use. Each key is added and checked under its key lock.
+        self._in_use: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -47,6 +51,9 @@ class OverlaySnapshotter:
             kind = entry.info.kind
             if kind is SnapshotKind.COMMITTED:
                 raise SnapshotStateError(key, kind.value, "mount (make a view of it)")
+            if kind is SnapshotKind.ACTIVE and entry.info.parent is None:
+                self._in_use.add(key)
+                return SnapshotMount(key=key, path=self._layer(entry), readonly=False)
             target = self._index.mount_point(entry)
             readonly = kind is SnapshotKind.VIEW
             if not mounts.is_mounted(target):
@@ -75,6 +82,7 @@ class OverlaySnapshotter:
         """Unmount ``key`` if it is mounted."""
         with self._index.key_lock(key):
             target = self._index.mount_point(self._index.get(key))
+            self._in_use.discard(key)
             mounts.unmount(target)
             if os.path.isdir(target):
                 os.rmdir(target)
@@ -83,11 +91,12 @@ class OverlaySnapshotter:
         """Make the unmounted active snapshot ``active_key`` the committed layer ``key``."""
         with self._index.key_lock(active_key):
             entry = self._index.require(active_key, SnapshotKind.ACTIVE, "commit")
-            if mounts.is_mounted(self._index.mount_point(entry)):
+            if active_key in self._in_use or mounts.is_mounted(self._index.mount_point(entry)):
                 raise SnapshotInUse(active_key, [], mounted=True)
             info = SnapshotInfo(key=key, kind=SnapshotKind.COMMITTED, parent=entry.info.parent)
             self._index.rekey(active_key, info)
-            shutil.rmtree(os.path.join(self._index.dir_of(entry.dir_id), "work"), ignore_errors=True)
+            if entry.info.parent is not None:
+                shutil.rmtree(os.path.join(self._index.dir_of(entry.dir_id), "work"), ignore_errors=True)
             return info
 
     def remove(self, key: str) -> None:
@@ -95,7 +104,7 @@ class OverlaySnapshotter:
         with self._index.key_lock(key):
             entry = self._index.get(key)
             children = self._index.children(key)
-            mounted = mounts.is_mounted(self._index.mount_point(entry))
+            mounted = key in self._in_use or mounts.is_mounted(self._index.mount_point(entry))
             if children or mounted:
                 raise SnapshotInUse(key, children, mounted)
             self._index.delete(key)
@@ -121,7 +130,8 @@ class OverlaySnapshotter:
         with self._index.create(info) as path:
             if kind is SnapshotKind.ACTIVE:
                 os.mkdir(os.path.join(path, "fs"), 0o755)
-                os.mkdir(os.path.join(path, "work"), 0o700)
+                if parent is not None:  # only an overlay mount needs a work dir
+                    os.mkdir(os.path.join(path, "work"), 0o700)
         return info
 
     def _mount_args(self, entry: IndexEntry) -> tuple[str, str, builtins.list[str]]:
@@ -131,8 +141,6 @@ class OverlaySnapshotter:
                 return "bind", lowers[0], ["ro"]
             return "overlay", "overlay", ["ro", f"lowerdir={':'.join(lowers)}", "index=off"]
         upper = self._layer(entry)
-        if not lowers:
-            return "bind", upper, []
         work = os.path.join(self._index.dir_of(entry.dir_id), "work")
         # index=off: a layer is the lower of many mounts with different uppers; the inode index
         # would tie a lower to its first upper and refuse the others.

@@ -146,24 +146,35 @@ class OciRuntimeExecutor:
         if self._no_pivot:
             args.append("--no-pivot")
         start = time.monotonic()
+        terminal = spec.terminal
+        # On a terminal, the runtime's stdio is the terminal's slave: in the foreground with
+        # "terminal": true, runc and crun copy between it and the process's own pty.
+        stdin: int = subprocess.DEVNULL if terminal is None else terminal.fd
+        stdout: int = subprocess.PIPE if terminal is None else terminal.fd
         try:
             proc = subprocess.Popen(
                 [*self._base_command(log), *args, container_id],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stdout,
                 # Its own session: a Ctrl-C meant for the daemon does not reach the runtime mid-setup.
                 start_new_session=True,
             )
         except OSError as e:
             raise RuntimeFailure(self._runtime, container_id, str(e)) from e
-        assert proc.stdout is not None
-        assert proc.stderr is not None
         callback_errors: list[BaseException] = []
-        readers = [
-            threading.Thread(target=_pump, args=(proc.stdout, on_stdout, callback_errors), daemon=True),
-            threading.Thread(target=_pump, args=(proc.stderr, on_stderr, callback_errors), daemon=True),
-        ]
+        readers = []
+        if terminal is None:
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            readers = [
+                threading.Thread(target=_pump, args=(proc.stdout, on_stdout, callback_errors), daemon=True),
+                threading.Thread(target=_pump, args=(proc.stderr, on_stderr, callback_errors), daemon=True),
+            ]
+        else:
+            # The terminal is not the runtime's controlling one (its own session): tell it of a
+            # resize with the signal it resizes the process's pty on.
+            terminal.on_resize(lambda: proc.send_signal(signal.SIGWINCH))  # not once it exited
         for t in readers:
             t.start()
         cancelled = False
@@ -180,6 +191,8 @@ class OciRuntimeExecutor:
                     self._kill(container_id, proc)
                 for t in readers:
                     t.join()
+                if terminal is not None:
+                    terminal.on_resize(None)
             duration = time.monotonic() - start
         finally:
             # A "run" that ended by itself has deleted its container (its state directory is gone),

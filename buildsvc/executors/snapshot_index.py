@@ -7,26 +7,31 @@ Under the snapshotter's root::
     mounts/<n>           where snapshot n is mounted when it needs a kernel mount
 
 Each snapshot has its own small metadata file, so an operation writes one file however many
-snapshots there are. A file is replaced atomically (write a temp file, fsync, rename over, fsync the
-directory), which gives the same guarantees the single index file used to:
+snapshots there are. A file is replaced atomically (write a temp file, rename it over), so a killed
+process never leaves a half-written one:
 
 * a prepare is published by the rename that creates ``metadata/<n>.json``: a crash before it leaves
   a directory under ``snapshots/`` that no metadata names, removed on open with any temp file;
 * a commit changes only the key and kind, in the same file: one rename, all or nothing, and
   directories never need renaming;
-* a remove unlinks the metadata (and fsyncs) before removing the directory: a crash in between
-  leaves an orphan directory, removed on open.
+* a remove unlinks the metadata before removing the directory: a crash in between leaves an orphan
+  directory, removed on open.
 
-The directory fsync that makes a rename or an unlink durable is shared: a thread that needs one
-after its own change joins a sync that starts after that change, so threads preparing, committing
-and removing snapshots at the same time pay for one directory fsync between them, not one each
-(``_DirectorySync``). Each file's own content is still fsynced before its rename.
+Durability: the event log is the truth, not this index. Creating and committing snapshots write
+their file without fsync (two fsyncs per file were most of a file-op step's time). What a machine
+crash (power loss, not a killed process, whose writes the kernel keeps) can then leave is repaired
+on open or against the log, never guessed: a file that was never flushed (missing, or empty) leaves
+its directory an orphan, removed on open; a commit whose rename was lost leaves the snapshot active
+under its old key, which the log says was committed (so the daemon's recovery removes it as
+untracked) while the committed key is missing (the solver then treats its results as not cached,
+invariant 3); an unlink that was lost brings back a snapshot the log says was removed (removed
+again by recovery); of two files naming one key (a key removed and made again), the newer number
+wins. One case is kept durable: the removal of a *committed* snapshot is fsynced before its data is
+deleted, so a crash can never bring back a snapshot whose files are half gone; views and
+uncommitted actives hold nothing anyone reads once the step is over.
 
-The files are read once, on open, into a dict guarded by a lock that is held only for dict work,
-never across a write. Operations on one snapshot (mount, unmount, commit, remove) are serialized by
-a per-key lock (``key_lock``), so threads working on different snapshots never queue behind each
-other's I/O. A key being created, committed to or removed is reserved until its file is written or
-unlinked, so no two files ever name the same key, even after a crash.
+The directory fsync of such a removal is shared: a thread that needs one after its own change joins
+a sync that starts after that change (``_DirectorySync``).
 """
 
 from __future__ import annotations
@@ -214,7 +219,9 @@ class SnapshotIndex:
         metadata = self._metadata_path(entry.dir_id)
         try:
             os.unlink(metadata)
-            self._sync_metadata_dir()
+            if entry.info.kind is SnapshotKind.COMMITTED:
+                # Durably forgotten before its data goes: never back, half deleted, after a crash.
+                self._sync_metadata_dir()
         except BaseException:
             with self._lock:
                 self._reserved.discard(key)
@@ -266,7 +273,8 @@ class SnapshotIndex:
 
     def _write_metadata(self, dir_id: int, info: SnapshotInfo) -> None:
         # Only one thread writes a given snapshot's file at a time (its creator, or the holder of
-        # its key lock), so the temp file's name need only be unique per snapshot.
+        # its key lock), so the temp file's name need only be unique per snapshot. No fsync: see
+        # the module's docstring (the log is the durable record; open repairs what a crash left).
         path = self._metadata_path(dir_id)
         tmp = path + _TMP_SUFFIX
         data = json.dumps({"key": info.key, "kind": info.kind.value, "parent": info.parent}).encode()
@@ -276,7 +284,6 @@ class SnapshotIndex:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -284,7 +291,6 @@ class SnapshotIndex:
             with suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._sync_metadata_dir()
 
     def _sync_metadata_dir(self) -> None:
         # Makes the rename (or unlink) itself durable, not only the file's content.
@@ -300,11 +306,22 @@ class SnapshotIndex:
             stem = name.removesuffix(_META_SUFFIX)
             if stem == name or not stem.isdigit():
                 continue
+            if os.path.getsize(path) == 0:
+                # A file a machine crash caught before its data was flushed (files are written
+                # without fsync): never published. Its directory is removed as an orphan.
+                os.unlink(path)
+                continue
             info = _read_metadata(path)
-            if info.key in self._entries:
-                other = self._metadata_path(self._entries[info.key].dir_id)
-                raise CorruptSnapshotMetadata(path, f"key {info.key!r} is also named by {other}")
-            self._entries[info.key] = IndexEntry(info=info, dir_id=int(stem))
+            dir_id = int(stem)
+            earlier = self._entries.get(info.key)
+            if earlier is not None:
+                # A key removed and made again, whose unlink a machine crash undid: numbers only
+                # grow, so the higher one is the newer; the other is dropped as an orphan.
+                older = min(dir_id, earlier.dir_id)
+                os.unlink(self._metadata_path(older))
+                if older == dir_id:
+                    continue
+            self._entries[info.key] = IndexEntry(info=info, dir_id=dir_id)
         for key, entry in self._entries.items():
             if entry.info.parent is not None:
                 self._children.setdefault(entry.info.parent, set()).add(key)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from buildsvc.events import catalog as ev
 from buildsvc.solver.recording import HeldRef, LogWriter, StepRecorder
-from buildsvc.solver.worker import SnapshotMount, Worker
+from buildsvc.solver.worker import SnapshotMount, Terminal, Worker
 
 __all__ = ["VertexContext"]
 
@@ -40,6 +40,7 @@ class VertexContext:
         state_dir: Path,
         local_dirs: Mapping[str, Path],
         log: LogWriter,
+        terminal: Terminal | None = None,
     ) -> None:
         self.step = step
         self.worker = worker
@@ -50,6 +51,8 @@ class VertexContext:
         self.state_dir = state_dir
         self.local_dirs = local_dirs
         self.log = log
+        self.terminal = terminal
+        """The terminal an exec runs on (``history debug``'s shell), else its output is logged."""
         self._held: dict[str, HeldRef] = {}
         self._mounted: list[str] = []
         self._locks: list[int] = []

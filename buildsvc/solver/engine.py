@@ -40,11 +40,14 @@ from buildsvc.solver.recording import DAEMON_ACTOR, BuildRecorder, HeldRef, LogW
 from buildsvc.solver.resume import CompletedVertex, ResumePlan, missing_local_dirs, repair
 from buildsvc.solver.source_excerpt import SourceExcerpt, locate
 from buildsvc.solver.unrecorded import UnrecordedEnds
-from buildsvc.solver.worker import RemoteCache, Worker, select_worker
+from buildsvc.solver.worker import RemoteCache, Terminal, Worker, select_worker
 
 __all__ = ["CacheIndex", "ResultRef", "SolveRequest", "SolveResult", "Solver"]
 
 _tracer = trace.get_tracer("buildsvc.solver")
+_FLUSH_AFTER = 0.5
+"""Seconds a deferred fact (a step's end, a cache hit) waits for another append to ride with: long
+enough that a solve of cache hits is one append, short enough for a progress display."""
 
 
 class CacheIndex(Protocol):
@@ -84,6 +87,9 @@ class SolveRequest:
     # from the record (``--from-failure``), each verified on disk as a resume's are.
     rerun_of: str = ""
     reuse: Mapping[str, CompletedVertex] = field(default_factory=dict)
+    # ``history debug``'s interactive shell: the output vertex (the debug step) runs on this terminal.
+    # Not recorded: what is typed there is not the log's business (it may be a password).
+    terminal: Terminal | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,19 +135,23 @@ class _VertexFailed(Exception):
         self.tail = tail
 
 
+_Shared = tuple[tuple[str | None, ...], BuildRecorder]
+"""A shared run's outputs and the recorder of the solve that ran it (whose end may be deferred)."""
+
+
 class _SharedGraph:
     """Runs in flight, by worker and cache key, so concurrent solves run a vertex once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._inflight: dict[str, Future[tuple[str | None, ...]]] = {}
+        self._inflight: dict[str, Future[_Shared]] = {}
 
-    def claim(self, key: str) -> tuple[Future[tuple[str | None, ...]], bool]:
+    def claim(self, key: str) -> tuple[Future[_Shared], bool]:
         with self._lock:
             existing = self._inflight.get(key)
             if existing is not None:
                 return existing, False
-            fut: Future[tuple[str | None, ...]] = Future()
+            fut: Future[_Shared] = Future()
             self._inflight[key] = fut
             return fut, True
 
@@ -353,7 +363,9 @@ class _Solve:
             self._walk(needed)
             if self.failure is None:
                 output = self._output()
-                response = dict(export(output)) if export is not None else {}
+                if export is not None:
+                    self.recorder.flush_deferred()  # exporters record in this stream too, after
+                    response = dict(export(output))
         except BaseException as e:
             self.failure = self.failure or e
         if self.failure is not None:
@@ -549,10 +561,16 @@ class _Solve:
             for digest, inputs in waiting.items():
                 if not inputs:
                     submit(digest)
-            while running:
+        while True:
+            with done:
+                if not running:
+                    break
                 if self.cancel.is_set():
                     self.abort.set()
                 done.wait(0.1)
+            # Ends and cache hits wait for the build's next append; not for long when none comes
+            # (the steps running are quiet, or there are none), so status readers see them.
+            self.recorder.flush_deferred(older_than=_FLUSH_AFTER)
         if self.failure is None and len(finished) < len(order):
             self.failure = SolveCancelled(self.request.build_ref)
 
@@ -589,7 +607,7 @@ class _Solve:
             return
         try:
             outputs = self._resolve(vertex, metadata, name, worker, key, snapshots)
-            future.set_result(outputs)
+            future.set_result((outputs, self.recorder))
         except BaseException as e:
             future.set_exception(e)
             raise
@@ -650,16 +668,23 @@ class _Solve:
             state_dir=self.solver.state_dir,
             local_dirs=self.request.local_dirs,
             log=log,
+            terminal=self._terminal_for(vertex.digest),
         )
 
-    def _wait_shared(
-        self, future: Future[tuple[str | None, ...]], vertex: Vertex, name: str
-    ) -> tuple[str | None, ...]:
+    def _terminal_for(self, digest: str) -> Terminal | None:
+        output = self.definition.output
+        return self.request.terminal if output is not None and output.digest == digest else None
+
+    def _wait_shared(self, future: Future[_Shared], vertex: Vertex, name: str) -> tuple[str | None, ...]:
         while True:
             if self.abort.is_set():
                 raise SolveCancelled(self.request.build_ref)
             try:
-                return future.result(timeout=0.2)
+                outputs, owner = future.result(timeout=0.2)
+                # The run's end (its snapshot, its cache record) goes in the log before any event
+                # of this solve names what it made.
+                owner.flush_deferred()
+                return outputs
             except TimeoutError:
                 continue
             except _VertexFailed:
@@ -813,8 +838,13 @@ class _Solve:
         )
         with self.lock:  # before the append: if the store does not take it, the solve's end releases them
             self.refs.extend(held)
-        step.flush()
-        self.solver._remember(key, worker.info.name, {i: o for i, o in enumerate(outputs) if o is not None})
+        # The end announces no side effect: it rides with the build's next append (a dependent's
+        # start, at the latest the walk's timed flush), so a step costs one append, not two. Until
+        # it is written, a crash leaves the vertex started and not ended: interrupted and run again
+        # on a fresh snapshot, its unrecorded result removed (invariant 3). Other solves learn of
+        # the record only once it is in the log.
+        made = {i: o for i, o in enumerate(outputs) if o is not None}
+        step.defer(on_written=lambda: self.solver._remember(key, worker.info.name, made))
         return outputs
 
     def _resumed_result(

@@ -186,6 +186,7 @@ class ExecHandler:
             hostname=op.meta.hostname,
             network=_NETWORK[op.network],
             readonly_root=readonly_root,
+            terminal=ctx.terminal,
         )
         with ctx.running():
             ctx.worker.executor.run(spec, stdout=ctx.log.stdout, stderr=ctx.log.stderr, cancel=ctx.cancel)

@@ -29,7 +29,14 @@ DAEMON_ACTOR = "daemon"
 
 
 class BuildRecorder:
-    """Appends one build's events to its stream (``build-<ref>``)."""
+    """Appends one build's events to its stream (``build-<ref>``).
+
+    Appends of one build go to the store one at a time, in the order they were asked for: those
+    asked for while one is being written wait and then go together, as one batch (a build's
+    parallel steps cost one append between them, and its stream is in the order its steps
+    recorded, whatever the threads). Facts that announce no side effect can be deferred, to ride
+    with the next append (see :meth:`defer`).
+    """
 
     def __init__(self, store: EventStore, build_ref: str, *, actor: str = "", trace_id: str = "") -> None:
         self.store = store
@@ -38,8 +45,13 @@ class BuildRecorder:
         self.actor = actor
         self.trace_id = trace_id
         self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)
         self._deferred: list[Event] = []
+        self._deferred_since = 0.0
+        self._on_written: list[Callable[[], None]] = []
         self._unwritten: list[list[NewEvent]] = []
+        self._waiting: list[_Pending] = []
+        self._writing = False
 
     def append(self, events: Sequence[Event], *, expected_version: int | None = None) -> None:
         """Append the deferred events and ``events`` atomically (nothing when both are empty).
@@ -48,25 +60,87 @@ class BuildRecorder:
         kept whole, with its event ids, and tried again, as it was, before the next append (an
         append is idempotent only as a whole: see :meth:`take_unwritten`).
         """
+        with self._turn:
+            mine = _Pending([*self._deferred, *events], expected_version, self._on_written)
+            self._deferred, self._on_written = [], []
+            self._waiting.append(mine)
+        while True:
+            with self._turn:
+                while not mine.done and self._writing:
+                    self._turn.wait()
+                if mine.done:
+                    break
+                # Lead: write the appends waiting now, in order, as one batch (an append with an
+                # expected version goes alone: its check is about its own events).
+                self._writing = True
+                group = self._take_group()
+            self._write_group(group)
+        if mine.error is not None:
+            raise mine.error
+
+    def _take_group(self) -> list[_Pending]:
+        first = self._waiting[0]
+        n = 1
+        if first.expected_version is None:
+            while n < len(self._waiting) and self._waiting[n].expected_version is None:
+                n += 1
+        group, self._waiting = self._waiting[:n], self._waiting[n:]
+        return group
+
+    def _write_group(self, group: list[_Pending]) -> None:
         with self._lock:
             batches, self._unwritten = self._unwritten, []
-            new = [NewEvent(event=e) for e in [*self._deferred, *events]]
-            self._deferred = []
+        new = [NewEvent(event=e) for p in group for e in p.events]
         if new:
             batches.append(new)
-        for i, batch in enumerate(batches):
+        error: BaseException | None = None
+        try:
+            for i, batch in enumerate(batches):
+                try:
+                    self._store_append(batch, group[0].expected_version if batch is new else None)
+                except StoreUnavailable:
+                    with self._lock:
+                        self._unwritten = [*batches[i:], *self._unwritten]
+                    raise
+                except Exception:
+                    if batch is not new or len(group) == 1:
+                        raise
+                    # Refused as a whole (a bad event): each caller's own events alone, each
+                    # caller its own outcome, as if they had not been put together.
+                    self._write_alone(group)
+                    return
+        except BaseException as e:
+            error = e
+        self._end_group(group, [error] * len(group))
+
+    def _write_alone(self, group: list[_Pending]) -> None:
+        errors: list[BaseException | None] = []
+        for p in group:
             try:
-                self.store.append(
-                    self.stream,
-                    batch,
-                    expected_version=expected_version if batch is new else None,
-                    actor=self.actor,
-                    trace_id=self.trace_id,
-                )
-            except StoreUnavailable:
-                with self._lock:
-                    self._unwritten = [*batches[i:], *self._unwritten]
-                raise
+                if p.events:
+                    self._store_append([NewEvent(event=e) for e in p.events], p.expected_version)
+                errors.append(None)
+            except BaseException as e:
+                errors.append(e)
+        self._end_group(group, errors)
+
+    def _end_group(self, group: list[_Pending], errors: Sequence[BaseException | None]) -> None:
+        """Hand each caller its outcome, let the next leader go, then run what waited for the write."""
+        with self._turn:
+            for p, error in zip(group, errors, strict=True):
+                p.error = error
+                p.done = True
+            self._writing = False
+            self._turn.notify_all()
+        for p, error in zip(group, errors, strict=True):
+            if error is None:
+                for callback in p.on_written:
+                    callback()
+
+    def _store_append(self, batch: list[NewEvent], expected_version: int | None) -> None:
+        self.store.append(
+            self.stream, batch, expected_version=expected_version, actor=self.actor, trace_id=self.trace_id
+        )
 
     def take_unwritten(self) -> list[list[NewEvent]]:
         """The batches the store did not take, in order (no longer kept here)."""
@@ -74,16 +148,43 @@ class BuildRecorder:
             unwritten, self._unwritten = self._unwritten, []
             return unwritten
 
-    def defer(self, events: Sequence[Event]) -> None:
-        """Keep facts that announce no side effect (a cache hit, a ref on a cached result) for the
-        next append, so a build that is all cache hits costs one append instead of one per vertex.
+    def defer(self, events: Sequence[Event], on_written: Callable[[], None] | None = None) -> None:
+        """Keep facts that announce no side effect (a cache hit, a step's end) for the next append,
+        so a build costs one append per step started rather than two, and none per cache hit;
+        ``on_written`` is called once they are in the log.
         """
         with self._lock:
+            if not self._deferred:
+                self._deferred_since = time.monotonic()
             self._deferred.extend(events)
+            if on_written is not None:
+                self._on_written.append(on_written)
+
+    def flush_deferred(self, *, older_than: float = 0.0) -> None:
+        """Write the deferred facts now if there are any (and the oldest waited ``older_than`` s)."""
+        with self._lock:
+            due = bool(self._deferred) and time.monotonic() - self._deferred_since >= older_than
+        if due:
+            self.append([])
 
     def step(self) -> StepRecorder:
         """A buffer for the events of one step (a vertex, the solve's end)."""
         return StepRecorder(self)
+
+
+class _Pending:
+    """One caller's append, waiting for its turn (or written by another caller's)."""
+
+    __slots__ = ("done", "error", "events", "expected_version", "on_written")
+
+    def __init__(
+        self, events: list[Event], expected_version: int | None, on_written: list[Callable[[], None]]
+    ) -> None:
+        self.events = events
+        self.expected_version = expected_version
+        self.on_written = on_written
+        self.done = False
+        self.error: BaseException | None = None
 
 
 class _RefIds:
@@ -137,10 +238,10 @@ class StepRecorder:
             events, self.pending = self.pending, []
             self.build.append(events)
 
-    def defer(self) -> None:
+    def defer(self, on_written: Callable[[], None] | None = None) -> None:
         """Hand what is buffered to the build's deferred facts instead of writing it now."""
         events, self.pending = self.pending, []
-        self.build.defer(events)
+        self.build.defer(events, on_written)
 
     def acquire(self, snapshot_id: str, holder_kind: str, holder_id: str) -> HeldRef:
         """Record a new ref on ``snapshot_id`` (buffered)."""
@@ -193,6 +294,9 @@ class LogWriter:
         self._offsets = {1: 0, 2: 0}
         self._last_flush = time.monotonic()
         self._tail = bytearray()
+        # Set inside ``ticking``: the ticker thread starts with the first output (a file op has none).
+        self._stop_ticker: threading.Event | None = None
+        self._ticker: threading.Thread | None = None
 
     def stdout(self, data: bytes) -> None:
         """Output callback for stdout."""
@@ -213,6 +317,8 @@ class LogWriter:
             del self._tail[: max(len(self._tail) - self.tail_bytes, 0)]
             if self.on_chunk is not None:
                 self.on_chunk(stream, data)
+            if self._stop_ticker is not None and self._ticker is None:
+                self._ticker = self._start_ticker(self._stop_ticker)
             if self._buffered >= self.max_chunk or time.monotonic() - self._last_flush >= self.interval:
                 self._flush_locked()
 
@@ -222,6 +328,8 @@ class LogWriter:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
+        if not self._runs:
+            return
         events: list[Event] = []
         runs, self._runs, self._buffered = self._runs, [], 0
         for stream, buffer in runs:
@@ -241,21 +349,31 @@ class LogWriter:
 
     @contextmanager
     def ticking(self) -> Iterator[None]:
-        """Flush every ``interval`` seconds while the block runs, so quiet processes still show output."""
-        stop = threading.Event()
+        """Flush every ``interval`` seconds while the block runs, so quiet processes still show output.
 
+        The thread that does it starts with the block's first output: a step that writes none (a
+        file op) costs no thread.
+        """
+        with self._lock:
+            stop = self._stop_ticker = threading.Event()
+        try:
+            yield
+        finally:
+            with self._lock:
+                ticker, self._ticker, self._stop_ticker = self._ticker, None, None
+            stop.set()
+            if ticker is not None:
+                ticker.join()
+            self.flush()
+
+    def _start_ticker(self, stop: threading.Event) -> threading.Thread:
         def tick() -> None:
             while not stop.wait(self.interval):
                 self.flush()
 
         ticker = threading.Thread(target=tick, name=f"log-{self.vertex[:19]}", daemon=True)
         ticker.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            ticker.join()
-            self.flush()
+        return ticker
 
     @property
     def tail(self) -> str:

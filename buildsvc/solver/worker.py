@@ -123,6 +123,33 @@ class ProcessSpec:
     """Exit codes that count as success; any other raises from ``Executor.run``."""
 
 
+class Terminal:
+    """A pseudo-terminal a process runs on instead of pipes (``history debug``'s interactive shell).
+
+    ``fd`` is the slave side of a pty whose master its maker reads and writes; the executor gives
+    it to the runtime as stdin, stdout and stderr, and the process gets a terminal of its own
+    whose window size follows this one's. The maker calls :meth:`resized` after changing the
+    window size (TIOCSWINSZ on the master), which the executor passes on while the process runs.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()
+        self._listener: Callable[[], None] | None = None
+
+    def on_resize(self, listener: Callable[[], None] | None) -> None:
+        """Call ``listener`` on each :meth:`resized` from now on (``None``: stop)."""
+        with self._lock:
+            self._listener = listener
+
+    def resized(self) -> None:
+        """The window size changed: tell the process (when one runs)."""
+        with self._lock:
+            listener = self._listener
+        if listener is not None:
+            listener()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExecSpec:
     """Everything an executor needs to run one build step."""
@@ -137,6 +164,8 @@ class ExecSpec:
     readonly_root: bool = False
     """Make ``/`` read-only in the container. ``rootfs`` stays a writable snapshot so the runtime can
     still create mount points (``/proc``...) in it, as BuildKit does."""
+    terminal: Terminal | None = None
+    """Run on this terminal (its output then goes there, not to the output callbacks)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

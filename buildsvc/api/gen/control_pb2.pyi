@@ -496,3 +496,61 @@ class LeaksResponse(_message.Message):
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     report_json: str
     def __init__(self, report_json: _Optional[str] = ...) -> None: ...
+
+class ListBuildsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListBuildsResponse(_message.Message):
+    __slots__ = ("rows_json",)
+    ROWS_JSON_FIELD_NUMBER: _ClassVar[int]
+    rows_json: str
+    def __init__(self, rows_json: _Optional[str] = ...) -> None: ...
+
+class DebugRequest(_message.Message):
+    __slots__ = ("start", "stdin", "resize")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    start: DebugStart
+    stdin: bytes
+    resize: WindowSize
+    def __init__(self, start: _Optional[_Union[DebugStart, _Mapping]] = ..., stdin: _Optional[bytes] = ..., resize: _Optional[_Union[WindowSize, _Mapping]] = ...) -> None: ...
+
+class DebugStart(_message.Message):
+    __slots__ = ("ref", "debug_ref", "command", "size")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_REF_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    debug_ref: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    size: WindowSize
+    def __init__(self, ref: _Optional[str] = ..., debug_ref: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., size: _Optional[_Union[WindowSize, _Mapping]] = ...) -> None: ...
+
+class WindowSize(_message.Message):
+    __slots__ = ("rows", "cols")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    cols: int
+    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+
+class DebugResponse(_message.Message):
+    __slots__ = ("debug_ref", "output", "exit")
+    DEBUG_REF_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    EXIT_FIELD_NUMBER: _ClassVar[int]
+    debug_ref: str
+    output: bytes
+    exit: DebugExit
+    def __init__(self, debug_ref: _Optional[str] = ..., output: _Optional[bytes] = ..., exit: _Optional[_Union[DebugExit, _Mapping]] = ...) -> None: ...
+
+class DebugExit(_message.Message):
+    __slots__ = ("exit_code",)
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    exit_code: int
+    def __init__(self, exit_code: _Optional[int] = ...) -> None: ...

@@ -89,6 +89,16 @@ class ControlStub:
                 request_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksRequest.SerializeToString,
                 response_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksResponse.FromString,
                 _registered_method=True)
+        self.ListBuilds = channel.unary_unary(
+                '/buildsvc.control.v1.Control/ListBuilds',
+                request_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.ListBuildsRequest.SerializeToString,
+                response_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.ListBuildsResponse.FromString,
+                _registered_method=True)
+        self.Debug = channel.stream_stream(
+                '/buildsvc.control.v1.Control/Debug',
+                request_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.DebugRequest.SerializeToString,
+                response_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.DebugResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -170,6 +180,23 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBuilds(self, request, context):
+        """The builds projection's rows, newest first (`history ls`), as the embedded command reads them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Debug(self, request_iterator, context):
+        """`history debug REF` on a terminal: an interactive process in place of REF's failed step, as
+        BuildKit's gateway runs a debug container. The client's first message says what to run and
+        its terminal's size, the next ones carry its keystrokes and window sizes; the daemon runs the
+        process on a pty and sends the pty's output, then how the process ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +254,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Leaks,
                     request_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksRequest.FromString,
                     response_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksResponse.SerializeToString,
+            ),
+            'ListBuilds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBuilds,
+                    request_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.ListBuildsRequest.FromString,
+                    response_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.ListBuildsResponse.SerializeToString,
+            ),
+            'Debug': grpc.stream_stream_rpc_method_handler(
+                    servicer.Debug,
+                    request_deserializer=buildsvc_dot_control_dot_v1_dot_control__pb2.DebugRequest.FromString,
+                    response_serializer=buildsvc_dot_control_dot_v1_dot_control__pb2.DebugResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -526,6 +563,60 @@ class Control:
             '/buildsvc.control.v1.Control/Leaks',
             buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksRequest.SerializeToString,
             buildsvc_dot_control_dot_v1_dot_control__pb2.LeaksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBuilds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/buildsvc.control.v1.Control/ListBuilds',
+            buildsvc_dot_control_dot_v1_dot_control__pb2.ListBuildsRequest.SerializeToString,
+            buildsvc_dot_control_dot_v1_dot_control__pb2.ListBuildsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Debug(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/buildsvc.control.v1.Control/Debug',
+            buildsvc_dot_control_dot_v1_dot_control__pb2.DebugRequest.SerializeToString,
+            buildsvc_dot_control_dot_v1_dot_control__pb2.DebugResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -569,3 +569,43 @@ def test_chained_actions_see_each_other(dst: Path) -> None:
         same_root=True,
     )
     assert sorted(os.listdir(dst)) == ["b"] and (dst / "b/f").read_bytes() == b"1"
+
+
+@pytest.mark.root
+def test_copy_into_new_dirs_keeps_every_owner_and_mode(dst: Path, tmp_path: Path) -> None:
+    # A copy skips the lookup and the chown of an entry born in a directory it made, when the entry
+    # is born with the owner it wants; these are the cases where it is not.
+    s = write(tmp_path / "own", {"d/mine": "m", "d/theirs": "t", "d/empty": "", "g/sub/f": "f", "g/f": "f"})
+    os.chown(s / "d/theirs", 321, 654)
+    os.chmod(s / "d/mine", 0o4711)
+    os.chown(s / "g", 0, 50)
+    os.chmod(s / "g", 0o2775)  # setgid: what is made in it is born with group 50, not ours
+    os.chown(s / "g/sub", 0, 0)
+    run(dst, CopyAction(src="/", dest="/out", dir_contents_only=True, create_dest_path=True), src=s)
+
+    def owner_mode(rel: str) -> tuple[int, int, int]:
+        st = os.lstat(dst / "out" / rel)
+        return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+    assert owner_mode("d/mine") == (0, 0, 0o4711)
+    assert owner_mode("d/theirs") == (321, 654, 0o644)
+    assert owner_mode("g") == (0, 50, 0o2775)
+    assert owner_mode("g/f") == (0, 0, 0o644)
+    assert owner_mode("g/sub") == (0, 0, 0o755)
+    assert owner_mode("g/sub/f") == (0, 0, 0o644)
+    assert (dst / "out/d/empty").read_bytes() == b"" and (dst / "out/g/sub/f").read_text() == "f"
+
+
+def test_copy_of_two_sources_into_the_same_new_directories(dst: Path, tmp_path: Path) -> None:
+    # The second source writes into directories the first one made: what is there is replaced.
+    s = write(tmp_path / "two", {"a/x/same": "from a", "a/x/only-a": "a", "b/x/same": "from b"})
+    run(dst, CopyAction(src="/*", dest="/out/", allow_wildcard=True, dir_contents_only=True), src=s)
+    assert (dst / "out/x/same").read_text() == "from b"
+    assert (dst / "out/x/only-a").read_text() == "a"
+
+
+def test_copy_of_a_file_larger_than_one_copy_call(dst: Path, tmp_path: Path) -> None:
+    big = os.urandom(3 << 20)  # several copy_file_range calls
+    s = write(tmp_path / "big", {"blob": big, "small": "s"})
+    run(dst, CopyAction(src="/", dest="/out", dir_contents_only=True, create_dest_path=True), src=s)
+    assert (dst / "out/blob").read_bytes() == big and (dst / "out/small").read_text() == "s"

@@ -16,7 +16,7 @@ from buildsvc.executors import (
     SnapshotNotFound,
     SnapshotStateError,
 )
-from buildsvc.executors.mounts import is_mounted
+from buildsvc.executors.mounts import is_mounted, mounts_under
 from buildsvc.solver.worker import ChangeKind, SnapshotKind, Snapshotter
 from tests.integration.executors.conftest import Runner, commit_busybox, make_snapshotter
 
@@ -129,6 +129,25 @@ def test_remove_refused_while_child_or_mount_depends(snapshotter: Snapshotter) -
     assert snapshotter.list() == []
     with pytest.raises(SnapshotNotFound):
         snapshotter.stat("base")
+
+
+def test_an_active_on_scratch_is_used_in_place_and_guarded_while_in_use(
+    snapshotter: Snapshotter, tmp_path: Path
+) -> None:
+    snapshotter.prepare("scratch")
+    mount = snapshotter.mount("scratch")
+    # No lower to stack: its own directory, no kernel mount (mkfile on scratch pays for none).
+    assert mounts_under(str(tmp_path)) == []
+    assert not mount.readonly
+    Path(mount.path, "f").write_text("x")
+    with pytest.raises(SnapshotInUse) as e:
+        snapshotter.commit("done", "scratch")
+    assert e.value.mounted
+    with pytest.raises(SnapshotInUse):
+        snapshotter.remove("scratch")
+    snapshotter.unmount("scratch")
+    snapshotter.commit("done", "scratch")
+    assert read_view(snapshotter, "done") == {"f": "x"}
 
 
 def test_kinds_and_keys_are_checked(snapshotter: Snapshotter) -> None:

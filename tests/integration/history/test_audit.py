@@ -7,15 +7,28 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
 from buildsvc.api.client import Client
 from buildsvc.api.model import SolveOptions
 from buildsvc.api.serve import TlsFiles
+from buildsvc.daemon.state import open_state
+from buildsvc.events import catalog as ev
 from buildsvc.solver import llb
 from tests.integration.api.conftest import Daemon, Daemons, daemons
 from tests.integration.api.test_listen import _certificates, _free_port
+from tests.integration.resume.test_resume import (
+    Build,
+    _quiet,
+    events_of,
+    kill,
+    restart,
+    started,
+    wait_ended,
+    wait_for,
+)
 
 __all__ = ["daemons"]
 
@@ -84,3 +97,50 @@ def test_plaintext_loopback_keeps_the_claim_but_marks_it_unverified(daemons: Dae
     with Client(addr) as client:
         client.solve(_tiny("plain"))
     assert _actors(d, "plain") == {"unverified:claimed-name"}
+
+
+def test_every_event_of_a_daemons_log_has_an_actor(daemons: Daemons, rootfs: Path, tmp_path: Path) -> None:
+    """Builds, exports, cache exports and imports, a debug build, a history deletion and a restart's
+    recovery: the whole log, walked, names who each event is for (recovery's is the daemon itself)."""
+    d = daemons.start()
+    step = llb.local("rootfs").run(["sh", "-c", f": {uuid.uuid4().hex}; echo made > /made"], name="RUN made")
+    definition = tmp_path / "build.json"
+    definition.write_text(step.root().marshal().to_json(indent=None))
+    cache = tmp_path / "cache"
+    build = ("build", "--llb", str(definition), "--local", f"rootfs={rootfs}", "--progress", "quiet")
+    d.cli(
+        *build,
+        "--ref",
+        "exported",
+        "--output",
+        f"type=local,dest={tmp_path / 'out'}",
+        "--export-cache",
+        f"type=local,dest={cache},mode=max",
+    )
+    d.cli(*build, "--ref", "imported", "--import-cache", f"type=local,src={cache}")
+    failing = llb.local("rootfs").run(["sh", "-c", f": {uuid.uuid4().hex}; exit 3"], name="RUN fails")
+    definition.write_text(failing.root().marshal().to_json(indent=None))
+    d.cli(*build[:-2], "--ref", "failed", expect=1)
+    d.cli("history", "debug", "failed", "--", "true")
+    d.cli("history", "rm", "exported")
+    # A build the daemon dies in, resumed by the next one (its recovery's events).
+    slow = Build(rootfs, tmp_path, sleep_one=0, sleep_two=30)
+    with Client(d.addr) as client:
+        thread = threading.Thread(target=lambda: _quiet(client.solve, slow.options()), daemon=True)
+        thread.start()
+        wait_for("RUN two to start", lambda: started(events_of(d, slow.ref), "RUN two") > 0, d)
+        kill(d)
+        thread.join(60)
+    d2 = restart(daemons, d)
+    assert isinstance(wait_ended(d2, slow.ref), ev.SolveCompleted)
+
+    state = open_state(d2.root, d2.db_url, migrate=False)
+    try:
+        log = list(state.store.read_all())
+    finally:
+        state.close()
+    types = {s.type for s in log}
+    for expected in (ev.CacheExportCompleted, ev.BuildDebugged, ev.BuildHistoryDeleted, ev.VertexInterrupted):
+        assert expected.type_name in types, expected
+    anonymous = [f"@{s.position} {s.type} in {s.stream_id}" for s in log if not s.actor]
+    assert anonymous == [], anonymous

@@ -1,6 +1,6 @@
-"""The read commands through a real daemon: ``history inspect|logs|trace|replay|provenance`` and
-``leaks`` with ``--addr`` ask it (``BuildEvents``, ``Leaks``) and never open a root or database of
-their own; what they print is what the embedded commands print from the same log.
+"""The read commands through a real daemon: ``history ls|inspect|logs|trace|replay|provenance`` and
+``leaks`` with ``--addr`` ask it (``BuildEvents``, ``ListBuilds``, ``Leaks``) and never open a root or
+database of their own; what they print is what the embedded commands print from the same log.
 
 Also here: who the daemon's own events are recorded as (``daemon``, or the caller of a prune), and
 that stopping the daemon closes its public socket.
@@ -90,6 +90,9 @@ def test_read_commands_ask_the_daemon_and_print_what_the_embedded_ones_print(
             ("history", "replay", ref, "--position", str(middle), "--format", "json"),
             ("history", "provenance", ref),
             ("leaks", "--ref", ref, "--format", "json"),
+            ("history", "ls", "--format", "json"),
+            ("history", "ls"),
+            ("history", "ls", "--limit", "1", "--format", "json"),
         ):
             assert _remote(d, *args, empty_state=empty) == _embedded(d, *args), args
     inspected = json.loads(
@@ -116,6 +119,10 @@ def test_read_commands_ask_the_daemon_and_print_what_the_embedded_ones_print(
         check=False,
     )
     assert gone.returncode == 1 and f"no build {ok.build_ref!r} in the history" in gone.stderr
+    listed = [
+        r["build_ref"] for r in json.loads(_remote(d, "history", "ls", "--format", "json", empty_state=empty))
+    ]
+    assert failed.build_ref in listed and ok.build_ref not in listed
     assert _remote(d, "history", "logs", "no-such-build", empty_state=empty, expect=1) == ""
     assert os.listdir(empty) == []  # nothing opened the default state
 

@@ -9,8 +9,8 @@ import pytest
 from rich.console import Console
 
 from buildsvc.api.model import StatusUpdate, VertexLog, VertexUpdate
-from buildsvc.cli.progress import PlainProgress, TtyProgress, make_printer
-from buildsvc.cli.tty_progress import TAIL_LINES
+from buildsvc.cli.progress import PlainProgress, make_printer
+from buildsvc.cli.tty_progress import TAIL_LINES, TtyProgress
 
 _T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
 from buildsvc.contexts import ContextStore, Entry, Manifest, MissingBlobs, receive_contexts, scan_dir
+from buildsvc.contexts.store import BlobBatch
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 
@@ -135,3 +137,110 @@ def test_received_dirs_handed_to_another_build_name_the_same_manifests(tmp_path:
     assert (event.source, event.host_path, event.files_uploaded, event.bytes_uploaded) == ("job", "", 0, 0)
     assert event.files_reused == event.files == 1
     assert got.events[0].build_ref == "job"  # the job's own record is unchanged
+
+
+def _tree_entries(tree: Path) -> dict[str, tuple[int, int, int, int, bytes]]:
+    out = {}
+    for path in sorted(tree.rglob("*")):
+        st = path.lstat()
+        data = path.read_bytes() if stat.S_ISREG(st.st_mode) else b""
+        out[str(path.relative_to(tree))] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, data)
+    return out
+
+
+def test_a_new_tree_links_the_files_it_shares_with_a_recent_one(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for n in range(5):
+        (src / "d" / f"f{n}").write_text(f"file {n}\n")
+    os.chmod(src / "d" / "f1", 0o600)
+    store = ContextStore(tmp_path / "store")
+    scan = scan_dir(src)
+    store.ingest(scan)
+    before = store.materialize(scan.manifest)
+    made_before = _tree_entries(before)
+    (src / "d" / "f0").write_text("file 0, edited\n")  # new content
+    os.chmod(src / "d" / "f2", 0o640)  # same content, another mode: a file of its own
+    (src / "d" / "new").write_text("new\n")
+    edited = scan_dir(src)
+    store.ingest(edited)
+    after = store.materialize(edited.manifest)
+
+    def inode(tree: Path, name: str) -> int:
+        return (tree / "d" / name).stat().st_ino
+
+    assert [n for n in ("f0", "f1", "f2", "f3", "f4") if inode(before, n) == inode(after, n)] == [
+        "f1",
+        "f3",
+        "f4",
+    ]
+    # Both trees still say exactly what their manifests say.
+    assert _tree_entries(before) == made_before
+    fresh = ContextStore(tmp_path / "fresh")
+    fresh.ingest(edited)
+    assert _tree_entries(after) == _tree_entries(fresh.materialize(edited.manifest))
+
+
+def test_a_stale_note_of_a_recent_tree_only_costs_copies(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a\n")
+    store = ContextStore(tmp_path / "store")
+    scan = scan_dir(src)
+    store.ingest(scan)
+    first = store.materialize(scan.manifest)
+    (src / "b").write_text("b\n")
+    shutil.rmtree(first)  # the tree a note names is gone
+    (store.trees / "recent.json").write_text('[["sha256:' + "0" * 64 + '", 1], "junk"]')
+    edited = scan_dir(src)
+    store.ingest(edited)
+    tree = store.materialize(edited.manifest)
+    assert (tree / "a").read_text() == "a\n" and (tree / "b").read_text() == "b\n"
+
+
+@pytest.mark.root
+def test_a_tree_gives_each_entry_its_owner(tmp_path: Path) -> None:
+    # Files wanting the owner they are born with skip the chown; the others must still get theirs.
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for name in ("root", "other", "group"):
+        (src / "d" / name).write_text(name)
+    os.chown(src / "d" / "other", 321, 654)
+    os.chown(src / "d" / "group", 0, 654)
+    os.chown(src / "d", 321, 0)
+    (src / "l").symlink_to("d/other")
+    os.chown(src / "l", 7, 8, follow_symlinks=False)
+    store = ContextStore(tmp_path / "store")
+    scan = scan_dir(src)
+    store.ingest(scan)
+    tree = store.materialize(scan.manifest)
+    owners = {
+        p: (os.lstat(tree / p).st_uid, os.lstat(tree / p).st_gid)
+        for p in ("d", "d/root", "d/other", "d/group", "l")
+    }
+    assert owners == {
+        "d": (321, 0),
+        "d/root": (0, 0),
+        "d/other": (321, 654),
+        "d/group": (0, 654),
+        "l": (7, 8),
+    }
+
+
+def test_a_batch_puts_its_blobs_in_place_together_once_durable(tmp_path: Path) -> None:
+    store = ContextStore(tmp_path / "store")
+    batch = BlobBatch(store)
+    for data in (b"one", b"two"):
+        writer = store.open_blob(_sha(data), data.decode())
+        writer.write(data)
+        batch.add(writer)
+    assert not store.has_blob(_sha(b"one"))  # verified, not yet synced: not a blob yet
+    bad = store.open_blob(_sha(b"three"), "three")
+    bad.write(b"tampered")
+    with pytest.raises(InvalidInput, match="upload of 'three'"):
+        batch.add(bad)
+    batch.flush()  # what was verified before the bad one stays
+    assert store.blob_path(_sha(b"one")).read_bytes() == b"one" and store.has_blob(_sha(b"two"))
+    assert not store.has_blob(_sha(b"three"))
+    assert list(store.tmp.iterdir()) == []
+    assert stat.S_IMODE(store.blob_path(_sha(b"two")).stat().st_mode) == 0o444

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +119,31 @@ def test_bad_base64_and_wrong_container_types() -> None:
         decode_payload("WorkerRegistered", 1, {"worker": "w", "labels": ["a"]})
     with pytest.raises(EventSchemaError, match=r"labels\.os: expected str"):
         encode_payload(catalog.WorkerRegistered(worker="w", labels={"os": 1}))  # type: ignore[dict-item]
+
+
+def test_decoding_loads_the_catalog_it_was_not_imported_with() -> None:
+    # The catalog loads on first need (a client that only names errors never builds its decoders):
+    # decoding a stored event in a fresh interpreter must still find its class.
+    script = (
+        "import sys\n"
+        "from buildsvc.events.codec import decode_payload, event_class\n"
+        "assert 'buildsvc.events.catalog' not in sys.modules\n"
+        "event = decode_payload('SolveCancelled', 1, {'build_ref': 'r', 'reason': 'stop'})\n"
+        "assert type(event).__name__ == 'SolveCancelled' and event.reason == 'stop'\n"
+        "assert event_class('VertexCached').type_name == 'VertexCached'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    fresh = (
+        "import buildsvc.events as e\n"
+        "assert 'SolveRequested' in e.registered_types()\n"
+        "assert e.catalog.SolveRequested\n"
+    )
+    subprocess.run([sys.executable, "-c", fresh], check=True)
+
+
+def test_a_status_stream_ends_on_the_catalog_events_that_end_a_build() -> None:
+    # The API model names them as text (the client never loads the catalog): keep the two the same.
+    from buildsvc.api.model import FINAL_EVENT_TYPES
+
+    ends: tuple[type[Event], ...] = (catalog.SolveCompleted, catalog.SolveFailed, catalog.SolveCancelled)
+    assert {cls.type_name for cls in ends} == FINAL_EVENT_TYPES

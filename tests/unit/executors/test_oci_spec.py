@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from buildsvc.solver.worker import (
     NetworkMode,
     ProcessSpec,
     SnapshotMount,
+    Terminal,
 )
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"
@@ -240,3 +244,17 @@ def test_resolve_in_root_keeps_symlinks_inside(tmp_path: Path) -> None:
     assert resolve_in_root(str(root), "/../../etc/passwd") == str(root / "etc" / "passwd")
     with pytest.raises(InvalidPath, match="too many levels"):
         resolve_in_root(str(root), "/loop")
+
+
+def test_a_terminal_asks_the_runtime_for_a_pty_of_its_size(rootfs: Path) -> None:
+    assert build_spec(spec_for(rootfs))["process"]["terminal"] is False
+    assert "consoleSize" not in build_spec(spec_for(rootfs))["process"]
+    master, slave = os.openpty()
+    try:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        process = build_spec(spec_for(rootfs, terminal=Terminal(slave)))["process"]
+        assert process["terminal"] is True
+        assert process["consoleSize"] == {"height": 33, "width": 101}
+    finally:
+        os.close(master)
+        os.close(slave)

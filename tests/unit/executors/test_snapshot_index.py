@@ -120,6 +120,69 @@ def test_unreadable_metadata_is_an_error_naming_the_file(tmp_path: Path) -> None
         SnapshotIndex(str(tmp_path))
 
 
+def test_metadata_a_machine_crash_left_empty_is_dropped_with_its_directory(tmp_path: Path) -> None:
+    index = SnapshotIndex(str(tmp_path))
+    make(index, "kept")
+    make(index, "unflushed")
+    lost = index.get("unflushed").dir_id
+    # Written without fsync: a power loss can leave the renamed file with no content.
+    (tmp_path / "metadata" / f"{lost}.json").write_bytes(b"")
+    reopened = SnapshotIndex(str(tmp_path))
+    assert listing(reopened) == [("kept", "active", None)]
+    assert not os.path.exists(reopened.dir_of(lost))
+    assert metadata_files(tmp_path) == [f"{index.get('kept').dir_id}.json"]
+
+
+def test_a_key_named_twice_after_a_machine_crash_keeps_the_newer_snapshot(tmp_path: Path) -> None:
+    index = SnapshotIndex(str(tmp_path))
+    make(index, "layer")
+    old = index.get("layer").dir_id
+    old_file = (tmp_path / "metadata" / f"{old}.json").read_bytes()
+    with index.key_lock("layer"):
+        index.delete("layer")
+    make(index, "layer")
+    new = index.get("layer").dir_id
+    # The removal's unlink was not flushed: the old file is back beside the new one.
+    (tmp_path / "metadata" / f"{old}.json").write_bytes(old_file)
+    Path(index.dir_of(old), "fs").mkdir(parents=True)
+    reopened = SnapshotIndex(str(tmp_path))
+    assert reopened.get("layer").dir_id == new > old
+    assert metadata_files(tmp_path) == [f"{new}.json"]
+    assert not os.path.exists(reopened.dir_of(old))
+
+
+class CountingFsync:
+    """Counts os.fsync calls (and does them)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.real = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        self.real(fd)
+
+
+def test_only_removing_a_committed_snapshot_waits_for_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = SnapshotIndex(str(tmp_path))
+    counter = CountingFsync()
+    monkeypatch.setattr(os, "fsync", counter)
+    make(index, "a")
+    commit(index, "base", "a")
+    make(index, "v", VIEW, parent="base")
+    make(index, "scratch")
+    for key in ("v", "scratch"):
+        with index.key_lock(key):
+            index.delete(key)
+    assert counter.calls == 0  # the log is the durable record of these
+    with index.key_lock("base"):
+        index.delete("base")
+    assert counter.calls == 1  # forgotten for good before its data goes
+    assert index.all() == []
+
+
 def test_legacy_single_index_file_is_converted(tmp_path: Path) -> None:
     for n in (3, 5):
         (tmp_path / "snapshots" / str(n) / "fs").mkdir(parents=True)
