@@ -224,6 +224,7 @@ class LazyImports:
     def _unpack(self, offer: _Offer, worker: SolverWorker) -> dict[int, str]:
         events: list[Event] = []
         outputs: dict[int, str] = {}
+        made: list[ImportLayer] = []  # the current record's new layers
         spec = offer.spec
         try:
             with tempfile.TemporaryDirectory(prefix="cache-import-", dir=self.engine.state.root) as work:
@@ -233,20 +234,39 @@ class LazyImports:
                     # The next step's layer most likely sits on this record's: its check can run
                     # while this one is unpacked and recorded.
                     offer.source.prefetch_after(record.snapshot, lambda key: _committed(worker, key))
-                    made, _, size = _unpack_chain(worker, offer.source, record.layers, Path(work))
-                    events.extend(_snapshot_events(worker, made))
+                    made = []
+                    try:
+                        _, size = _unpack_chain(worker, offer.source, record.layers, Path(work), made)
+                    finally:
+                        # Layers committed before a later one of the chain failed are recorded too.
+                        events.extend(_snapshot_events(worker, made))
                     events.extend(_record_events(worker, record, offer.build_ref, spec, size))
                     outputs[output] = record.snapshot
         except BuildsvcError as e:
-            # Layers already unpacked stay (content-addressed, verified, recorded): a later import
-            # reuses them. The record is a miss, never a hit on a blob that failed its check.
+            # The record is a miss, never a hit on a blob that failed its check. Records unpacked
+            # before it stay (recorded, held by their cache records).
             events.append(
                 ev.CacheImportMiss(build_ref=offer.build_ref, cache_key=offer_key(offer), error=str(e))
             )
             self.engine.state.store.append(offer.stream, events, actor=offer.actor)
+            self._discard(worker, made, actor=offer.actor)
             return {}
         self.engine.state.store.append(offer.stream, events, actor=offer.actor)
         return outputs
+
+    def _discard(self, worker: SolverWorker, layers: Sequence[ImportLayer], *, actor: str) -> None:
+        """Remove the layers a failed record's unpack made (recorded, top first): no record holds them.
+
+        One another import stacked on or holds meanwhile is refused (``Conflict``) and stays: it is
+        referenced then.
+        """
+        for layer in reversed(layers):
+            try:
+                self.engine.remove_snapshot(
+                    worker.info.name, layer.key, reason="cache import: a layer above it failed", actor=actor
+                )
+            except Conflict:
+                continue
 
 
 def offer_key(offer: _Offer) -> str:
@@ -386,10 +406,11 @@ def _has_record(engine: Engine, record: ImportRecord, worker: Worker) -> bool:
 
 
 def _unpack_chain(
-    worker: SolverWorker, source: _Source, chain: Sequence[ImportLayer], work: Path
-) -> tuple[list[ImportLayer], int, int]:
-    """Unpack the layers of ``chain`` not yet on the worker: (layers made, bytes read, blob bytes)."""
-    made: list[ImportLayer] = []
+    worker: SolverWorker, source: _Source, chain: Sequence[ImportLayer], work: Path, made: list[ImportLayer]
+) -> tuple[int, int]:
+    """Unpack the layers of ``chain`` not yet on the worker, each appended to ``made`` once committed
+    (so a caller sees them even when a later layer fails): (bytes read, blob bytes).
+    """
     moved = 0
     for layer in chain:
         with _lock(f"{worker.info.name}/{layer.key}"):
@@ -407,7 +428,7 @@ def _unpack_chain(
                 # layer was discarded, and the blob is what is wrong.
                 raise CacheConfigError(str(source.where), f"layer blob {layer.blob} is corrupt ({e})") from e
             made.append(layer)
-    return made, moved, sum(layer.size for layer in chain)
+    return moved, sum(layer.size for layer in chain)
 
 
 def _lock(key: str) -> threading.Lock:

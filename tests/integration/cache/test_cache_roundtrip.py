@@ -257,6 +257,28 @@ def test_a_damaged_blob_is_a_clear_error_or_a_miss_never_a_wrong_hit(
     assert_no_leaks(fresh)
 
 
+def test_layers_unpacked_before_a_corrupt_one_are_recorded(
+    cli: Cli, fresh_cli: Callable[[], Cli], rootfs: Path, tmp_path: Path
+) -> None:
+    # mode=min: one record whose chain is every layer, so its hit unpacks the lower layers before
+    # it reaches the corrupt top one. They stay (verified, content-addressed) and must be in the log.
+    llb_file = random_definition(tmp_path / "def.json")
+    store = tmp_path / "cache"
+    build(cli, llb_file, rootfs, tmp_path / "out", "--export-cache", f"type=local,dest={store},mode=min")
+    _, config = layout_config(store)
+    [record] = [r for r in config.records if r.results]
+    path = store / "blobs" / "sha256" / config.layers[record.results[0].layer].blob.split(":")[1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    fresh = fresh_cli()
+    build(fresh, llb_file, rootfs, tmp_path / "out2", "--import-cache", f"type=local,src={store}")
+    events = all_events(fresh)
+    assert len([e for e in events if isinstance(e, ev.CacheImportMiss)]) == 1
+    assert any(isinstance(e, ev.SnapshotCommitted) for e in events)
+    assert_no_leaks(fresh)  # an unpacked layer no event made would be an unreferenced snapshot
+
+
 def test_registry_export_and_import_with_the_deprecated_forms_too(
     cli: Cli, fresh_cli: Callable[[], Cli], rootfs: Path, tmp_path: Path, registry: TestRegistry
 ) -> None:

@@ -23,6 +23,22 @@ def _marks(d: Daemon, cache_id: str) -> Path:
     return d.root / "solver" / "cache-mounts" / key
 
 
+def copy_build(tmp_path: Path) -> tuple[Path, Path]:
+    """A local dir ``data`` holding ``f`` ("recorded") and an LLB file that copies it into rootfs and
+    runs a new step on it: a rerun must see "recorded" in ``/copied`` whatever ``f`` holds by then."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("recorded\n")
+    step = (
+        llb.local("rootfs")
+        .file(llb.copy(llb.local("data"), "/f", "/f"), name="COPY f")
+        .run(["sh", "-c", f": {uuid.uuid4().hex}; cat /f > /copied"], name="RUN copy")
+    )
+    definition = tmp_path / "build.json"
+    definition.write_text(step.root().marshal().to_json(indent=None))
+    return data, definition
+
+
 def _ref_of(stderr: str) -> str:
     line = next(line for line in stderr.splitlines() if line.startswith("build ") and " completed" in line)
     return line.split()[1]
@@ -38,16 +54,7 @@ def test_a_rerun_uses_the_recorded_content_not_the_host_dirs(
     daemons: Daemons, rootfs: Path, tmp_path: Path
 ) -> None:
     d = daemons.start()
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "f").write_text("recorded\n")
-    step = (
-        llb.local("rootfs")
-        .file(llb.copy(llb.local("data"), "/f", "/f"), name="COPY f")
-        .run(["sh", "-c", f": {uuid.uuid4().hex}; cat /f > /copied"], name="RUN copy")
-    )
-    definition = tmp_path / "build.json"
-    definition.write_text(step.root().marshal().to_json(indent=None))
+    data, definition = copy_build(tmp_path)
     first = d.cli(
         *("build", "--llb", str(definition), "--local", f"rootfs={rootfs}", "--local", f"data={data}"),
         *("--output", f"type=local,dest={tmp_path / 'one'}", "--progress", "quiet"),

@@ -16,7 +16,7 @@ from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
 from buildsvc.solver import llb
 from tests.integration.api.conftest import rootfs
-from tests.integration.resume.test_rerun import _ref_of
+from tests.integration.resume.test_rerun import _ref_of, copy_build
 from tests.integration.test_cli import Cli
 
 __all__ = ["rootfs"]
@@ -42,16 +42,7 @@ def _events(cli: Cli, ref: str) -> list[Event]:
 
 
 def test_an_embedded_rerun_uses_the_recorded_content(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "f").write_text("recorded\n")
-    step = (
-        llb.local("rootfs")
-        .file(llb.copy(llb.local("data"), "/f", "/f"), name="COPY f")
-        .run(["sh", "-c", f": {uuid.uuid4().hex}; cat /f > /copied"], name="RUN copy")
-    )
-    definition = tmp_path / "build.json"
-    definition.write_text(step.root().marshal().to_json(indent=None))
+    data, definition = copy_build(tmp_path)
     first = cli.run(
         *("build", "--llb", str(definition), "--local", f"rootfs={rootfs}", "--local", f"data={data}"),
         *("--output", f"type=local,dest={tmp_path / 'one'}", "--progress", "quiet"),
