@@ -134,6 +134,12 @@ def run_build(
         received=(*received, *(rerun.events if rerun is not None else ())),
         rerun_of=rerun.rerun_of if rerun is not None else "",
         reuse=rerun.reuse if rerun is not None else {},
+        # Recorded as a daemon records them, so `--rerun` (and a daemon resuming this build on the
+        # same root) has the same outputs and cache options; paths absolute, the cwd is not recorded.
+        exporters=tuple(_absolute(o, "dest") for o in outputs),
+        cache_exports=tuple(_absolute(c.attrs, "dest", "store") for c in (cache.exports if cache else ())),
+        cache_imports=tuple(_absolute(c.attrs, "src", "store") for c in (cache.imports if cache else ())),
+        image_config=image_config,
     )
     with printing_progress(state.store, progress, lambda stream: stream == f"build-{ref}"):
         if cache is not None:

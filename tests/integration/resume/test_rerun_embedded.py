@@ -5,6 +5,7 @@ rerun takes them (see test_rerun.py), and ``--from-failure`` takes what complete
 from __future__ import annotations
 
 import hashlib
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,29 @@ def test_an_embedded_rerun_uses_the_recorded_content(cli: Cli, rootfs: Path, tmp
     [recorded] = [e for e in _events(cli, original) if isinstance(e, ev.SolveRequested)]
     assert requested.rerun_of == original and requested.definition == recorded.definition
     assert "no-such-build" in cli.run("build", "--rerun", "no-such-build", expect=1).stderr
+
+
+def test_an_embedded_rerun_keeps_the_recorded_outputs_and_cache_export(
+    cli: Cli, rootfs: Path, tmp_path: Path
+) -> None:
+    data, definition = copy_build(tmp_path)
+    out, store = tmp_path / "one", tmp_path / "cache"
+    first = cli.run(
+        *("build", "--llb", str(definition), "--local", f"rootfs={rootfs}", "--local", f"data={data}"),
+        *("--output", f"type=local,dest={out}", "--export-cache", f"type=local,dest={store}"),
+    )
+    original = _ref_of(first.stderr)
+    [recorded] = [e for e in _events(cli, original) if isinstance(e, ev.SolveRequested)]
+    assert [dict(e) for e in recorded.exporters] == [{"type": "local", "dest": str(out)}]
+    assert [dict(c) for c in recorded.cache_exports] == [{"type": "local", "dest": str(store)}]
+    shutil.rmtree(out)
+    shutil.rmtree(store)
+
+    again = cli.run("build", "--rerun", original)  # no --output: the recorded ones
+    assert (out / "copied").read_text() == "recorded\n"
+    assert (store / "index.json").is_file()
+    [requested] = [e for e in _events(cli, _ref_of(again.stderr)) if isinstance(e, ev.SolveRequested)]
+    assert requested.exporters == recorded.exporters and requested.cache_exports == recorded.cache_exports
 
 
 def test_an_embedded_rerun_from_failure_starts_at_the_failed_step(
