@@ -108,7 +108,7 @@ def run_build(
     from buildsvc.solver.engine import SolveRequest
 
     ref = build_ref or uuid.uuid4().hex[:25]
-    actor = _actor()
+    actor = local_actor()
 
     def export(result: ResultRef | None) -> Mapping[str, str]:
         exports = cache.exports if cache is not None else ()
@@ -145,10 +145,6 @@ def run_build(
         if cache is not None:
             import_caches(engine, ref, cache.imports, actor=actor)
         return engine.solver.solve(request, export=export)
-
-
-def _actor() -> str:
-    return local_actor()
 
 
 def run_remote_build(
@@ -195,7 +191,7 @@ def run_remote_build(
         frontend_attrs=dict(frontend_attrs or {}),
         exporters=tuple(_for_daemon(outputs)),  # written here from what the daemon stages
         local_dirs={name: path.resolve() for name, path in local_dirs.items()},
-        actor=_actor(),
+        actor=local_actor(),
         local_contexts=dict(local_contexts or {}),
         cache_exports=tuple(_absolute(c, "dest", "store") for c in cache_exports),
         cache_imports=tuple(_absolute(c, "src", "store") for c in cache_imports),
@@ -432,7 +428,7 @@ def build(
                 build_ref=build_ref,
                 frontend=frontend or "",
                 frontend_attrs=frontend_attrs,
-                actor=_actor(),
+                actor=local_actor(),
                 cache_exports=[_absolute(c, "dest", "store") for c in cache_exports],
                 cache_imports=[_absolute(c, "src", "store") for c in cache_imports],
             )
@@ -484,7 +480,7 @@ def build(
                 build_ref=build_ref,
                 frontend=frontend or "",
                 frontend_attrs=frontend_attrs,
-                actor=_actor(),
+                actor=local_actor(),
                 cache=cache,
             )
             _write_metadata(metadata_file, ref, response)

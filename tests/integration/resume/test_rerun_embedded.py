@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,11 @@ from buildsvc.events.codec import Event
 from buildsvc.solver import llb
 from tests.integration.api.conftest import rootfs
 from tests.integration.resume.test_rerun import _ref_of, copy_build
-from tests.integration.test_cli import Cli
+from tests.integration.test_cli import Cli, cli
 
-__all__ = ["rootfs"]
+__all__ = ["cli", "rootfs"]  # fixtures
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-@pytest.fixture
-def cli(db_url: str, tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(db_url, tmp_path / "root")
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def _events(cli: Cli, ref: str) -> list[Event]:
