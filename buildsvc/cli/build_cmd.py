@@ -21,9 +21,10 @@ import click
 from buildsvc.api.client import Client
 from buildsvc.api.errors import DaemonUnavailable
 from buildsvc.api.model import SolveOptions
+from buildsvc.api.peercred import local_actor
 from buildsvc.attrs import parse_kv
 from buildsvc.cache.options import legacy_export, legacy_import
-from buildsvc.cli.common import local_actor, open_from
+from buildsvc.cli.common import open_from
 from buildsvc.cli.local_contexts import send_local_dirs
 from buildsvc.cli.progress import PROGRESS_CHOICES, make_printer, printing_progress
 from buildsvc.cli.remote import connect_from

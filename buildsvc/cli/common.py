@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import getpass
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +26,6 @@ __all__ = [
     "Options",
     "console",
     "echo_json",
-    "local_actor",
     "open_db_from",
     "open_from",
     "print_table",
@@ -94,11 +91,6 @@ def open_db_from(ctx: click.Context) -> Database:
     )
     ctx.call_on_close(db.dispose)
     return db
-
-
-def local_actor() -> str:
-    """Who an embedded command's events are for: the user running it (no transport proves more)."""
-    return os.environ.get("USER") or getpass.getuser()
 
 
 def _plain(value: Any) -> Any:

@@ -16,9 +16,10 @@ from typing import Any
 
 import click
 
+from buildsvc.api.peercred import local_actor
 from buildsvc.api.updates import status_update
 from buildsvc.cli.attach import follow_build, result_of
-from buildsvc.cli.common import FORMAT_OPTION, console, echo_json, local_actor, open_from, print_table
+from buildsvc.cli.common import FORMAT_OPTION, console, echo_json, open_from, print_table
 from buildsvc.cli.debug_cmd import debug
 from buildsvc.cli.log_source import LogSource, log_source
 from buildsvc.cli.progress import PlainProgress

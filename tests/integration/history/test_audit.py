@@ -29,8 +29,9 @@ from tests.integration.resume.test_resume import (
     wait_ended,
     wait_for,
 )
+from tests.integration.test_cli import Cli, cli
 
-__all__ = ["daemons"]
+__all__ = ["cli", "daemons"]  # fixtures
 
 NOBODY = 65534
 
@@ -144,3 +145,27 @@ def test_every_event_of_a_daemons_log_has_an_actor(daemons: Daemons, rootfs: Pat
         assert expected.type_name in types, expected
     anonymous = [f"@{s.position} {s.type} in {s.stream_id}" for s in log if not s.actor]
     assert anonymous == [], anonymous
+
+
+def test_embedded_commands_record_the_identity_a_daemon_would(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    """With no daemon the process is its own client: its events name its uid and gid as the daemon
+    names a unix peer's, so "who built this" reads the same whichever way a build ran."""
+    step = llb.local("rootfs").run(["sh", "-c", f": {uuid.uuid4().hex}; echo made > /made"], name="RUN made")
+    definition = tmp_path / "build.json"
+    definition.write_text(step.root().marshal().to_json(indent=None))
+    cli.run("build", "--llb", str(definition), "--local", f"rootfs={rootfs}", "--ref", "embedded")
+    cli.run("history", "pin", "embedded")
+    cli.run("prune", "--all")
+
+    state = open_state(cli.root, cli.db_url, migrate=False)
+    try:
+        log = list(state.store.read_all())
+    finally:
+        state.close()
+    types = {s.type for s in log}
+    for expected in (ev.SolveCompleted, ev.BuildHistoryPinned, ev.SnapshotRemoved):
+        assert expected.type_name in types, expected
+    # The engine's own lifecycle (started, workers, stopped) is the engine's; all else is the user's.
+    lifecycle = {t.type_name for t in (ev.DaemonStarted, ev.WorkerRegistered, ev.DaemonStopped)}
+    assert {s.actor for s in log if s.type in lifecycle} == {"daemon"}
+    assert {s.actor for s in log if s.type not in lifecycle} == {"uid=0 gid=0 (root)"}

@@ -74,7 +74,7 @@ def test_a_daemon_build_loads_only_what_its_options_use(progress: str) -> None:
         "import buildsvc.cli.main, buildsvc.cli.build_cmd as b, buildsvc.cli.progress as p\n"
         f"p.make_printer({progress!r})\n"
         "assert b._outputs([]) == [] and b._for_daemon([]) == []\n"
-        "import buildsvc.cli.common as c; c.local_actor()"
+        "import buildsvc.api.peercred as a; a.local_actor()"
     )
     assert sorted(loaded & set(BUILD_CLIENT_EXTRAS)) == []
     top = {name.partition(".")[0] for name in loaded}
