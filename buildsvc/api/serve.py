@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,15 +56,20 @@ def _unix_listen(server: grpc.Server, address: Address) -> PeerCredRelay:
             probe.close()
 
     def bind_public(listener: socket.socket) -> None:
-        # The umask makes the socket 0660 from the moment it exists, not after a chmod.
-        old = os.umask(0o117)
+        # Bound in a private directory, made 0660 there and only then renamed into place: nobody can
+        # reach it before its mode is right, and the process umask (shared by every thread) is left alone.
         try:
-            listener.bind(str(path))
+            private = Path(tempfile.mkdtemp(prefix=".buildsvc-bind-", dir=path.parent))
+        except OSError as e:
+            raise InvalidInput(f"cannot listen on {path}: {e}") from e
+        try:
+            listener.bind(str(private / "sock"))
+            os.chmod(private / "sock", SOCKET_MODE)
+            os.rename(private / "sock", path)
         except OSError as e:
             raise InvalidInput(f"cannot listen on {path}: {e}") from e
         finally:
-            os.umask(old)
-        os.chmod(path, SOCKET_MODE)
+            shutil.rmtree(private, ignore_errors=True)
 
     # gRPC cannot tell who connected to a unix socket: a relay that reads SO_PEERCRED owns the public
     # socket and gRPC listens on a private one behind it (see ``peercred``).
