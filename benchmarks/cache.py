@@ -16,8 +16,9 @@ measured in the same run on the same bytes:
    verified, unpacked and recorded when the solve hits it; every step must hit) -- against ``cp -r``;
 4. registry export to Debian's ``docker-registry`` on loopback -- against an httpx client pushing the
    same blob files (POST + PUT each) to another repository;
-5. registry import into a fresh state, then the rebuild (fetched, verified and unpacked on each hit)
-   -- against httpx GETs of the same blobs.
+5. registry import into a fresh state, then the rebuild (each layer streamed from the registry into
+   its snapshot on a hit, hashed as it arrives) -- against httpx GETs of the same blobs into files,
+   hashed as they arrive and kept until the clock stops (as ``cp -r`` keeps its copy).
 
 Each figure is run ``--repeat`` times, each run right after its baseline's (the machines are shared:
 interleaving keeps a burst of load from landing on one side only); medians are printed. A cold
@@ -92,20 +93,33 @@ def httpx_push(host: str, repo: str, blobs: list[Path]) -> None:
             done.raise_for_status()
 
 
-def httpx_pull(host: str, repo: str, blobs: list[Path], work: Path) -> None:
-    with httpx.Client(base_url=f"http://{host}", timeout=300) as http:
-        for blob in blobs:
-            sha = hashlib.sha256()
-            with (
-                http.stream("GET", f"/v2/{repo}/blobs/sha256:{blob.name}") as r,
-                (work / blob.name).open("wb") as f,
-            ):
-                r.raise_for_status()
-                for chunk in r.iter_bytes(1 << 20):
-                    sha.update(chunk)
-                    f.write(chunk)
-            assert sha.hexdigest() == blob.name
-            (work / blob.name).unlink()
+def httpx_pull(host: str, repo: str, blobs: list[Path], work: Path) -> float:
+    """Seconds to GET the blobs into files, each hashed as it arrives (what a verified pull does).
+
+    The files are kept until the clock stops, as ``cp -r`` keeps its copy: deleting each right after
+    writing it would let the kernel drop the bytes before they reach the disk, a write no import
+    can make.
+    """
+    dest = work / f"pull-{time.monotonic_ns()}"
+    dest.mkdir()
+
+    def pull() -> None:
+        with httpx.Client(base_url=f"http://{host}", timeout=300) as http:
+            for blob in blobs:
+                sha = hashlib.sha256()
+                with (
+                    http.stream("GET", f"/v2/{repo}/blobs/sha256:{blob.name}") as r,
+                    (dest / blob.name).open("wb") as f,
+                ):
+                    r.raise_for_status()
+                    for chunk in r.iter_bytes(1 << 20):
+                        sha.update(chunk)
+                        f.write(chunk)
+                assert sha.hexdigest() == blob.name
+
+    seconds = timed(pull)
+    shutil.rmtree(dest)
+    return seconds
 
 
 def rebuild(engine: Engine, ref: str, attrs: dict[str, str], definition: Definition, rootfs: Path) -> None:
@@ -235,7 +249,7 @@ def main() -> None:
                             "registry.insecure": "true",
                         },
                         "httpx pull",
-                        lambda: timed(lambda: httpx_pull(registry.host, "bench/raw", blobs, work)),
+                        lambda: httpx_pull(registry.host, "bench/raw", blobs, work),
                     ),
                 ]
                 for kind, attrs, base_name, baseline in imports:

@@ -26,6 +26,7 @@ the image exporter (:func:`inline_cache_for` gives it the record) and only recor
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -63,7 +64,7 @@ from buildsvc.solver.engine import ResultRef
 from buildsvc.solver.worker import SnapshotKind
 from buildsvc.solver.worker import Worker as SolverWorker
 from buildsvc.sources import RegistryClient, apply_layer
-from buildsvc.sources.errors import DigestMismatch, InvalidImage
+from buildsvc.sources.errors import DigestMismatch, InvalidImage, RegistryError
 from buildsvc.sources.unpack import WhiteoutMode
 
 if TYPE_CHECKING:  # the engine imports the solver, SQLAlchemy...: not for a client
@@ -416,19 +417,52 @@ def _unpack_chain(
         with _lock(f"{worker.info.name}/{layer.key}"):
             if _committed(worker, layer.key):
                 continue
-            blob = source.blob(layer.blob, layer.size, work, layer.diff_id)
-            moved += blob.read
-            try:
-                verified = blob.verified and layer.blob == layer.diff_id
-                _unpack_layer(worker, layer, blob.path, verified, changed=blob.changed)
-            except (DigestMismatch, InvalidImage) as e:
-                if not blob.check_on_unpack:
-                    raise
-                # The unpack was the blob's digest check (see LocalSource.blob): it failed, the
-                # layer was discarded, and the blob is what is wrong.
-                raise CacheConfigError(str(source.where), f"layer blob {layer.blob} is corrupt ({e})") from e
+            moved += _unpack_from(worker, source, layer, work)
             made.append(layer)
     return moved, sum(layer.size for layer in chain)
+
+
+def _unpack_from(worker: SolverWorker, source: _Source, layer: ImportLayer, work: Path) -> int:
+    """Unpack one layer from ``source`` as snapshot ``layer.key``: the bytes read for it."""
+    try:
+        if isinstance(source, RegistrySource) and not source.content.has(layer.blob):
+            # Straight from the download into the snapshot: the bytes are written once. A download
+            # that breaks off leaves nothing (its snapshot is discarded) and is fetched again below,
+            # with the client's retries.
+            try:
+                fill = functools.partial(source.unpack_streamed, layer.blob, layer.size, layer.diff_id)
+                _unpack_layer(worker, layer, fill)
+                return layer.size
+            except RegistryError as e:
+                if e.status is not None:
+                    raise  # the registry said no: asking again would hear the same
+        blob = source.blob(layer.blob, layer.size, work, layer.diff_id)
+        verified = blob.verified and layer.blob == layer.diff_id
+        _unpack_layer(worker, layer, _from_file(layer, blob.path, verified), changed=blob.changed)
+        return blob.read
+    except (DigestMismatch, InvalidImage) as e:
+        # The unpack was the blob's digest check (a download hashed as it was unpacked, or a plain
+        # tar read in place, see LocalSource.blob): it failed, the layer was discarded, and the
+        # blob is what is wrong.
+        raise CacheConfigError(str(source.where), f"layer blob {layer.blob} is corrupt ({e})") from e
+
+
+def _from_file(layer: ImportLayer, blob: Path, verified: bool) -> Callable[[str, WhiteoutMode], None]:
+    """Fill a snapshot directory from a blob file; ``verified``: hashed to its digest already, so a
+    plain tar is not hashed again.
+    """
+
+    def fill(target: str, mode: WhiteoutMode) -> None:
+        apply_layer(
+            str(blob),
+            target,
+            mode=mode,
+            layer=layer.blob,
+            expected_diff_id=layer.diff_id,
+            verified_diff_id=layer.diff_id if verified else None,
+        )
+
+    return fill
 
 
 def _lock(key: str) -> threading.Lock:
@@ -454,15 +488,12 @@ class _HasUpperDir(Protocol):
 def _unpack_layer(
     worker: SolverWorker,
     layer: ImportLayer,
-    blob: Path,
-    verified: bool = False,
+    fill: Callable[[str, WhiteoutMode], None],
     *,
     changed: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Unpack one layer as snapshot ``layer.key``; ``changed`` is asked before it is committed.
-
-    ``verified``: the blob was hashed to its digest before (then ``changed`` says whether the file
-    is still what was hashed): a plain tar's unpack need not hash it again.
+    """Unpack one layer as snapshot ``layer.key`` with ``fill`` (directory, whiteout mode);
+    ``changed`` is asked before it is committed. Whatever ``fill`` raises, the snapshot is discarded.
     """
     snapshotter = worker.snapshotter
     active = f"{layer.key}.import-{uuid.uuid4().hex[:12]}"
@@ -471,28 +502,15 @@ def _unpack_layer(
         if isinstance(snapshotter, _HasUpperDir):
             # Straight into the upper directory, no mount: overlay whiteouts over a parent; a
             # bottom layer has nothing below to hide, so its whiteouts are carried out instead.
-            apply_layer(
-                str(blob),
-                snapshotter.upper_dir(active),
-                mode=WhiteoutMode.OVERLAY if layer.parent else WhiteoutMode.DELETE,
-                layer=layer.blob,
-                expected_diff_id=layer.diff_id,
-                verified_diff_id=layer.diff_id if verified else None,
-            )
+            fill(snapshotter.upper_dir(active), WhiteoutMode.OVERLAY if layer.parent else WhiteoutMode.DELETE)
         else:
             target = snapshotter.mount(active)
             try:
-                apply_layer(
-                    str(blob),
-                    target.path,
-                    mode=WhiteoutMode.DELETE,
-                    layer=layer.blob,
-                    expected_diff_id=layer.diff_id,
-                )
+                fill(target.path, WhiteoutMode.DELETE)
             finally:
                 snapshotter.unmount(active)
         if changed():
-            raise CacheConfigError(str(blob), f"layer blob {layer.blob} changed while it was unpacked")
+            raise CacheConfigError(layer.blob, f"layer blob {layer.blob} changed while it was unpacked")
         try:
             snapshotter.commit(layer.key, active)
         except Conflict:

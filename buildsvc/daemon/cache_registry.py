@@ -20,8 +20,10 @@ from buildsvc.cache.manifest import parse_root
 from buildsvc.daemon.registry_push import file_chunks
 from buildsvc.errors import InvalidInput
 from buildsvc.sources import ContentStore, Descriptor, RegistryClient, parse_reference
+from buildsvc.sources.errors import DigestMismatch
 from buildsvc.sources.manifests import sha256_digest
 from buildsvc.sources.reference import Reference
+from buildsvc.sources.unpack import WhiteoutMode, apply_layer_stream
 
 __all__ = ["RegistrySource", "RegistryTarget", "cache_reference"]
 
@@ -90,6 +92,23 @@ class RegistrySource:
 
     def prefetch_after(self, key: str, present: Callable[[str], bool]) -> None:
         """Nothing: a registry blob is fetched when a hit needs it (fetching ahead is a download)."""
+
+    def unpack_streamed(self, digest: str, size: int, diff_id: str, target: str, mode: WhiteoutMode) -> None:
+        """Download the layer blob straight into ``target``, never stored: its bytes are hashed and
+        unpacked as they arrive, so they are written once (for a blob not in the content store).
+
+        ``DigestMismatch`` when the blob or its content is not what ``digest``/``diff_id`` say, and
+        ``RegistryError`` when the download fails or breaks off: either way after part of it may have
+        been applied, so the caller discards ``target``.
+        """
+        with self.client.open_blob(self.ref, self._desc(digest, size)) as stream:
+            _, actual, got = apply_layer_stream(
+                stream, target, mode=mode, layer=digest, expected_diff_id=diff_id
+            )
+        if actual != digest or got != size:
+            raise DigestMismatch(
+                f"blob {digest} of {self.ref}", f"{digest} ({size} bytes)", f"{actual} ({got} bytes)"
+            )
 
     def blob(self, digest: str, size: int, work: Path, diff_id: str = "") -> BlobAccess:
         """The layer blob, fetched into the content store when missing (verified as it is written).

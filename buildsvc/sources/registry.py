@@ -19,6 +19,7 @@ import base64
 import ipaddress
 import re
 from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -148,6 +149,30 @@ class RegistryClient:
 
         return self._retry(url, attempt)
 
+    @contextmanager
+    def open_blob(self, ref: Reference, desc: Descriptor) -> Iterator[_ResponseReader]:
+        """The blob's bytes as a stream, to consume once as they arrive (nothing stored, unverified:
+        the reader hashes nothing, the consumer checks the digest). Only the response's start is
+        retried; a body that breaks off raises ``RegistryError`` and the caller starts over.
+        """
+        url = self._url(ref, f"blobs/{desc.digest}")
+
+        def attempt() -> httpx.Response:
+            response = self._http.send(self._http.build_request("GET", url), stream=True)
+            if response.status_code != 200:
+                try:
+                    response.read()
+                    self._check(response, ref, f"blob {desc.digest}")
+                finally:
+                    response.close()
+            return response
+
+        response = self._retry(url, attempt)
+        try:
+            yield _ResponseReader(response.iter_bytes(_CHUNK), url)
+        finally:
+            response.close()
+
     def blob_exists(self, ref: Reference, digest: str) -> bool:
         """Whether the repository of ``ref`` has the blob ``digest``."""
         url = self._url(ref, f"blobs/{digest}")
@@ -269,6 +294,32 @@ class RegistryClient:
                 hint = " (the registry seems to serve plain HTTP: "
                 hint += "start the daemon with --insecure-registry HOST)"
             raise RegistryError(url, None, f"{type(e).__name__}: {e}{hint}") from e
+
+
+class _ResponseReader:
+    """A file-like ``read`` over a response body's chunks (what tarfile and the decompressors take)."""
+
+    def __init__(self, chunks: Iterator[bytes], url: str) -> None:
+        self._chunks = chunks
+        self._url = url
+        self._buffer = b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            try:
+                chunk = next(self._chunks, b"")
+            except httpx.HTTPError as e:
+                raise RegistryError(
+                    self._url, None, f"the download broke off: {type(e).__name__}: {e}"
+                ) from e
+            if not chunk:
+                break
+            self._buffer = chunk if not self._buffer else self._buffer + chunk
+        if size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
 
 
 def is_loopback(host: str) -> bool:

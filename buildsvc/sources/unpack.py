@@ -31,6 +31,8 @@ import shutil
 import stat
 import tarfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, BinaryIO, Protocol, cast
@@ -73,11 +75,12 @@ class _Readable(Protocol):
 
 
 class _HashingReader(io.RawIOBase):
-    """Hashes every byte tarfile reads, so the diff id costs no second pass."""
+    """Hashes and counts every byte read through it, so a digest costs no second pass."""
 
     def __init__(self, inner: _Readable) -> None:
         self._inner = inner
         self._hash = hashlib.sha256()
+        self.size = 0
 
     def readable(self) -> bool:
         return True
@@ -85,18 +88,15 @@ class _HashingReader(io.RawIOBase):
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         data = self._inner.read(len(buffer))
         self._hash.update(data)
+        self.size += len(data)
         buffer[: len(data)] = data
         return len(data)
 
     def drain(self) -> None:
-        # Tar's trailing zero blocks are part of the diff id but tarfile stops before them.
-        while self._inner_read():
-            pass
-
-    def _inner_read(self) -> bool:
-        data = self._inner.read(_CHUNK)
-        self._hash.update(data)
-        return bool(data)
+        # Tar's trailing zero blocks are part of the digest but tarfile stops before them.
+        while data := self._inner.read(_CHUNK):
+            self._hash.update(data)
+            self.size += len(data)
 
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
@@ -122,21 +122,70 @@ def apply_layer(
     label = layer or os.path.basename(blob_path)
     with open(blob_path, "rb") as raw:
         applier = _Applier(os.path.realpath(target), mode, label)
-        compressed = _is_compressed(raw)
-        try:
-            if compressed:
-                reader = _HashingReader(_decompressed(raw))
-                # A 1 MiB stream buffer: tarfile's default moves data in 10 KiB records.
-                with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|", bufsize=_CHUNK) as tar:
-                    for member in tar:
-                        applier.apply(member, tar)
-                reader.drain()
-                diff_id = reader.digest()
+        head = raw.read(4)
+        raw.seek(0)
+        with _readable_tar(label):
+            if _is_compressed(head):
+                diff_id = _apply_stream(raw, head, applier)
             else:
                 diff_id = _apply_plain(raw, blob_path, applier, verified_diff_id)
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zstandard.ZstdError) as e:
-            raise InvalidImage(label, f"layer is not a readable tar stream: {e}") from e
         applier.finish()
+    return _result(applier, label, diff_id, expected_diff_id)
+
+
+def apply_layer_stream(
+    stream: _Readable,
+    target: str,
+    *,
+    mode: WhiteoutMode,
+    layer: str,
+    expected_diff_id: str | None = None,
+) -> tuple[UnpackResult, str, int]:
+    """Apply a layer blob read once from ``stream`` (a download) onto ``target``, never stored.
+
+    Returns the result and the blob's own digest and size, hashed as it was read (every byte, the
+    tar's trailing blocks included): the caller compares them with what it expected and discards
+    ``target`` when they differ, as it does for a diff id mismatch (raised here).
+    """
+    raw = _HashingReader(stream)
+    applier = _Applier(os.path.realpath(target), mode, layer)
+    head = raw.read(4)
+    with _readable_tar(layer):
+        if _is_compressed(head):
+            diff_id = _apply_stream(_Prefixed(head, raw), head, applier)
+        else:
+            with tarfile.open(
+                fileobj=cast(IO[bytes], _Prefixed(head, raw)), mode="r|", bufsize=_CHUNK
+            ) as tar:
+                for member in tar:
+                    applier.apply(member, tar)
+            diff_id = ""  # a plain tar's diff id is the blob's digest: known once drained
+    applier.finish()
+    raw.drain()
+    digest = raw.digest()
+    return _result(applier, layer, diff_id or digest, expected_diff_id), digest, raw.size
+
+
+@contextmanager
+def _readable_tar(label: str) -> Iterator[None]:
+    try:
+        yield
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zstandard.ZstdError) as e:
+        raise InvalidImage(label, f"layer is not a readable tar stream: {e}") from e
+
+
+def _apply_stream(raw: _Readable, head: bytes, applier: _Applier) -> str:
+    """A compressed tar, read in order: the decompressed bytes hashed as tarfile reads them."""
+    reader = _HashingReader(_decompressed(raw, head))
+    # A 1 MiB stream buffer: tarfile's default moves data in 10 KiB records.
+    with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|", bufsize=_CHUNK) as tar:
+        for member in tar:
+            applier.apply(member, tar)
+    reader.drain()
+    return reader.digest()
+
+
+def _result(applier: _Applier, label: str, diff_id: str, expected_diff_id: str | None) -> UnpackResult:
     if expected_diff_id is not None and diff_id != expected_diff_id:
         raise DigestMismatch(f"uncompressed layer {label}", expected_diff_id, diff_id)
     return UnpackResult(diff_id=diff_id, entries=applier.entries, skipped_devices=applier.skipped_devices)
@@ -176,21 +225,32 @@ def _apply_plain(raw: BinaryIO, blob_path: str, applier: _Applier, verified: str
     return digest[0]
 
 
-def _is_compressed(raw: BinaryIO) -> bool:
-    head = raw.read(4)
-    raw.seek(0)
-    return head[:2] == _GZIP_MAGIC or head == _ZSTD_MAGIC
+def _is_compressed(head: bytes) -> bool:
+    return head[:2] == _GZIP_MAGIC or head[:4] == _ZSTD_MAGIC
 
 
-def _decompressed(raw: BinaryIO) -> _Readable:
+def _decompressed(raw: _Readable, head: bytes) -> _Readable:
     # Sniff rather than trust the media type: Docker schema2 says gzip even for plain tars.
-    head = raw.read(4)
-    raw.seek(0)
     if head[:2] == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    if head == _ZSTD_MAGIC:
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-    return raw
+        return gzip.GzipFile(fileobj=cast(IO[bytes], raw), mode="rb")
+    return zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], raw), read_across_frames=True)
+
+
+class _Prefixed:
+    """``stream`` with ``head`` (already read from it, to sniff the format) put back in front."""
+
+    def __init__(self, head: bytes, stream: _Readable) -> None:
+        self._head = head
+        self._stream = stream
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._head:
+            return self._stream.read(size)
+        if 0 <= size <= len(self._head):
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        data, self._head = self._head, b""
+        return data + self._stream.read(size - len(data) if size >= 0 else -1)
 
 
 class _Applier:

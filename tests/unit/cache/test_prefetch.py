@@ -20,7 +20,7 @@ from buildsvc.cache.export import PlannedRecord, write_cache
 from buildsvc.cache.imports import ImportLayer
 from buildsvc.cache.layers import LayerBlob, write_layer
 from buildsvc.cache.local import LocalSource, LocalTarget
-from buildsvc.daemon.cache_exports import _unpack_layer
+from buildsvc.daemon.cache_exports import _from_file, _unpack_layer
 from buildsvc.errors import NotFound
 from buildsvc.executors.native import NativeSnapshotter
 from buildsvc.solver.worker import Change, ChangeKind
@@ -112,9 +112,9 @@ def test_a_layer_whose_blob_changed_while_unpacked_is_not_committed(tmp_path: Pa
     worker = SimpleNamespace(snapshotter=NativeSnapshotter(str(tmp_path / "snapshots")))
     blob = source.blob(bottom.blob, bottom.size, tmp_path, bottom.diff_id)
     with pytest.raises(CacheConfigError, match="changed while it was unpacked"):
-        _unpack_layer(worker, bottom, blob.path, changed=lambda: True)
+        _unpack_layer(worker, bottom, _from_file(bottom, blob.path, blob.verified), changed=lambda: True)
     with pytest.raises(NotFound):
         worker.snapshotter.stat(bottom.key)
     assert worker.snapshotter.list() == []
-    _unpack_layer(worker, bottom, blob.path, changed=blob.changed)
+    _unpack_layer(worker, bottom, _from_file(bottom, blob.path, blob.verified), changed=blob.changed)
     assert worker.snapshotter.stat(bottom.key).parent is None
