@@ -77,6 +77,10 @@ ensure_venv() {
             die "pip install -e '.[dev]' failed"
         echo "$sum" >"$PYPROJECT_STAMP"
     fi
+    # An editable install has no bytecode, and with PYTHONDONTWRITEBYTECODE set (as on some machines)
+    # Python never writes it: every command would compile the package again (~0.2 s a process). A
+    # wheel install compiles at install time; so do we (only what changed since the last time).
+    "$VENV/bin/python" -m compileall -q buildsvc >/dev/null || die "python -m compileall buildsvc failed"
     export VIRTUAL_ENV="$VENV"
     export PATH="$VENV/bin:$PATH"
 }

@@ -8,16 +8,20 @@ the other then finds the schema current.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from buildsvc.events.database import Database
 
-__all__ = ["current_revision", "downgrade", "head_revision", "migrations_dir", "upgrade"]
+if TYPE_CHECKING:  # alembic (with mako) costs ~0.13 s to import: only when a migration runs
+    from alembic.config import Config
+
+__all__ = ["HEAD", "current_revision", "downgrade", "head_revision", "migrations_dir", "upgrade"]
+
+HEAD = "0003"
+"""The newest revision under ``migrations/versions`` (a test checks it against alembic's own head):
+opening a database at it needs no alembic."""
 
 _MIGRATION_LOCK_KEY = 0x6275696C646D6967  # "buildmig"
 
@@ -32,6 +36,8 @@ def migrations_dir() -> Path:
 
 
 def _config() -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     return cfg
@@ -39,6 +45,8 @@ def _config() -> Config:
 
 def head_revision() -> str:
     """The newest revision this version of buildsvc ships."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_config()).get_current_head()
     assert head is not None
     return head
@@ -46,6 +54,7 @@ def head_revision() -> str:
 
 def current_revision(db: Database) -> str | None:
     """The revision the database is at (None for an empty database)."""
+    from alembic.runtime.migration import MigrationContext
 
     def once() -> str | None:
         with db.engine.connect() as conn:
@@ -56,18 +65,37 @@ def current_revision(db: Database) -> str | None:
 
 def upgrade(db: Database, revision: str = "head") -> None:
     """Bring the schema up to ``revision``."""
+    from alembic import command
+
     _run(db, lambda cfg: command.upgrade(cfg, revision))
 
 
 def downgrade(db: Database, revision: str) -> None:
     """Take the schema down to ``revision`` (``base`` drops everything)."""
+    from alembic import command
+
     _run(db, lambda cfg: command.downgrade(cfg, revision))
 
 
 def ensure_current(db: Database) -> None:
-    """Upgrade to head unless the database is already there (the cheap check first)."""
-    if current_revision(db) != head_revision():
+    """Upgrade to head unless the database is already there (the cheap check first: one query of
+    alembic's version table, without importing alembic).
+    """
+    if _recorded_revision(db) != HEAD:
         upgrade(db)
+
+
+def _recorded_revision(db: Database) -> str | None:
+    """What ``alembic_version`` says, read with plain SQL (None when the table is not there yet)."""
+
+    def once() -> str | None:
+        with db.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            rows = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+        return rows[0] if len(rows) == 1 else None  # several heads: let alembic sort it out
+
+    return db.run(once, what="read the schema revision")
 
 
 def _run(db: Database, action: object) -> None:
