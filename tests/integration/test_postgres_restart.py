@@ -12,9 +12,7 @@ Each test runs against a :class:`ThrowawayCluster` (a server of our own that we 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import socket
 import threading
 import time
 import uuid
@@ -33,7 +31,8 @@ from buildsvc.events.database import Database, RetryPolicy, open_database
 from buildsvc.events.envelope import NewEvent
 from buildsvc.events.sql_store import SqlEventStore
 from buildsvc.events.verify import verify_events
-from tests.support.pgcluster import ThrowawayCluster, free_port
+from tests.support.cutting_proxy import CuttingProxy
+from tests.support.pgcluster import ThrowawayCluster
 
 pytestmark = pytest.mark.postgres
 
@@ -224,88 +223,13 @@ def test_an_outage_longer_than_the_retry_bound_fails_naming_the_database_then_re
         db.dispose()
 
 
-class CommitDroppingProxy:
-    """A TCP proxy in front of the server that, when armed, lets the next COMMIT through but cuts the
-    connection before the server's answer reaches the client: the commit happened, its ack was lost.
-    """
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = free_port()
-        self.armed = threading.Event()
-        self.cuts = 0
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._listener.settimeout(0.2)
-        self._closed = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._sockets: list[socket.socket] = []
-        self._spawn(self._accept)
-
-    def _spawn(self, target: object, *args: object) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        self._threads.append(t)
-        t.start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._sockets += [client, server]
-            cut = threading.Event()
-            self._spawn(self._client_to_server, client, server, cut)
-            self._spawn(self._server_to_client, server, client, cut)
-
-    def _client_to_server(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
-        try:
-            while data := client.recv(65536):
-                if self.armed.is_set() and b"COMMIT" in data:
-                    self.armed.clear()
-                    cut.set()  # before forwarding: the answer to this COMMIT must not get back
-                server.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _shutdown(server)
-
-    def _server_to_client(self, server: socket.socket, client: socket.socket, cut: threading.Event) -> None:
-        try:
-            while data := server.recv(65536):
-                if cut.is_set():
-                    # The server has answered the COMMIT, so it is durable; the client never hears it.
-                    self.cuts += 1
-                    break
-                client.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _shutdown(client)
-            _shutdown(server)
-
-    def close(self) -> None:
-        self._closed.set()
-        self._listener.close()
-        for s in self._sockets:
-            _shutdown(s)
-            s.close()
-        for t in self._threads:
-            t.join(timeout=5)
-
-
-def _shutdown(s: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        s.shutdown(socket.SHUT_RDWR)
-
-
 def test_a_commit_whose_acknowledgement_is_lost_is_not_duplicated_by_the_retry(
     cluster: ThrowawayCluster, database: tuple[str, Database]
 ) -> None:
     url, _ = database
-    proxy = CommitDroppingProxy(cluster.port)
+    # Lets the next COMMIT through once armed, then cuts the connection before the server's answer
+    # reaches the client: the commit happened, its ack was lost.
+    proxy = CuttingProxy(cluster.port, b"COMMIT", armed=False)
     proxied = url.replace(f":{cluster.port}/", f":{proxy.port}/")
     db = open_database(proxied, retry=RetryPolicy(max_delay=10))
     try:

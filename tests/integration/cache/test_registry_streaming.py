@@ -94,7 +94,7 @@ def test_a_download_that_breaks_off_is_fetched_again_and_hits(
     llb_file, victim, layers = _export_both(cli, rootfs, tmp_path, f"{registry.host}/cache/app:max")
     # The same registry through a proxy that cuts the victim's first download after its headers
     # and a few hundred bytes of the body.
-    proxy = CuttingProxy(registry.host, victim.encode(), keep=900)
+    proxy = CuttingProxy(int(registry.host.rsplit(":", 1)[1]), victim.encode(), keep=900)
     proxies.append(proxy)
 
     fresh = fresh_cli()

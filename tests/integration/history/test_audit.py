@@ -16,6 +16,8 @@ from buildsvc.api.model import SolveOptions
 from buildsvc.api.serve import TlsFiles
 from buildsvc.daemon.state import open_state
 from buildsvc.events import catalog as ev
+from buildsvc.events.codec import Event
+from buildsvc.events.envelope import StoredEvent
 from buildsvc.solver import llb
 from tests.integration.api.conftest import Daemon, Daemons, daemons
 from tests.integration.api.test_listen import _certificates, _free_port
@@ -135,14 +137,8 @@ def test_every_event_of_a_daemons_log_has_an_actor(daemons: Daemons, rootfs: Pat
     d2 = restart(daemons, d)
     assert isinstance(wait_ended(d2, slow.ref), ev.SolveCompleted)
 
-    state = open_state(d2.root, d2.db_url, migrate=False)
-    try:
-        log = list(state.store.read_all())
-    finally:
-        state.close()
-    types = {s.type for s in log}
-    for expected in (ev.CacheExportCompleted, ev.BuildDebugged, ev.BuildHistoryDeleted, ev.VertexInterrupted):
-        assert expected.type_name in types, expected
+    log = _whole_log(d2.root, d2.db_url)
+    _assert_has(log, ev.CacheExportCompleted, ev.BuildDebugged, ev.BuildHistoryDeleted, ev.VertexInterrupted)
     anonymous = [f"@{s.position} {s.type} in {s.stream_id}" for s in log if not s.actor]
     assert anonymous == [], anonymous
 
@@ -157,15 +153,23 @@ def test_embedded_commands_record_the_identity_a_daemon_would(cli: Cli, rootfs: 
     cli.run("history", "pin", "embedded")
     cli.run("prune", "--all")
 
-    state = open_state(cli.root, cli.db_url, migrate=False)
-    try:
-        log = list(state.store.read_all())
-    finally:
-        state.close()
-    types = {s.type for s in log}
-    for expected in (ev.SolveCompleted, ev.BuildHistoryPinned, ev.SnapshotRemoved):
-        assert expected.type_name in types, expected
+    log = _whole_log(cli.root, cli.db_url)
+    _assert_has(log, ev.SolveCompleted, ev.BuildHistoryPinned, ev.SnapshotRemoved)
     # The engine's own lifecycle (started, workers, stopped) is the engine's; all else is the user's.
     lifecycle = {t.type_name for t in (ev.DaemonStarted, ev.WorkerRegistered, ev.DaemonStopped)}
     assert {s.actor for s in log if s.type in lifecycle} == {"daemon"}
     assert {s.actor for s in log if s.type not in lifecycle} == {"uid=0 gid=0 (root)"}
+
+
+def _whole_log(root: Path, db_url: str) -> list[StoredEvent]:
+    state = open_state(root, db_url, migrate=False)
+    try:
+        return list(state.store.read_all())
+    finally:
+        state.close()
+
+
+def _assert_has(log: list[StoredEvent], *expected: type[Event]) -> None:
+    types = {s.type for s in log}
+    for event_type in expected:
+        assert event_type.type_name in types, event_type
