@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from buildsvc.api.client import Client
-from buildsvc.contexts import ContextStore, ContextTransfer, scan_dir, scan_rules
+from buildsvc.contexts import ContextStore, ContextTransfer, KnownDigests, scan_dir, scan_rules
 
 if TYPE_CHECKING:
     from buildsvc.contexts import ReceivedContexts
@@ -45,7 +45,7 @@ def send_local_dirs(
     rules = scan_rules(frontend, frontend_attrs, local_dirs)
     sent: dict[str, ContextTransfer] = {}
     for name, path in sorted(local_dirs.items()):
-        transfer = client.sync_dir(scan_dir(path, rules[name]))
+        transfer = client.sync_dir(scan_dir(path, rules[name], known=KnownDigests.for_dir(path)))
         _say(progress, name, transfer, "sent")
         sent[name] = transfer
     return sent

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from buildsvc.contexts.dockerignore import read_ignore_file, scan_rules
+from buildsvc.contexts.known_digests import KnownDigests
 from buildsvc.contexts.manifest import Entry, InvalidManifest, Manifest, check_digest, parse_manifest
 from buildsvc.contexts.scan import Scan, ScanRules, scan_dir
 from buildsvc.contexts.store import ContextStore, ContextTransfer, MissingBlobs
@@ -35,6 +36,7 @@ __all__ = [
     "ContextTransfer",
     "Entry",
     "InvalidManifest",
+    "KnownDigests",
     "Manifest",
     "MissingBlobs",
     "ReceivedContexts",

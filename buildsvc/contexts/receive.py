@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from buildsvc.contexts.dockerignore import scan_rules
+from buildsvc.contexts.known_digests import KnownDigests
 from buildsvc.contexts.scan import scan_dir
 from buildsvc.contexts.store import ContextStore, ContextTransfer
 from buildsvc.errors import InvalidInput
@@ -99,7 +100,7 @@ def receive_contexts(
     rules = scan_rules(frontend, frontend_attrs or {}, host_dirs)
     for name, path in sorted(host_dirs.items()):
         try:
-            scan = scan_dir(path, rules[name])
+            scan = scan_dir(path, rules[name], known=KnownDigests.for_dir(path))
         except InvalidInput as e:
             raise InvalidInput(f"local {name}: {e}") from None
         transfer = store.ingest(scan)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from buildsvc.contexts.known_digests import KnownDigests
 from buildsvc.contexts.manifest import Entry, Manifest
 from buildsvc.errors import InvalidInput
 from buildsvc.solver.patterns import Selector
@@ -45,15 +46,21 @@ class Scan:
     sources: Mapping[str, Path] = field(default_factory=dict)
 
 
-def scan_dir(root: Path, rules: ScanRules = ScanRules()) -> Scan:
-    """Walk ``root`` (a directory) and hash what ``rules`` take."""
+def scan_dir(root: Path, rules: ScanRules = ScanRules(), *, known: KnownDigests | None = None) -> Scan:
+    """Walk ``root`` (a directory) and hash what ``rules`` take.
+
+    ``known``: digests from the last scan of ``root``, taken for files whose stat is unchanged;
+    updated and saved with what this scan saw.
+    """
     top = Path(os.path.abspath(root))
     if not top.is_dir():
         raise InvalidInput(f"{root} is not a directory")
     selector = Selector(rules.include, rules.exclude)
     entries: list[Entry] = []
     sources: dict[str, Path] = {}
-    _walk(top, "", selector, False, entries, sources)
+    _walk(top, "", selector, False, entries, sources, known or KnownDigests(None))
+    if known is not None:
+        known.save()
     return Scan(root=top, manifest=Manifest.of(entries), sources=sources)
 
 
@@ -64,6 +71,7 @@ def _walk(
     parent_included: bool,
     out: list[Entry],
     sources: dict[str, Path],
+    known: KnownDigests,
 ) -> None:
     try:
         names = sorted(os.listdir(directory), key=os.fsencode)
@@ -88,7 +96,7 @@ def _walk(
             own = _entry(child, "dir", st)
             if verdict.descend:
                 below: list[Entry] = []
-                _walk(path, child, selector, verdict.fully_included, below, sources)
+                _walk(path, child, selector, verdict.fully_included, below, sources, known)
                 # A directory walked only for a deeper pattern is sent only when something below is.
                 if verdict.keep or below:
                     out.append(own)
@@ -100,7 +108,11 @@ def _walk(
             _utf8(target, path, what="symlink target of")
             out.append(_entry(child, "symlink", st, target=target))
         else:
-            digest, size = _hash_file(path)
+            found = known.lookup(child, st)
+            if found is None:
+                found = _hash_file(path)
+                known.remember(child, st, found[0])
+            digest, size = found
             sources.setdefault(digest, path)
             out.append(_entry(child, "file", st, digest=digest, size=size))
 
