@@ -394,8 +394,10 @@ class ControlServicer(pb_grpc.ControlServicer):
         seen_version = 0
         began = time.monotonic()
         waker = self._stream_waker()
-        # Each read of the stream by version is an indexed read of only this build's events. On
-        # PostgreSQL a read follows a NOTIFY wake-up (or the fallback interval); on SQLite, a poll.
+        # Each read of the stream by version is an indexed read of only this build's events, after a
+        # wake-up: this daemon's commit of the stream, or on PostgreSQL another process's NOTIFY; else
+        # the fallback interval (on SQLite the poll interval: other processes cannot wake us there).
+        fallback = self.wake_fallback if self.state.db.is_postgres else self.poll_interval
         while context.is_active():
             batch = self.state.store.read_stream(stream, after_version=seen_version)
             if batch:
@@ -413,20 +415,14 @@ class ControlServicer(pb_grpc.ControlServicer):
                 and time.monotonic() - began > self.status_wait
             ):
                 raise NotFound(f"no build {ref!r}")
-            if waker is None:
-                time.sleep(self.poll_interval)
-            else:
-                # Not past the wait for a build that has not appeared yet (the NotFound above).
-                limit = self.wake_fallback if seen_version else min(self.wake_fallback, self.status_wait)
-                waker.wait(stream, seen_version, limit)
+            # Not past the wait for a build that has not appeared yet (the NotFound above).
+            waker.wait(stream, seen_version, fallback if seen_version else min(fallback, self.status_wait))
 
-    def _stream_waker(self) -> StreamWaker | None:
-        """The daemon's one follower of the log for Status wake-ups (PostgreSQL only), made once."""
-        if not self.state.db.is_postgres:
-            return None
+    def _stream_waker(self) -> StreamWaker:
+        """The daemon's one Status wake-up (see ``status_wake``), made once."""
         with self._waker_lock:
             if self._waker is None:
-                self._waker = StreamWaker(self.state.store)
+                self._waker = StreamWaker(self.state.store, follow=self.state.db.is_postgres)
             return self._waker
 
     def close(self) -> None:

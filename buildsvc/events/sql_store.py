@@ -50,7 +50,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -141,6 +141,7 @@ class SqlEventStore:
     def __init__(self, db: Database, *, hooks: Sequence[AppendHook] = ()) -> None:
         self.db = db
         self._hooks = list(hooks)
+        self._committed: list[Callable[[str, int], None]] = []
         self._rows = rows_for(db.engine.dialect.name)
         self._known = _KnownStreams()
         # Group commit (see the module docstring): appends waiting for the next transaction, and
@@ -160,6 +161,12 @@ class SqlEventStore:
     def add_hook(self, hook: AppendHook) -> None:
         """Run ``hook`` in every later append's transaction."""
         self._hooks.append(hook)
+
+    def on_commit(self, listener: Callable[[str, int], None]) -> None:
+        """Call ``listener(stream_id, version)`` after each later append of this process commits
+        (a wake-up for waiters in this process; appends by other processes are not seen here).
+        """
+        self._committed.append(listener)
 
     # --- writing ----------------------------------------------------------------------------------
 
@@ -217,6 +224,10 @@ class SqlEventStore:
                         r.done = True
                     self._leading = False
                     self._group_cond.notify_all()
+            for r in group:
+                if r.result is not None:
+                    for listener in self._committed:
+                        listener(r.stream_id, r.result.stream_version)
 
     def _commit_group(self, group: list[_Request]) -> None:
         """Write ``group`` in one transaction; each request gets its result or error."""

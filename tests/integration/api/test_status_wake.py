@@ -1,7 +1,8 @@
-"""Status on PostgreSQL is woken by LISTEN/NOTIFY, not by its poll (which stays the fallback).
+"""Status is woken by the daemon's own commits and, on PostgreSQL, by LISTEN/NOTIFY for what other
+processes append; its poll stays the fallback.
 
-The servicer runs in this process with a fallback interval of an hour: a Status stream that follows
-a real build on runc to its end can only have been woken by the notifications of its appends.
+The servicer runs in this process with a fallback (and poll) interval of an hour: a Status stream that
+follows a real build on runc to its end can only have been woken by the commits of its appends.
 """
 
 from __future__ import annotations
@@ -21,35 +22,49 @@ from buildsvc.api.status_wake import StreamWaker
 from buildsvc.daemon.engine import Engine, open_engine
 from buildsvc.daemon.state import open_state
 from buildsvc.events import catalog as ev
+from buildsvc.events.sql_store import SqlEventStore
 from buildsvc.events.store import NO_STREAM
 from buildsvc.executors.mounts import mounts_under, unmount
 from tests.integration.api.conftest import solve_options
-from tests.support.databases import PostgresTemplates
+from tests.support.databases import PostgresTemplates, open_test_database
 
-pytestmark = [pytest.mark.root, pytest.mark.postgres]
+pytestmark = [pytest.mark.root]
 
 _NEVER = 3600.0  # the fallback interval: a test that needed it would time out instead
 
 
 @pytest.fixture
-def pg_engine(pg_templates: PostgresTemplates, tmp_path: Path) -> Iterator[Engine]:
+def engine(db_url: str, tmp_path: Path) -> Iterator[Engine]:
+    state = open_state(tmp_path / "root", db_url)
+    engine = open_engine(state)
+    try:
+        yield engine
+    finally:
+        engine.close()
+        state.close()
+        leaked = mounts_under(str(tmp_path))
+        for point in sorted(leaked, key=len, reverse=True):
+            unmount(point)
+        assert leaked == [], f"mounts left behind: {leaked}"
+
+
+@pytest.mark.postgres
+def test_another_processs_append_wakes_the_waker_through_notify(pg_templates: PostgresTemplates) -> None:
     with pg_templates.fresh() as url:
-        state = open_state(tmp_path / "root", url)
-        engine = open_engine(state)
+        db, other = open_test_database(url), open_test_database(url)
         try:
-            yield engine
+            _wakes_on_append(StreamWaker(SqlEventStore(db), follow=True), SqlEventStore(other))
         finally:
-            engine.close()
-            state.close()
-            leaked = mounts_under(str(tmp_path))
-            for point in sorted(leaked, key=len, reverse=True):
-                unmount(point)
-            assert leaked == [], f"mounts left behind: {leaked}"
+            db.dispose()
+            other.dispose()
 
 
-def test_the_waker_returns_when_its_stream_gets_an_event(pg_engine: Engine) -> None:
-    store = pg_engine.state.store
-    waker = StreamWaker(store)
+def test_the_daemons_own_commit_wakes_the_waker(engine: Engine) -> None:
+    store = engine.state.store
+    _wakes_on_append(StreamWaker(store, follow=False), store)
+
+
+def _wakes_on_append(waker: StreamWaker, store: SqlEventStore) -> None:
     try:
         done = threading.Event()
         woken: list[bool] = []
@@ -64,16 +79,14 @@ def test_the_waker_returns_when_its_stream_gets_an_event(pg_engine: Engine) -> N
         store.append("build-other", [ev.SolveCancelled(build_ref="other")], expected_version=NO_STREAM)
         assert not done.wait(0.5)
         store.append("build-wake", [ev.SolveCancelled(build_ref="wake")], expected_version=NO_STREAM)
-        assert done.wait(60), "not woken by the append's NOTIFY"
+        assert done.wait(60), "not woken by the append"
         assert woken == [True]
     finally:
         waker.close()
 
 
-def test_status_follows_a_build_to_its_end_on_notifications(
-    pg_engine: Engine, rootfs: Path, tmp_path: Path
-) -> None:
-    servicer = ControlServicer(pg_engine, SolveGate(), wake_fallback=_NEVER)
+def test_status_follows_a_build_to_its_end_on_wake_ups(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    servicer = ControlServicer(engine, SolveGate(), wake_fallback=_NEVER, poll_interval=_NEVER)
     server = start_server(servicer, parse_address(f"unix://{tmp_path}/d.sock"))
     try:
         with Client(f"unix://{tmp_path}/d.sock") as client:
