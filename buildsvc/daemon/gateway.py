@@ -33,6 +33,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -609,6 +610,10 @@ class GatewayJob:
             yield root
 
 
+_ENDED_KEPT = 256
+"""How many ended jobs stay reachable (see ``GatewayJobs._ended``)."""
+
+
 class GatewayJobs:
     """The gateway jobs running in this daemon, by build ref."""
 
@@ -617,6 +622,9 @@ class GatewayJobs:
         """How long a call for an unknown job waits for it to register (BuildKit waits 3 s)."""
         self._cond = threading.Condition()
         self._jobs: dict[str, GatewayJob] = {}
+        self._ended: OrderedDict[str, GatewayJob] = OrderedDict()
+        """Jobs that ended lately: a late call gets the job's own answer (it has ended, it returned
+        already), not "no such job", which the frontend could not tell from a wrong build id."""
 
     @contextmanager
     def registered(self, job: GatewayJob) -> Iterator[GatewayJob]:
@@ -631,12 +639,15 @@ class GatewayJobs:
         finally:
             with self._cond:
                 self._jobs.pop(job.build_ref, None)
+                self._ended[job.build_ref] = job
+                while len(self._ended) > _ENDED_KEPT:
+                    self._ended.popitem(last=False)
 
     def get(self, build_ref: str) -> GatewayJob:
-        """The running job ``build_ref``, waiting a little for one that is still starting."""
+        """The job ``build_ref`` (running, or lately ended), waiting a little for one still starting."""
         deadline = time.monotonic() + self.register_wait
         with self._cond:
-            while (job := self._jobs.get(build_ref)) is None:
+            while (job := self._jobs.get(build_ref) or self._ended.get(build_ref)) is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise NotFound(f"no such job {build_ref!r}")
