@@ -682,8 +682,8 @@ class _Solve:
             try:
                 outputs, owner = future.result(timeout=0.2)
                 # The run's end (its snapshot, its cache record) goes in the log before any event
-                # of this solve names what it made.
-                owner.flush_deferred()
+                # of this solve names what it made, even when it is in an append under way.
+                owner.settle()
                 return outputs
             except TimeoutError:
                 continue

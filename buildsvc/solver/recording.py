@@ -167,6 +167,13 @@ class BuildRecorder:
         if due:
             self.append([])
 
+    def settle(self) -> None:
+        """Write what is deferred and wait for the appends already under way: on return, every fact
+        recorded or deferred before the call is in the log (an empty check is not enough: the
+        deferred facts may have just left with another thread's append, not yet committed).
+        """
+        self.append([])
+
     def step(self) -> StepRecorder:
         """A buffer for the events of one step (a vertex, the solve's end)."""
         return StepRecorder(self)
