@@ -74,8 +74,8 @@ class KnownDigests:
 
     def save(self) -> None:
         """Write what this scan saw (files it no longer saw are forgotten); errors are ignored."""
-        if self.note is None:
-            return
+        if self.note is None or not (self._new or self._old):
+            return  # nothing to remember and nothing to forget: no note for a directory of fresh files
         tmp = self.note.with_name(f".{self.note.name}.{os.getpid()}.tmp")
         try:
             self.note.parent.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,7 @@ def test_a_file_changed_just_before_the_scan_is_not_remembered(tmp_path: Path, h
     scan_dir(ctx, known=_known(note))
     scan_dir(ctx, known=_known(note))
     assert hashed == [ctx / "a", ctx / "a"]
+    assert not note.exists()  # nothing it could trust: no note written
 
 
 def test_an_unreadable_or_unwritable_note_only_costs_the_hashing(tmp_path: Path, hashed: list[Path]) -> None:
