@@ -59,6 +59,13 @@ class NativeSnapshotter:
                 mounts.mount("bind", self._fs(self._index.get(entry.info.parent)), target, ["ro"])
             return SnapshotMount(key=key, path=target, readonly=True)
 
+    def committed_dir(self, key: str) -> str | None:
+        """Every committed snapshot is a whole tree: read it in place (``DirectReads``)."""
+        entry = self._index.get(key)
+        if entry.info.kind is not SnapshotKind.COMMITTED:
+            return None
+        return self._fs(entry)
+
     def unmount(self, key: str) -> None:
         """Release ``key``'s mount, if any."""
         with self._index.key_lock(key):

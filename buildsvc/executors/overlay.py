@@ -66,6 +66,16 @@ class OverlaySnapshotter:
                     raise
             return SnapshotMount(key=key, path=target, readonly=readonly)
 
+    def committed_dir(self, key: str) -> str | None:
+        """A committed layer with no parent holds its whole tree: read it in place (``DirectReads``).
+
+        None for a layer on a parent: its tree is the stack, which only an overlay view shows.
+        """
+        entry = self._index.get(key)
+        if entry.info.kind is not SnapshotKind.COMMITTED or entry.info.parent is not None:
+            return None
+        return self._layer(entry)
+
     def upper_dir(self, key: str) -> str:
         """The directory of ``key``'s own layer (``fs``): an active one's upper dir, a committed layer.
 
@@ -81,8 +91,13 @@ class OverlaySnapshotter:
     def unmount(self, key: str) -> None:
         """Unmount ``key`` if it is mounted."""
         with self._index.key_lock(key):
-            target = self._index.mount_point(self._index.get(key))
+            entry = self._index.get(key)
             self._in_use.discard(key)
+            if entry.info.kind is SnapshotKind.ACTIVE and entry.info.parent is None:
+                # Used in place (see ``mount``): no kernel mount was made, so an umount(2) could
+                # only fail; a file-op step's snapshot on scratch saves that syscall and a stat.
+                return
+            target = self._index.mount_point(entry)
             mounts.unmount(target)
             if os.path.isdir(target):
                 os.rmdir(target)

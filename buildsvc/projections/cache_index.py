@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from buildsvc.events import catalog as ev
 from buildsvc.events.database import Database
 from buildsvc.events.envelope import StoredEvent
+from buildsvc.events.rows import driver_errors
 from buildsvc.projections.refs import unreleased_refs
-from buildsvc.projections.rows import RowBuffer, flush_together
 from buildsvc.projections.schema import cache_records
 
 __all__ = ["CacheIndexProjection", "SqlCacheIndex"]
@@ -33,17 +34,19 @@ class CacheIndexProjection:
     event_types = frozenset(_HANDLED)
 
     def apply(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
-        """Fold a batch of cache record events into the index."""
+        """Fold a batch of cache record events into the index.
+
+        A record is written by an upsert (the later record of a key wins, as it always has), so
+        the append that carries it pays no SELECT for the row it may replace.
+        """
         relevant = [(s, s.decode()) for s in events if s.type in _HANDLED]
         if not relevant:
             return
-        rows = RowBuffer(conn, cache_records)
+        pending: dict[tuple[str, int, str], dict[str, object]] = {}
         for stored, event in relevant:
             match event:
                 case ev.CacheRecordAdded():
-                    key = (event.cache_key, event.output, event.worker)
-                    existing = rows.get(key)
-                    values = {
+                    pending[(event.cache_key, event.output, event.worker)] = {
                         "cache_key": event.cache_key,
                         "output": event.output,
                         "worker": event.worker,
@@ -54,17 +57,40 @@ class CacheIndexProjection:
                         "size_bytes": event.size_bytes,
                         "created_position": stored.position,
                     }
-                    if existing is None:
-                        rows.insert(values)
-                    else:
-                        existing.update(values)
-                        rows.changed(existing)
                 case ev.CacheRecordRemoved(cache_key=cache_key):
-                    # Every output on every worker goes: flush first so rows added in this batch go too.
-                    rows.flush()
+                    # Every output on every worker goes, those added earlier in this batch too.
+                    _upsert(conn, list(pending.values()))
+                    pending.clear()
                     conn.execute(cache_records.delete().where(cache_records.c.cache_key == cache_key))
-                    rows = RowBuffer(conn, cache_records)
-        flush_together([rows])  # a few new records: pipelined INSERTs, not a COPY
+        _upsert(conn, list(pending.values()))
+
+
+_COLUMNS = [c.name for c in cache_records.columns]
+_KEY_COLUMNS = [c.name for c in cache_records.primary_key.columns]
+_PG_UPSERT = (
+    f"INSERT INTO cache_records ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) "
+    f"ON CONFLICT ({', '.join(_KEY_COLUMNS)}) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS if c not in _KEY_COLUMNS)
+)
+
+
+def _upsert(conn: Connection, rows: list[dict[str, object]]) -> None:
+    """Insert ``rows`` (distinct keys), replacing the records they name: one round trip on PostgreSQL."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        pg = conn.connection.driver_connection
+        with driver_errors(conn), pg.pipeline(), pg.cursor() as cur:  # type: ignore[union-attr]
+            cur.executemany(_PG_UPSERT, [tuple(r[c] for c in _COLUMNS) for r in rows])
+        return
+    stmt = sqlite_insert(cache_records)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=_KEY_COLUMNS,
+            set_={c: stmt.excluded[c] for c in _COLUMNS if c not in _KEY_COLUMNS},
+        ),
+        rows,
+    )
 
 
 class SqlCacheIndex:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from buildsvc.solver.ops import FileOp
@@ -261,6 +261,21 @@ class Snapshotter(Protocol):
 
     def changes(self, key: str) -> Sequence[Change]:
         """What ``key`` changed relative to its parent, sorted by path."""
+        ...
+
+
+@runtime_checkable
+class DirectReads(Protocol):
+    """A snapshotter some of whose committed snapshots are a plain directory holding their whole tree.
+
+    Such a snapshot's content can be read in place, with no view (no snapshot, no mount, and none of
+    their events): the solve reading it holds a ref on it already, which keeps it from removal.
+    """
+
+    def committed_dir(self, key: str) -> str | None:
+        """The directory of the committed ``key``'s whole tree, to read only; ``None`` when reading it
+        takes a view (layers stacked by a mount).
+        """
         ...
 
 

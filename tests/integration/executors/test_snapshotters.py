@@ -15,8 +15,10 @@ from buildsvc.executors import (
     SnapshotInUse,
     SnapshotNotFound,
     SnapshotStateError,
+    mounts,
 )
 from buildsvc.executors.mounts import is_mounted, mounts_under
+from buildsvc.executors.overlay import OverlaySnapshotter
 from buildsvc.solver.worker import ChangeKind, SnapshotKind, Snapshotter
 from tests.integration.executors.conftest import Runner, commit_busybox, make_snapshotter
 
@@ -148,6 +150,20 @@ def test_an_active_on_scratch_is_used_in_place_and_guarded_while_in_use(
     snapshotter.unmount("scratch")
     snapshotter.commit("done", "scratch")
     assert read_view(snapshotter, "done") == {"f": "x"}
+
+
+def test_overlay_unmount_of_an_active_on_scratch_makes_no_umount_call(
+    overlay: OverlaySnapshotter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overlay.prepare("scratch")
+    overlay.mount("scratch")
+    calls: list[str] = []
+    monkeypatch.setattr(mounts, "unmount", calls.append)
+    overlay.unmount("scratch")
+    # Nothing was mounted: no syscall to pay, and the snapshot is free to commit.
+    assert calls == []
+    overlay.commit("done", "scratch")
+    assert overlay.stat("done").kind is SnapshotKind.COMMITTED
 
 
 def test_kinds_and_keys_are_checked(snapshotter: Snapshotter) -> None:
