@@ -22,15 +22,24 @@ measured in the same run on the same bytes:
 
 Each figure is run ``--repeat`` times, each run right after its baseline's (the machines are shared:
 interleaving keeps a burst of load from landing on one side only); medians are printed. A cold
-export is repeated by removing ``<root>/cache/layers`` and the layout first.
+export is repeated by removing ``<root>/cache/layers`` and the layout first; a cold registry export
+(4b) goes to a new repository each time, beside an httpx push of the same blobs to another new one.
+
+Before each side's clock starts, dirty pages are written back (``sync``, not timed): each side
+writes 200 MB, and on this VM a writer that finds several hundred MB still dirty from the side
+before is throttled to disk speed (``cp -r`` of 200 MB: 0.07 s after a ``sync``, 0.4-0.5 s after three
+unsynced copies). Without it a figure measured the writeback of whatever ran before it. Both sides
+read the same warm files (the page cache is never dropped).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -56,6 +65,8 @@ from tests.support.registry import TestRegistry
 
 
 def timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` takes, started with no dirty pages left by whatever ran before (see the doc)."""
+    os.sync()
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -175,6 +186,7 @@ def main() -> None:
                 with open_engine(st) as engine:
                     seen: dict[str, float] = {}
                     cold_base: list[float] = []
+                    cold_push_base: list[float] = []
 
                     def export(result: ResultRef | None) -> dict[str, str]:
                         local = parse_export(
@@ -221,6 +233,40 @@ def main() -> None:
                                 engine, result, "bench", definition, [remote], actor="bench"
                             )
                         )
+                        # Cold: every layer made again and pushed to a repository that has none.
+                        cold_push: list[float] = []
+                        for n in range(repeat):
+                            cold_push_base.append(
+                                timed(
+                                    functools.partial(
+                                        httpx_push, registry.host, f"bench/raw-cold-{n}", blobs_of(layout)
+                                    )
+                                )
+                            )
+                            shutil.rmtree(work / "root" / "cache" / "layers")
+                            fresh = parse_export(
+                                {
+                                    "type": "registry",
+                                    "ref": f"{registry.host}/bench/cold-{n}:max",
+                                    "mode": "max",
+                                    "compression": comp,
+                                    "registry.insecure": "true",
+                                }
+                            )
+                            cold_push.append(
+                                timed(
+                                    functools.partial(
+                                        export_caches,
+                                        engine,
+                                        result,
+                                        "bench",
+                                        definition,
+                                        [fresh],
+                                        actor="bench",
+                                    )
+                                )
+                            )
+                        seen["cold push"] = statistics.median(cold_push)
                         return {}
 
                     engine.solver.solve(
@@ -234,6 +280,14 @@ def main() -> None:
                 blobs = blobs_of(layout)
                 push = timed(lambda: httpx_push(registry.host, "bench/raw", blobs))
                 rows.append(("registry export (layers reused)", seen["push"], "httpx push", push))
+                rows.append(
+                    (
+                        "registry export, cold (writes layers)",
+                        seen["cold push"],
+                        "httpx push",
+                        statistics.median(cold_push_base),
+                    )
+                )
                 imports: list[tuple[str, dict[str, str], str, Callable[[], float]]] = [
                     (
                         "local import + rebuild (unpack on hit)",
