@@ -6,7 +6,6 @@ server side (the servicers and the engine behind them: about a second of start-u
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,8 @@ class Address:
         if self.host == "localhost":
             return True
         try:
+            import ipaddress  # tcp:// only: a unix socket, the usual case, never asks
+
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False

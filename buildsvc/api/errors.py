@@ -10,6 +10,7 @@ name crosses as its nearest named ancestor, with its message.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -27,7 +28,6 @@ from buildsvc.errors import (
     NotFound,
     StoreUnavailable,
 )
-from buildsvc.events.store import StreamVersionConflict
 from buildsvc.solver.errors import (
     BuildRefInUse,
     DefinitionError,
@@ -38,12 +38,12 @@ from buildsvc.solver.errors import (
 
 __all__ = [
     "ERROR_KEY",
-    "TABLE",
     "DaemonUnavailable",
     "abort_with",
     "code_for",
     "error_from_rpc",
     "error_metadata",
+    "error_table",
 ]
 
 ERROR_KEY = "buildsvc-error"
@@ -77,63 +77,75 @@ def _solve_error(_: str, a: Mapping[str, Any]) -> BuildsvcError:
     )
 
 
-TABLE: tuple[_Row, ...] = (
-    _Row(
-        SolveCancelled,
-        grpc.StatusCode.CANCELLED,
-        ("build_ref", "reason"),
-        lambda _, a: SolveCancelled(a["build_ref"], a["reason"]),
-    ),
-    _Row(
-        SolveError,
-        grpc.StatusCode.UNKNOWN,
-        (
-            "build_ref",
-            "reason",
-            "vertex",
-            "name",
-            "exit_code",
-            "log_tail",
-            "source_location",
-            "source_excerpt",
-        ),
-        _solve_error,
-    ),
-    _Row(
-        BuildRefInUse,
-        grpc.StatusCode.ALREADY_EXISTS,
-        ("build_ref",),
-        lambda _, a: BuildRefInUse(a["build_ref"]),
-    ),
-    _Row(
-        DefinitionError,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        ("reason", "vertex", "name"),
-        lambda _, a: DefinitionError(a["reason"], vertex=a.get("vertex"), name=a.get("name")),
-    ),
-    _Row(
-        NoMatchingWorker,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        ("name", "labels", "available"),
-        lambda _, a: NoMatchingWorker(a.get("name"), a.get("labels") or {}, a.get("available") or ()),
-    ),
-    _Row(
-        StreamVersionConflict,
-        grpc.StatusCode.ABORTED,
-        ("stream_id", "expected", "actual"),
-        lambda _, a: StreamVersionConflict(a["stream_id"], a["expected"], a["actual"]),
-    ),
-    _Row(InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    _Row(NotFound, grpc.StatusCode.NOT_FOUND),
-    _Row(Conflict, grpc.StatusCode.FAILED_PRECONDITION),
-    _Row(StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
-    _Row(DaemonUnavailable, grpc.StatusCode.UNAVAILABLE),
-    _Row(IntegrityViolation, grpc.StatusCode.DATA_LOSS),
-    _Row(ExecutionError, grpc.StatusCode.UNKNOWN),
-    _Row(BuildsvcError, grpc.StatusCode.UNKNOWN),
-)
+@functools.cache
+def error_table() -> tuple[_Row, ...]:
+    """The table, most specific class first: the first row an error is an instance of wins."""
+    # Built on first use: the event store's error drags in the log's envelope, which a client
+    # (the no-op build's whole cost) otherwise never loads.
+    from buildsvc.events.store import StreamVersionConflict
 
-_BY_NAME = {row.cls.__name__: row for row in TABLE}
+    return (
+        _Row(
+            SolveCancelled,
+            grpc.StatusCode.CANCELLED,
+            ("build_ref", "reason"),
+            lambda _, a: SolveCancelled(a["build_ref"], a["reason"]),
+        ),
+        _Row(
+            SolveError,
+            grpc.StatusCode.UNKNOWN,
+            (
+                "build_ref",
+                "reason",
+                "vertex",
+                "name",
+                "exit_code",
+                "log_tail",
+                "source_location",
+                "source_excerpt",
+            ),
+            _solve_error,
+        ),
+        _Row(
+            BuildRefInUse,
+            grpc.StatusCode.ALREADY_EXISTS,
+            ("build_ref",),
+            lambda _, a: BuildRefInUse(a["build_ref"]),
+        ),
+        _Row(
+            DefinitionError,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            ("reason", "vertex", "name"),
+            lambda _, a: DefinitionError(a["reason"], vertex=a.get("vertex"), name=a.get("name")),
+        ),
+        _Row(
+            NoMatchingWorker,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            ("name", "labels", "available"),
+            lambda _, a: NoMatchingWorker(a.get("name"), a.get("labels") or {}, a.get("available") or ()),
+        ),
+        _Row(
+            StreamVersionConflict,
+            grpc.StatusCode.ABORTED,
+            ("stream_id", "expected", "actual"),
+            lambda _, a: StreamVersionConflict(a["stream_id"], a["expected"], a["actual"]),
+        ),
+        _Row(InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+        _Row(NotFound, grpc.StatusCode.NOT_FOUND),
+        _Row(Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+        _Row(StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+        _Row(DaemonUnavailable, grpc.StatusCode.UNAVAILABLE),
+        _Row(IntegrityViolation, grpc.StatusCode.DATA_LOSS),
+        _Row(ExecutionError, grpc.StatusCode.UNKNOWN),
+        _Row(BuildsvcError, grpc.StatusCode.UNKNOWN),
+    )
+
+
+@functools.cache
+def _by_name() -> dict[str, _Row]:
+    return {row.cls.__name__: row for row in error_table()}
+
+
 # Without structured details (a proxy in between, a daemon that died) the code alone picks the class.
 _BY_CODE: dict[grpc.StatusCode, type[BuildsvcError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
@@ -145,7 +157,7 @@ _BY_CODE: dict[grpc.StatusCode, type[BuildsvcError]] = {
 
 
 def _row_for(error: BaseException) -> _Row | None:
-    return next((row for row in TABLE if isinstance(error, row.cls)), None)
+    return next((row for row in error_table() if isinstance(error, row.cls)), None)
 
 
 def code_for(error: BaseException) -> grpc.StatusCode:
@@ -201,7 +213,7 @@ def error_from_rpc(error: grpc.RpcError, *, addr: str = "") -> BuildsvcError:
     if detail is not None:
         try:
             parsed = json.loads(detail)
-            row = _BY_NAME[parsed["type"]]
+            row = _by_name()[parsed["type"]]
             attrs: Mapping[str, Any] = parsed.get("attrs") or {}
             return row.rebuild(message, attrs) if row.rebuild else row.cls(parsed.get("message", message))
         except (ValueError, KeyError, TypeError):

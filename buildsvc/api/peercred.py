@@ -19,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import secrets
 import socket
 import struct
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -78,6 +76,10 @@ class PeerCredRelay:
 
     def __init__(self, public_path: str, bind_public: Callable[[socket.socket], None]) -> None:
         """``bind_public`` binds (with the right mode) the listening socket to ``public_path``."""
+        # The daemon's side only: every client imports this module for local_actor().
+        import secrets
+        import tempfile
+
         self.nonce = secrets.token_hex(8)
         self._private_dir = tempfile.mkdtemp(prefix=".buildsvcd-", dir=os.path.dirname(public_path))
         os.chmod(self._private_dir, 0o700)

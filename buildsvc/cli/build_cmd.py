@@ -23,15 +23,14 @@ from buildsvc.api.errors import DaemonUnavailable
 from buildsvc.api.model import SolveOptions
 from buildsvc.api.peercred import local_actor
 from buildsvc.attrs import parse_kv
-from buildsvc.cache.options import legacy_export, legacy_import
 from buildsvc.cli.common import open_from
 from buildsvc.cli.local_contexts import send_local_dirs
 from buildsvc.cli.progress import PROGRESS_CHOICES, make_printer, printing_progress
 from buildsvc.cli.remote import connect_from
-from buildsvc.daemon.cache_specs import CacheOptions, check_cache_options
 from buildsvc.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from buildsvc.daemon.cache_specs import CacheOptions
     from buildsvc.daemon.engine import Engine
     from buildsvc.daemon.rerun import Rerun
     from buildsvc.daemon.state import State
@@ -403,11 +402,9 @@ def build(
     parsed_outputs = _outputs(outputs)
     if progress == "rawjson" and any(o.get("dest") == "-" for o in parsed_outputs):
         raise InvalidInput("--progress rawjson prints to stdout: no output can go to stdout (dest=-) with it")
-    cache_exports, export_warnings = legacy_export(export_cache, export_cache_opts)
-    cache_imports, import_warnings = legacy_import(import_cache)
-    for warning in (*export_warnings, *import_warnings):
-        click.echo(f"warning: {warning}", err=True)
-    cache = check_cache_options(cache_exports, cache_imports, frontend_attrs, outputs=parsed_outputs)
+    cache_exports, cache_imports, cache = _cache_options(
+        export_cache, export_cache_opts, import_cache, frontend_attrs, parsed_outputs
+    )
     client = connect_from(ctx)
     if client is not None:
         if workers:
@@ -455,7 +452,6 @@ def build(
         return
     if any(o.get("dest") == "-" for o in parsed_outputs):
         raise InvalidInput("--output dest=- (stdout) needs a daemon; the embedded engine writes files")
-    from buildsvc.cli.client_side import run_embedded_client_side_build
     from buildsvc.cli.local_contexts import embedded_contexts
     from buildsvc.daemon.engine import open_engine
     from buildsvc.daemon.frontend import run_frontend
@@ -473,6 +469,8 @@ def build(
     local_dirs = contexts.dirs
     with open_engine(state, worker_names=list(workers) or None) as engine:
         if client_side:  # the frontend runs here, over the embedded engine's gateway
+            from buildsvc.cli.client_side import run_embedded_client_side_build
+
             ref, response = run_embedded_client_side_build(
                 engine,
                 contexts=contexts,
@@ -508,6 +506,32 @@ def build(
         )
     _write_metadata(metadata_file, result.build_ref, result.exporter_response)
     click.echo(f"build {result.build_ref} completed", err=True)
+
+
+def _cache_options(
+    export_cache: Sequence[str],
+    export_cache_opts: Sequence[str],
+    import_cache: Sequence[str],
+    frontend_attrs: Mapping[str, str],
+    outputs: Sequence[Mapping[str, str]],
+) -> tuple[list[dict[str, str]], list[dict[str, str]], CacheOptions | None]:
+    """The cache exports and imports asked for, checked (None: the build names no cache at all)."""
+    if not (
+        export_cache
+        or export_cache_opts
+        or import_cache
+        or any(k.startswith("cache") for k in frontend_attrs)
+    ):
+        # Most builds: the cache specs' modules are not loaded (a no-op rebuild's cost is imports).
+        return [], [], None
+    from buildsvc.cache.options import legacy_export, legacy_import
+    from buildsvc.daemon.cache_specs import check_cache_options
+
+    exports, export_warnings = legacy_export(export_cache, export_cache_opts)
+    imports, import_warnings = legacy_import(import_cache)
+    for warning in (*export_warnings, *import_warnings):
+        click.echo(f"warning: {warning}", err=True)
+    return exports, imports, check_cache_options(exports, imports, frontend_attrs, outputs=outputs)
 
 
 def _embedded_rerun(

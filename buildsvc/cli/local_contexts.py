@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from buildsvc.api.client import Client
-from buildsvc.contexts import ContextStore, ContextTransfer, KnownDigests, scan_dir, scan_rules
+from buildsvc.contexts import ContextTransfer, KnownDigests, scan_dir, scan_rules
 
 if TYPE_CHECKING:
     from buildsvc.contexts import ReceivedContexts
@@ -61,7 +61,8 @@ def embedded_contexts(
     progress: str,
 ) -> ReceivedContexts:
     """The dirs through the context store under ``root`` (the embedded engine's own)."""
-    from buildsvc.contexts import receive_contexts  # records events: the embedded engine's side
+    # The receiving side (it records events), which a build through a daemon never loads.
+    from buildsvc.contexts import ContextStore, receive_contexts
 
     received = receive_contexts(
         ContextStore.under(root),

@@ -15,10 +15,11 @@ from buildsvc.contexts.dockerignore import read_ignore_file, scan_rules
 from buildsvc.contexts.known_digests import KnownDigests
 from buildsvc.contexts.manifest import Entry, InvalidManifest, Manifest, check_digest, parse_manifest
 from buildsvc.contexts.scan import Scan, ScanRules, scan_dir
-from buildsvc.contexts.store import ContextStore, ContextTransfer, MissingBlobs
+from buildsvc.contexts.transfer import ContextTransfer
 
 if TYPE_CHECKING:
     from buildsvc.contexts.receive import ReceivedContexts, receive_contexts
+    from buildsvc.contexts.store import ContextStore, MissingBlobs
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +29,11 @@ def __getattr__(name: str) -> Any:
         from buildsvc.contexts import receive
 
         return getattr(receive, name)
+    # The store (blobs, trees; ctypes and shutil with it) is the receiving side's too.
+    if name in ("ContextStore", "MissingBlobs"):
+        from buildsvc.contexts import store
+
+        return getattr(store, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -28,12 +28,12 @@ import os
 import shutil
 import stat
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from buildsvc.contexts.manifest import Entry, Manifest, check_digest, parse_manifest
 from buildsvc.contexts.scan import Scan
+from buildsvc.contexts.transfer import ContextTransfer
 from buildsvc.errors import Conflict, InvalidInput, NotFound
 
 __all__ = ["BlobBatch", "BlobWriter", "ContextStore", "ContextTransfer", "MissingBlobs"]
@@ -55,33 +55,6 @@ class MissingBlobs(Conflict):
         )
         self.manifest_digest = manifest_digest
         self.missing = missing
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ContextTransfer:
-    """What one sent directory amounted to, and how much of it had to travel."""
-
-    manifest_digest: str
-    files: int
-    bytes_total: int
-    files_uploaded: int = 0
-    """Distinct file contents that were sent (two files with the same bytes travel once)."""
-    bytes_uploaded: int = 0
-    files_reused: int = 0
-    """Files whose bytes the store already had."""
-
-    @classmethod
-    def of(cls, manifest: Manifest, uploaded: set[str]) -> ContextTransfer:
-        """The figures for ``manifest`` when the blobs ``uploaded`` had to be sent."""
-        blobs = manifest.blobs()
-        return cls(
-            manifest_digest=manifest.digest,
-            files=len(manifest.files),
-            bytes_total=manifest.total_bytes,
-            files_uploaded=sum(1 for d in blobs if d in uploaded),
-            bytes_uploaded=sum(e.size for d, e in blobs.items() if d in uploaded),
-            files_reused=sum(1 for e in manifest.files if e.digest not in uploaded),
-        )
 
 
 class BlobWriter:

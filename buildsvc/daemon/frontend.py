@@ -7,17 +7,31 @@ definition it gets; the frontend and its options are recorded with the solve.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
 from buildsvc.errors import InvalidInput
 from buildsvc.frontends.dockerfile import DockerfileResult, build_definition, read_dockerfile
-from buildsvc.frontends.dockerfile.resolver import RegistryImageResolver
+from buildsvc.frontends.dockerfile.resolver import RegistryImageResolver, ResolveCache
 from buildsvc.sources import ImageStore
 
-__all__ = ["FRONTENDS", "run_frontend"]
+__all__ = ["FRONTENDS", "run_frontend", "wants_fresh_resolve"]
 
 FRONTENDS = ("dockerfile.v0",)
+
+# One per image store (one per engine), kept beside its blobs so that embedded builds (a process
+# each) share it too: a rebuild within the cache's lifetime does not ask the registry what its base
+# image's tag names now (see buildsvc.frontends.dockerfile.resolver).
+RESOLVED_FILE = "resolved.json"
+_RESOLVED: weakref.WeakKeyDictionary[ImageStore, ResolveCache] = weakref.WeakKeyDictionary()
+
+
+def wants_fresh_resolve(attrs: Mapping[str, str]) -> bool:
+    """Whether the frontend options ask for the registry's current answer (buildctl ``--no-cache``,
+    or ``--opt image-resolve-mode=pull``), not one resolved a few minutes ago.
+    """
+    return attrs.get("image-resolve-mode") == "pull" or "no-cache" in attrs
 
 
 def run_frontend(
@@ -31,4 +45,8 @@ def run_frontend(
             raise InvalidInput(f"frontend dockerfile.v0 needs the local dir {name!r} (--local {name}=DIR)")
     filename = attrs.get("filename", "Dockerfile")
     text = read_dockerfile(local_dirs["dockerfile"], filename)
-    return build_definition(text, options=attrs, resolver=RegistryImageResolver.for_store(images))
+    cache = _RESOLVED.get(images)
+    if cache is None:
+        cache = _RESOLVED.setdefault(images, ResolveCache(path=Path(images.content.root) / RESOLVED_FILE))
+    resolver = RegistryImageResolver.for_store(images, cache=cache, fresh=wants_fresh_resolve(attrs))
+    return build_definition(text, options=attrs, resolver=resolver)

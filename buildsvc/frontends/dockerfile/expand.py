@@ -89,6 +89,10 @@ class ShellLex:
     skip_unset_env: bool = False
     """Leave references to unset variables as written (step names)."""
 
+    def specials(self) -> str:
+        """The characters that make a word more than its own text."""
+        return "$<" + self.escape + ("" if self.skip_process_quotes else "'\"")
+
     def process_word(self, word: str, env: Mapping[str, str]) -> str:
         """Expand ``word`` into one string (quotes removed, spaces between words kept)."""
         return _Run(self, word, env).run()[0]
@@ -107,6 +111,10 @@ class _Run:
         self.raw_escapes = lex.raw_escapes
 
     def run(self) -> tuple[str, list[str]]:
+        if not any(c in self.source for c in self.lex.specials()):
+            # Nothing to expand, unquote or unescape (most RUN lines): the word as written, split
+            # on whitespace as _Words splits it (str.isspace is str.split's rule).
+            return self.source, self.source.split()
         try:
             return self.stop_on(_EOF, self.raw_escapes)
         except ExpansionError as e:

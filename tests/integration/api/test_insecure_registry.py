@@ -74,3 +74,26 @@ def test_a_malformed_host_is_refused(bad: str) -> None:
 def test_a_host_is_kept_lowercase_with_its_port() -> None:
     assert registry_host("Registry.Local:5000") == "registry.local:5000"
     assert registry_host("[::1]:5000") == "[::1]:5000"
+
+
+def test_a_rebuild_reuses_the_resolved_base_image_unless_it_asks_to_pull(
+    daemons: Daemons, registry: TestRegistry, tmp_path: Path
+) -> None:
+    d = daemons.start("--insecure-registry", registry.host)
+    ctx = _context(tmp_path, registry)
+
+    def manifest_reads() -> int:
+        # What the tag names now (a read by digest is of content that cannot change).
+        tag = "/v2/busybox/manifests/latest"
+        return sum(1 for m, p, _ in registry.requests() if m in ("GET", "HEAD") and p == tag)
+
+    d.cli("build", str(ctx))
+    first = manifest_reads()
+    assert first > 0
+    d.cli("build", str(ctx))
+    assert manifest_reads() == first  # resolved a moment ago: the registry is not asked again
+    d.cli("build", str(ctx), "--opt", "image-resolve-mode=pull")
+    assert manifest_reads() > first
+    pulled = manifest_reads()
+    d.cli("build", str(ctx), "--opt", "no-cache=")
+    assert manifest_reads() > pulled

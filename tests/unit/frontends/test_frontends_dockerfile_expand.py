@@ -78,3 +78,49 @@ def test_raw_quotes_and_skip_unset_keep_text_for_step_names() -> None:
 def test_errors(word: str, message: str) -> None:
     with pytest.raises(ExpansionError, match=message):
         ShellLex().process_word(word, ENV)
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        "echo step 1 > /step1",
+        "  leading and\ttrailing  ",
+        "a\u00a0b\u2003c",  # whitespace beyond ASCII splits words in both paths
+        "",
+        "plain",
+        "x=1 y=2 && make -j4",
+    ],
+)
+@pytest.mark.parametrize(
+    "lex",
+    [
+        ShellLex(),
+        ShellLex(escape="`"),
+        ShellLex(raw_quotes=True, raw_escapes=True),
+        ShellLex(skip_process_quotes=True),
+    ],
+)
+def test_a_word_with_nothing_to_expand_comes_out_as_the_full_lexer_makes_it(word: str, lex: ShellLex) -> None:
+    from buildsvc.frontends.dockerfile.expand import _EOF, _Run
+
+    full = _Run(lex, word, ENV)
+    assert (lex.process_word(word, ENV), lex.process_words(word, ENV)) == full.stop_on(_EOF, lex.raw_escapes)
+
+
+@pytest.mark.parametrize(
+    ("lex", "word", "expected"),
+    [
+        (ShellLex(escape="`"), "a`$b", "a$b"),
+        (ShellLex(), "it's", None),  # an unterminated quote is still an error
+        (ShellLex(skip_process_quotes=True), "'$A'", "'a'"),
+        (ShellLex(), "a\\ b", "a b"),
+    ],
+)
+def test_words_with_specials_still_go_through_the_lexer(
+    lex: ShellLex, word: str, expected: str | None
+) -> None:
+    if expected is None:
+        with pytest.raises(ExpansionError):
+            lex.process_word(word, ENV)
+    else:
+        assert lex.process_word(word, ENV) == expected
