@@ -372,3 +372,49 @@ def test_a_failed_directory_fsync_fails_its_caller_and_the_next_callers_try_agai
     later.join(30)
     assert [str(e) for e in errors] == ["[Errno 5] Input/output error"]
     assert fake.calls == 2  # the later caller was not covered by the failed fsync: it ran its own
+
+
+def test_a_commit_rewrites_its_record_in_place(tmp_path: Path) -> None:
+    # No temp file renamed over it: the same inode, no inode freed (see the module's docstring).
+    index = SnapshotIndex(str(tmp_path))
+    make(index, "act")
+    path = tmp_path / "metadata" / f"{index.get('act').dir_id}.json"
+    before = path.stat()
+    commit(index, "done", "act")
+    after = path.stat()
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    assert metadata_files(tmp_path) == [path.name]
+    assert json.loads(path.read_bytes()) == {"key": "done", "kind": "committed", "parent": None}
+
+
+def test_the_longest_keys_fit_one_record(tmp_path: Path) -> None:
+    index = SnapshotIndex(str(tmp_path))
+    longest = "k" * 200
+    make(index, "a")
+    commit(index, longest, "a")
+    make(index, "b" * 200, parent=longest)
+    reopened = SnapshotIndex(str(tmp_path))
+    assert listing(reopened) == listing(index)
+    assert {os.path.getsize(tmp_path / "metadata" / name) for name in metadata_files(tmp_path)} == {512}
+
+
+def test_an_unpadded_file_of_an_earlier_version_is_read_and_rewritten(tmp_path: Path) -> None:
+    index = SnapshotIndex(str(tmp_path))
+    make(index, "act")
+    path = tmp_path / "metadata" / f"{index.get('act').dir_id}.json"
+    path.write_text(json.dumps({"key": "act", "kind": "active", "parent": None}))
+    reopened = SnapshotIndex(str(tmp_path))
+    commit(reopened, "a-longer-committed-key", "act")
+    assert listing(SnapshotIndex(str(tmp_path))) == [("a-longer-committed-key", "committed", None)]
+
+
+def test_metadata_a_machine_crash_left_as_zeros_is_dropped_with_its_directory(tmp_path: Path) -> None:
+    index = SnapshotIndex(str(tmp_path))
+    make(index, "kept")
+    make(index, "unflushed")
+    lost = index.get("unflushed").dir_id
+    # The file's size reached the disk, its block did not: zeros.
+    (tmp_path / "metadata" / f"{lost}.json").write_bytes(bytes(512))
+    reopened = SnapshotIndex(str(tmp_path))
+    assert listing(reopened) == [("kept", "active", None)]
+    assert not os.path.exists(reopened.dir_of(lost))
