@@ -61,9 +61,9 @@ class LocalFileBackend:
 class LocalLayerBackend:
     """Merges and diffs directory trees."""
 
-    def merge_into(self, dest: Path, sources: Sequence[Path]) -> None:
-        """Overlay ``sources`` onto ``dest`` in order."""
-        merge_into(dest, sources)
+    def merge_into(self, dest: Path, sources: Sequence[Path], *, link: bool = False) -> None:
+        """Overlay ``sources`` onto ``dest`` in order (hard linking their files with ``link``)."""
+        merge_into(dest, sources, link=link)
 
     def diff_into(self, dest: Path, lower: Path, upper: Path) -> None:
         """Write what ``upper`` changes relative to ``lower`` (deletions as whiteouts)."""

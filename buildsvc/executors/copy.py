@@ -222,6 +222,8 @@ class EntryWriter:
     """Directories made since :meth:`expect_new_dirs` -> the group an entry made in them is born with."""
     _uid: int = -1
     """Who an entry this process makes is born owned by (asked once, not per entry)."""
+    link_files: bool = False
+    """Hard link each non-directory entry to its source instead of copying it (see :meth:`write`)."""
 
     def expect_new_dirs(self) -> None:
         """From here on, write entries into directories this writer makes knowing they are empty.
@@ -259,11 +261,15 @@ class EntryWriter:
                     raise PathProblem(_container(self.root, dst), "cannot replace a directory with a file")
                 shutil.rmtree(dst)
             elif (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino):
-                # Copying a file onto itself (same root): only the metadata can change.
-                self._set_metadata(dst, st)
+                # Copying a file onto itself (same root): only the metadata can change. A linked
+                # entry shares its source's inode, and so its metadata already.
+                if not self.link_files:
+                    self._set_metadata(dst, st)
                 return
             else:
                 os.unlink(dst)
+        if self.link_files and self._link(src, dst):
+            return
         if st.st_nlink > 1:
             first = self._links.get((st.st_dev, st.st_ino))
             if first is not None:
@@ -278,6 +284,23 @@ class EntryWriter:
             os.mknod(dst, stat.S_IFMT(mode) | 0o600, st.st_rdev)
         self._set_metadata(dst, st, born=born)
         _copy_xattrs(src, dst)
+
+    def _link(self, src: str, dst: str) -> bool:
+        """Make ``dst`` a hard link to ``src`` (the entry itself, a symlink not followed).
+
+        Only for sources that are never written again (committed snapshots) and with no metadata
+        to change (the entry *is* the source's inode: its owner, mode, times and xattrs are
+        shared). False, to copy instead, across filesystems or past the link limit.
+        """
+        if self.meta != Metadata():
+            return False
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                return False
+            raise
+        return True
 
     def _write_dir(
         self,

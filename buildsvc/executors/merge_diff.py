@@ -40,13 +40,18 @@ def is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def merge_into(dest: Path, sources: Sequence[Path]) -> None:
-    """Overlay ``sources`` (bottom first) onto the directory ``dest``; whiteouts delete what is below."""
+def merge_into(dest: Path, sources: Sequence[Path], *, link: bool = False) -> None:
+    """Overlay ``sources`` (bottom first) onto the directory ``dest``; whiteouts delete what is below.
+
+    With ``link``, files are hard linked to the sources' instead of copied (directories are still
+    made, with their metadata): only for sources no one writes to again, on ``dest``'s filesystem
+    (an entry that cannot be linked is copied).
+    """
     top = os.path.abspath(dest)
     writers: list[EntryWriter] = []
     for source in sources:
         # One writer per source: hard links are kept within a source, never across two of them.
-        writer = EntryWriter(top, always_replace=True)
+        writer = EntryWriter(top, always_replace=True, link_files=link)
         writers.append(writer)
         src = os.path.abspath(source)
         writer.write(src, os.lstat(src), top, overwrite_dir_metadata=True)

@@ -125,6 +125,13 @@ class VertexContext:
         self.worker.snapshotter.prepare(key, parent)
         return key, self._make_views(views, committed, direct)
 
+    def whole_trees(self, committed: Sequence[str | None]) -> list[Path | None]:
+        """Each input's tree as a plain directory the snapshotter keeps it in (to read, or hard
+        link from: a committed snapshot's files are never written again), or None where reading it
+        takes a view (see :meth:`read_inputs`) and for scratch.
+        """
+        return [self._direct(c) for c in committed]
+
     def _direct(self, committed: str | None) -> Path | None:
         """The input's tree as a plain directory, when the snapshotter has it so (no view needed).
 

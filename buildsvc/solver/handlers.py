@@ -297,8 +297,20 @@ class LayerHandler:
         """Merge the inputs in order, or write the diff of two."""
         op = vertex.op
         if isinstance(op, MergeOp):
-            # The new layer and the views of the layers merged onto it, announced in one append.
             layers = [inputs[i] for i in op.inputs]
+            trees = ctx.whole_trees(layers)
+            if any(t is not None for t in trees) and all(
+                t is not None or layer is None for layer, t in zip(layers, trees, strict=True)
+            ):
+                # Every input is a whole tree in a plain directory: the merge is a new layer of
+                # hard links to their files (no copy, no mount, and no parent to stack on), which
+                # the next merge reads in place in turn.
+                active = ctx.prepare(None)
+                with ctx.running():
+                    dest = Path(ctx.mount(active).path)
+                    self.backend.merge_into(dest, [t for t in trees if t is not None], link=True)
+                return (ctx.commit(active),)
+            # The new layer and the views of the layers merged onto it, announced in one append.
             active, views = ctx.prepare_reading(layers[0] if layers else None, layers[1:])
             with ctx.running():
                 dest = Path(ctx.mount(active).path)

@@ -329,8 +329,12 @@ class FileBackend(Protocol):
 class LayerBackend(Protocol):
     """Materializes MergeOp and DiffOp results into a writable directory."""
 
-    def merge_into(self, dest: Path, sources: Sequence[Path]) -> None:
-        """Overlay ``sources`` onto ``dest`` in order (later ones win)."""
+    def merge_into(self, dest: Path, sources: Sequence[Path], *, link: bool = False) -> None:
+        """Overlay ``sources`` onto ``dest`` in order (later ones win).
+
+        ``link``: the sources are committed snapshots' own directories, never written again, on
+        ``dest``'s filesystem: their files may be hard linked rather than copied.
+        """
         ...
 
     def diff_into(self, dest: Path, lower: Path, upper: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,33 @@ def test_a_whiteout_with_nothing_below_is_dropped_by_merge(tmp_path: Path) -> No
     merged.mkdir()
     merge_into(merged, [out])
     assert listing(merged) == []
+
+
+def test_a_linking_merge_shares_files_and_still_layers_in_order(tmp_path: Path) -> None:
+    a = write(tmp_path / "a", {"same": "a", "only_a": "a", "d/x": "a", "l": "->/abs"})
+    b = write(tmp_path / "b", {"same": "b", "d/z": "b"})
+    os.chmod(b / "d", 0o700)
+    out = tmp_path / "out"
+    out.mkdir()
+    merge_into(out, [a, b], link=True)
+    assert os.stat(out / "same").st_ino == os.stat(b / "same").st_ino
+    assert os.stat(out / "only_a").st_ino == os.stat(a / "only_a").st_ino
+    assert os.lstat(out / "l").st_ino == os.lstat(a / "l").st_ino  # the symlink itself, not followed
+    # Directories are the merge's own, with the upper source's metadata.
+    assert os.stat(out / "d").st_ino not in (os.stat(a / "d").st_ino, os.stat(b / "d").st_ino)
+    assert stat.S_IMODE(os.stat(out / "d").st_mode) == 0o700
+    assert sorted(os.listdir(out / "d")) == ["x", "z"]
+    assert (a / "same").read_text() == "a"  # replacing a linked entry unlinks it, never writes it
+
+
+def test_a_linking_merge_copies_what_it_cannot_link(tmp_path: Path) -> None:
+    # /dev/shm is another filesystem than the test's tmp dir: link(2) fails with EXDEV.
+    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("/dev/shm must be another filesystem for this test")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        a = write(Path(other) / "a", {"f": "x"})
+        out = tmp_path / "out"
+        out.mkdir()
+        merge_into(out, [a], link=True)
+        assert (out / "f").read_text() == "x"
+        assert os.stat(out / "f").st_ino != os.stat(a / "f").st_ino

@@ -1,7 +1,8 @@
 """Inputs a snapshotter holds as a plain directory are read in place, with no view (run as root).
 
 A merge of file-op results on scratch then makes no view snapshot (none of their events, mounts or
-directories); an input that is a stack of overlay layers is still read through a view.
+directories), and its layer is hard links to their files; an input that is a stack of overlay layers
+is still read through a view.
 """
 
 from __future__ import annotations
@@ -39,11 +40,25 @@ def test_a_merge_reads_unstacked_inputs_in_place(db_url: str, tmp_path: Path, wo
         assert solve(merged, "flat") == []
         assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["f0", "f1", "f2"]
 
-        # The merge's result is a layer on f0's: on overlay only a view shows its whole tree.
+        # Its files are its inputs' own (hard links), and a step on top changes only its own copy.
+        changed = merged.file(llb.mkfile("/f1", "changed\n"))
+        assert solve(changed, "changed") == []
+        assert (tmp_path / "changed" / "f1").read_text() == "changed\n"
+        assert solve(merged, "again") == []
+        assert (tmp_path / "again" / "f1").read_text() == "1\n"
+        assert solve(files[1], "leaf") == []
+        assert (tmp_path / "leaf" / "f1").read_text() == "1\n"
+        snapshots = tmp_path / "root" / "workers" / worker
+        kept = {f.stat().st_ino for f in snapshots.rglob("f1") if f.read_text() == "1\n"}
+        assert len(kept) == 1  # the leaf's file, and the merges' links to it
+        assert next(f for f in snapshots.rglob("f1") if f.read_text() == "1\n").stat().st_nlink >= 2
+
+        # A layer on f0's: on overlay only a view shows its whole tree.
+        stacked = files[0].file(llb.mkfile("/h", "h\n"))
         extra = llb.scratch().file(llb.mkfile("/g", "g\n"))
-        views = solve(llb.merge([extra, merged]), "stacked")
+        views = solve(llb.merge([extra, stacked, merged]), "stacked")
         assert len(views) == (1 if worker == "runc-overlay" else 0)
-        assert sorted(p.name for p in (tmp_path / "stacked").iterdir()) == ["f0", "f1", "f2", "g"]
+        assert sorted(p.name for p in (tmp_path / "stacked").iterdir()) == ["f0", "f1", "f2", "g", "h"]
         assert (tmp_path / "stacked" / "f1").read_text() == "1\n"
         with state.db.read() as conn:
             report = find_leaks(conn)
