@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from buildsvc.events.codec import Event, EventSchemaError, decode_payload
+from buildsvc.ids import new_uuid
 
 __all__ = ["GENESIS_HASH", "AppendResult", "NewEvent", "StoredEvent", "chain_hash", "format_time"]
 
@@ -32,7 +33,7 @@ class NewEvent:
     """An event about to be appended, with the id its writer chose (so a retry is recognised)."""
 
     event: Event
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=new_uuid)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,11 +14,11 @@ import hashlib
 import os
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from buildsvc.events import catalog as ev
+from buildsvc.ids import new_hex
 from buildsvc.solver.recording import HeldRef, LogWriter, StepRecorder
 from buildsvc.solver.worker import DirectReads, SnapshotMount, Terminal, Worker
 
@@ -65,7 +65,7 @@ class VertexContext:
 
     def _announce(self, kind: str, parent: str | None) -> str:
         """Record a new snapshot of this step and the vertex's ref on it (buffered); its key."""
-        key = f"{kind}-{uuid.uuid4().hex}"
+        key = f"{kind}-{new_hex()}"
         self.step.record(
             ev.SnapshotCreated(
                 snapshot_id=key,
@@ -170,7 +170,7 @@ class VertexContext:
     def commit(self, active: str) -> str:
         """Turn a prepared snapshot into a committed layer; its ref is released, the result returned."""
         self._unmount(active)
-        key = f"snap-{uuid.uuid4().hex}"
+        key = f"snap-{new_hex()}"
         info = self.worker.snapshotter.commit(key, active)
         self.step.record(ev.SnapshotCommitted(snapshot_id=key, from_active=active, parent=info.parent))
         self.step.release(self._held.pop(active), reason="committed")

@@ -8,9 +8,6 @@ costs about two appends however many facts it records.
 
 from __future__ import annotations
 
-import itertools
-import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +18,7 @@ from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
 from buildsvc.events.envelope import NewEvent
 from buildsvc.events.store import EventStore
+from buildsvc.ids import new_hex
 
 __all__ = ["DAEMON_ACTOR", "BuildRecorder", "HeldRef", "LogWriter", "StepRecorder"]
 
@@ -194,34 +192,13 @@ class _Pending:
         self.error: BaseException | None = None
 
 
-class _RefIds:
-    """Unique ref ids without a ``uuid4`` (an ``os.urandom`` call) per ref: a cached solve holds
-    thousands. 64 random bits per process (drawn again in a forked child) and a counter; same
-    length and alphabet as a uuid's hex.
-    """
-
-    def __init__(self) -> None:
-        self._reseed()
-        os.register_at_fork(after_in_child=self._reseed)
-
-    def _reseed(self) -> None:
-        self._prefix = f"ref-{secrets.token_hex(8)}"
-        self._counter = itertools.count()  # next() on it is atomic under the GIL: no lock needed
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):016x}"
-
-
-_ref_ids = _RefIds()
-
-
 class HeldRef:
     """One acquisition of a snapshot, released exactly once."""
 
     __slots__ = ("holder_id", "holder_kind", "ref_id", "released", "snapshot_id")
 
     def __init__(self, snapshot_id: str, holder_kind: str, holder_id: str) -> None:
-        self.ref_id = _ref_ids.next()
+        self.ref_id = f"ref-{new_hex()}"
         self.snapshot_id = snapshot_id
         self.holder_kind = holder_kind
         self.holder_id = holder_id
