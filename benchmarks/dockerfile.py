@@ -56,10 +56,10 @@ BUILDSVC = str(Path(sys.executable).with_name("buildsvc"))
 STEPS = 20
 
 # The embedded engine with plain HTTP to the loopback test registry (the daemon has --insecure-registry).
+# ``buildsvc.cli.main`` first, as the ``buildsvc`` entry point does (it sets up imports for the rest).
 _EMBEDDED = (
-    "import functools, sys, buildsvc.daemon.engine as e; "
-    "e.open_engine = functools.partial(e.open_engine, insecure_hosts=[sys.argv.pop(1)]); "
-    "from buildsvc.cli.main import main; main()"
+    "from buildsvc.cli.main import main; import functools, sys, buildsvc.daemon.engine as e; "
+    "e.open_engine = functools.partial(e.open_engine, insecure_hosts=[sys.argv.pop(1)]); main()"
 )
 _SENT = re.compile(r"context context: (\d+) files, (\d+) bytes; sent (\d+) \((\d+) bytes\)")
 
@@ -136,12 +136,20 @@ def docker_side() -> Side:
     )
 
 
-def buildsvc_side(name: str, prefix: list[str]) -> Side:
+def buildsvc_side(name: str, prefix: list[str], env: dict[str, str] | None = None) -> Side:
     return Side(
         name,
         lambda ctx, progress: [*prefix, "build", "--progress", progress, str(ctx)],
         [*prefix, "prune", "--all"],
+        env,
     )
+
+
+def baseline_env(tree: Path | None) -> dict[str, str] | None:
+    """The environment that runs the ``buildsvc`` package of ``tree`` (None: this checkout's)."""
+    if tree is None:
+        return None
+    return dict(os.environ, PYTHONPATH=str(tree.resolve()))
 
 
 @dataclass
@@ -153,7 +161,9 @@ class Daemon:
 
 
 @contextmanager
-def daemon(work: Path, db_url: str, registry_host: str) -> Iterator[Daemon]:
+def daemon(
+    work: Path, db_url: str, registry_host: str, env: dict[str, str] | None = None
+) -> Iterator[Daemon]:
     sock = work / "buildsvcd.sock"
     log = work / "daemon.log"
     work.mkdir(parents=True)
@@ -166,6 +176,7 @@ def daemon(work: Path, db_url: str, registry_host: str) -> Iterator[Daemon]:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
     d = Daemon(process, f"unix://{sock}", log)
     try:
@@ -226,14 +237,21 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--no-docker", action="store_true", help="Measure buildsvc only.")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="A directory holding another buildsvc package and its migrations (e.g. `git archive HEAD "
+        "buildsvc migrations | tar -x -C DIR`): its daemon and embedded sides are measured too, "
+        "interleaved with this checkout's.",
+    )
     options = parser.parse_args()
     # Measured as installed: a wheel install compiles the package's bytecode, an editable one does
     # not, and with PYTHONDONTWRITEBYTECODE set every buildsvc process would compile it again.
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(Path(buildsvc.__file__).parent)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    trees = [Path(buildsvc.__file__).parent] + ([options.baseline / "buildsvc"] if options.baseline else [])
+    for tree in trees:
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(tree)], check=True, stdout=subprocess.DEVNULL
+        )
     repeat = max(1, options.repeat)
     backends = ["sqlite", "postgres"] if options.backend == "all" else [options.backend]
     why_not = "--no-docker" if options.no_docker else docker_ready()
@@ -254,26 +272,37 @@ def main() -> None:
         ours_ctx = write_context(work / "ctx-buildsvc", base)
         docker_ctx = write_context(work / "ctx-docker", DOCKER_BASE)
         docker = None if why_not else docker_side()
-        embedded_root = work / "embedded"
-        embedded = buildsvc_side(
-            "buildsvc embedded (SQLite)",
-            [sys.executable, "-c", _EMBEDDED, registry.host, "--root", str(embedded_root)],
-        )
+        variants: list[tuple[str, Path | None]] = [("", None)]
+        if options.baseline is not None:
+            variants.append((" [baseline]", options.baseline))
+        embeddeds: list[Side] = []
+        for suffix, tree in variants:
+            tag = "-baseline" if tree else ""
+            embeddeds.append(
+                buildsvc_side(
+                    f"buildsvc embedded (SQLite){suffix}",
+                    [sys.executable, "-c", _EMBEDDED, registry.host, "--root", str(work / f"embedded{tag}")],
+                    baseline_env(tree),
+                )
+            )
+        embedded = embeddeds[0]
         pg = PostgresTemplates() if "postgres" in backends else None
         if pg is not None:
             stack.callback(pg.close)
         served: list[tuple[str, Side, Daemon]] = []
         for backend in backends:
-            if backend == "sqlite":
-                db_url = f"sqlite:///{work / 'daemon-sqlite.db'}"
-            else:
-                assert pg is not None
-                db_url = stack.enter_context(pg.fresh())
-            d = stack.enter_context(daemon(work / f"daemon-{backend}", db_url, registry.host))
-            served.append(
-                (backend, buildsvc_side(f"buildsvc daemon ({backend})", [BUILDSVC, "--addr", d.addr]), d)
-            )
-        ours = [side for _, side, _ in served] + [embedded]
+            for suffix, tree in variants:
+                tag = "-baseline" if tree else ""
+                if backend == "sqlite":
+                    db_url = f"sqlite:///{work / f'daemon-sqlite{tag}.db'}"
+                else:
+                    assert pg is not None
+                    db_url = stack.enter_context(pg.fresh())
+                env = baseline_env(tree)
+                d = stack.enter_context(daemon(work / f"daemon-{backend}{tag}", db_url, registry.host, env))
+                name = f"buildsvc daemon ({backend}){suffix}"
+                served.append((backend + suffix, buildsvc_side(name, [BUILDSVC, "--addr", d.addr], env), d))
+        ours = [side for _, side, _ in served] + embeddeds
 
         def per_side(side: Side, kind: str) -> float:
             ctx = docker_ctx if side is docker else ours_ctx

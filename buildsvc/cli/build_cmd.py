@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from buildsvc.api.client import Client
-from buildsvc.api.errors import DaemonUnavailable
 from buildsvc.api.model import SolveOptions
 from buildsvc.api.peercred import local_actor
 from buildsvc.attrs import parse_kv
@@ -30,6 +28,7 @@ from buildsvc.cli.remote import connect_from
 from buildsvc.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from buildsvc.api.client import Client
     from buildsvc.daemon.cache_specs import CacheOptions
     from buildsvc.daemon.engine import Engine
     from buildsvc.daemon.rerun import Rerun
@@ -170,6 +169,8 @@ def run_remote_build(
     absolute here because the daemon's working directory is not ours. Outputs are written here from
     what the daemon staged (:mod:`buildsvc.api.output_client`), unless ``daemon-host=true``.
     """
+    from buildsvc.api.errors import DaemonUnavailable
+
     ref = build_ref or uuid.uuid4().hex[:25]
     printer = make_printer(progress)
     # Asked for before the Solve: the daemon waits for the build to appear, then sends it all.

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from buildsvc.api.client import Client
 from buildsvc.contexts import ContextTransfer, KnownDigests, scan_dir, scan_rules
 
 if TYPE_CHECKING:
+    from buildsvc.api.client import Client
     from buildsvc.contexts import ReceivedContexts
 
 __all__ = ["embedded_contexts", "send_local_dirs"]

@@ -15,6 +15,12 @@ from buildsvc.errors import BuildsvcError, InvalidInput
 
 __all__ = ["cli", "main"]
 
+# httpx (the registry client, HTTP sources) imports its own command line when it is imported, if it
+# can (httpx._main: rich.syntax, pygments...): 70-100 ms of every command that pulls an image or runs
+# the engine, for a program buildsvc never runs. A None entry makes that import fail, which httpx
+# allows for (its ``main`` then only says that its CLI's dependencies are missing).
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
 
 # Command name -> the module (under buildsvc.cli) whose COMMANDS holds it, and the first sentence of
 # its help (``buildsvc --help`` lists them without importing every command; a test holds these to

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from buildsvc.api.address import TlsFiles, default_address, parse_address
-from buildsvc.api.client import Client, connect
-from buildsvc.api.errors import DaemonUnavailable
 from buildsvc.cli.common import Options
 from buildsvc.errors import BuildsvcError, InvalidInput
+
+if TYPE_CHECKING:
+    # grpc and the generated protobuf modules load only when a daemon is used: every command module
+    # imports this one, and the embedded engine never needs them.
+    from buildsvc.api.client import Client
 
 __all__ = ["ADDR_KEY", "TLS_KEY", "ClientTls", "TlsOptions", "connect_from"]
 
@@ -76,6 +80,8 @@ def connect_from(ctx: click.Context) -> Client | None:
             "a unix socket is protected by its mode"
         )
     if addr:
+        from buildsvc.api.client import connect
+
         client = _connect_tls(addr, tls) if tls.files is not None else connect(addr, timeout=_CONNECT_SECONDS)
     else:
         opts: Options = ctx.find_object(Options)  # type: ignore[assignment]
@@ -84,6 +90,8 @@ def connect_from(ctx: click.Context) -> Client | None:
         default = default_address()
         if not _socket_exists(default):
             return None
+        from buildsvc.api.client import Client
+
         client = Client(default)
         if not client.ready(_PROBE_SECONDS):
             client.close()
@@ -96,6 +104,9 @@ def _connect_tls(addr: str, tls: ClientTls) -> Client:
     """Connect over TLS, saying why when the handshake fails (a wrong CA, a certificate the daemon's
     CA did not sign, a server name that does not match) instead of only "no daemon answers".
     """
+    from buildsvc.api.client import Client
+    from buildsvc.api.errors import DaemonUnavailable
+
     client = Client(addr, tls=tls.files, server_name=tls.server_name)
     try:
         # Not waiting for readiness: the first call fails at once with the handshake's own error.

@@ -148,3 +148,48 @@ def test_a_build_that_names_a_cache_still_has_it_checked() -> None:
     assert from_option is not None and [i.type for i in from_option.imports] == ["local"]
     with pytest.raises(InvalidInput):
         _cache_options(("type=inline",), (), (), {}, [{"type": "local", "dest": "/out"}])
+
+
+# What the embedded engine never uses: the gRPC client and the generated protobuf modules.
+CLIENT_ONLY = ("grpc", "google.protobuf", "buildsvc.api.client", "buildsvc.api.gen.control_pb2")
+
+
+def test_an_embedded_build_leaves_the_grpc_client_unimported() -> None:
+    # What `buildsvc --root R build` loads up to the engine: the command, the local contexts, the
+    # choice of the embedded engine (--root given: no daemon is asked).
+    loaded = _loaded_after(
+        "import click\n"
+        "from pathlib import Path\n"
+        "import buildsvc.cli.main as m, buildsvc.cli.build_cmd, buildsvc.cli.local_contexts\n"
+        "from buildsvc.cli.common import Options\n"
+        "from buildsvc.cli.remote import ADDR_KEY, connect_from\n"
+        "ctx = click.Context(m.cli, obj=Options(root=Path('/nonexistent'), db_url=None, db_timeout=1.0))\n"
+        "ctx.meta[ADDR_KEY] = None\n"
+        "assert connect_from(ctx) is None"
+    )
+    assert sorted(loaded & set(CLIENT_ONLY)) == []
+
+
+def test_a_daemon_build_still_loads_the_client_when_it_connects() -> None:
+    loaded = _loaded_after(
+        "import click\n"
+        "import buildsvc.cli.main as m\n"
+        "from buildsvc.cli.remote import ADDR_KEY, connect_from\n"
+        "from buildsvc.api.errors import DaemonUnavailable\n"
+        "ctx = click.Context(m.cli)\n"
+        "ctx.meta[ADDR_KEY] = 'unix:///nonexistent/buildsvc.sock'\n"
+        "import buildsvc.cli.remote as r; r._CONNECT_SECONDS = 0.1\n"
+        "try:\n    connect_from(ctx)\nexcept DaemonUnavailable:\n    pass\n"
+        "else:\n    raise AssertionError('connected to nothing')"
+    )
+    assert {"grpc", "buildsvc.api.client"} <= loaded
+
+
+def test_httpx_loads_without_its_command_line() -> None:
+    # httpx._main pulls rich.syntax and pygments into every process that pulls an image.
+    loaded = _loaded_after(
+        "import buildsvc.cli.main\nimport httpx\nassert callable(httpx.main) and httpx.Client is not None\n"
+        "sys.modules = {k: v for k, v in sys.modules.items() if v is not None}"
+    )
+    assert "httpx" in loaded
+    assert sorted(m for m in loaded if m in ("httpx._main", "pygments", "rich.syntax")) == []
