@@ -93,7 +93,7 @@ def event_type(cls: E) -> E:
     _types[name] = cls
     _fields[name] = tuple(spec)
     _names[name] = frozenset(f.name for f in dataclasses.fields(cls))
-    _builders[name] = _make_builder(cls, hints, spec)
+    _builders.pop(name, None)  # made on first decode (see _builder): a process decodes a few types
     return cls
 
 
@@ -344,7 +344,17 @@ def decode_payload(type_name: str, schema_version: int, payload: Mapping[str, An
     if not data.keys() <= names:
         unknown = sorted(set(data) - names)
         raise EventSchemaError(type_name, f"unknown field(s) {', '.join(unknown)}")
-    return _builders[type_name](data, type_name)
+    return _builder(type_name)(data, type_name)
+
+
+def _builder(type_name: str) -> Callable[[Mapping[str, Any], str], Event]:
+    built = _builders.get(type_name)
+    if built is None:
+        # Generating and compiling one costs ~0.3 ms: for every type at import, a start-up cost
+        # of every process (most decode a handful of types, if any).
+        cls = _types[type_name]
+        built = _builders[type_name] = _make_builder(cls, typing.get_type_hints(cls), _fields[type_name])
+    return built
 
 
 def _upcast(cls: type[Event], type_name: str, version: int, data: dict[str, Any]) -> dict[str, Any]:
