@@ -341,6 +341,9 @@ class _Solve:
         self.recorder = BuildRecorder(solver.store, request.build_ref, actor=request.actor, trace_id=trace_id)
         self.results: dict[str, _Outcome] = {}
         self.refs: list[HeldRef] = []
+        # Results taken from the cache and pinned here, not yet held by a ref of this solve: one
+        # is acquired when a step that reads it starts (see _hold_inputs).
+        self.unheld: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.failure: BaseException | None = None
         # ``cancel`` is the caller's; ``abort`` also fires on the first failure, and is what running
@@ -482,7 +485,7 @@ class _Solve:
                 f"{e}\nthe end of build {r.build_ref} is kept and recorded when the database answers again"
             ) from e
         finally:
-            self.solver._unpin([ref.snapshot_id for ref in self.refs])
+            self.solver._unpin([ref.snapshot_id for ref in self.refs] + list(self.unheld.elements()))
 
     def _end_failed(self, failure: BaseException) -> None:
         ref = self.request.build_ref
@@ -700,7 +703,13 @@ class _Solve:
         worker: Worker,
         outputs: tuple[str | None, ...],
     ) -> None:
-        """Take a result made elsewhere (the cache, or another solve's run of the same vertex)."""
+        """Take a result made elsewhere (the cache, or another solve's run of the same vertex).
+
+        It is pinned in this process at once; a ref of the solve is recorded only when a step
+        that reads it starts (:meth:`_hold_inputs`). A cached result that only leads to other
+        cached results is never read, as in BuildKit: a fully cached build of N steps records N
+        facts, not 3N (each ref's acquisition and release).
+        """
         step = self.recorder.step()
         step.record(
             ev.VertexCached(
@@ -711,12 +720,24 @@ class _Solve:
                 snapshot_id=next((s for s in outputs if s), ""),
             )
         )
-        held = [step.acquire(s, "solve", self.request.build_ref) for s in outputs if s is not None]
-        self.solver._pin([s for s in outputs if s is not None])
+        taken = [s for s in outputs if s is not None]
+        self.solver._pin(taken)
         step.defer()  # a cache hit starts nothing: it is written with the next append
         with self.lock:
-            self.refs.extend(held)
+            self.unheld.update(taken)
             self.results[vertex.digest] = _Outcome(key=key, worker=worker, outputs=outputs)
+
+    def _hold_inputs(self, inputs: Sequence[str | None], step: StepRecorder) -> None:
+        """Acquire the solve's refs on the cached results a step is about to read (recorded with
+        its start, before it reads them).
+        """
+        with self.lock:
+            wanted = [s for s in dict.fromkeys(inputs) if s is not None and self.unheld[s] > 0]
+            for s in wanted:
+                self.unheld[s] -= 1  # that pin is now the ref's, released with it
+            self.unheld += Counter()  # drop the zeros
+            held = [step.acquire(s, "solve", self.request.build_ref) for s in wanted]
+            self.refs.extend(held)
 
     def _resolve(
         self,
@@ -756,6 +777,7 @@ class _Solve:
                 self.solver._remember(key, worker.info.name, lazy)
                 self._use(vertex, name, key, worker, imported)
                 return imported
+        self._hold_inputs(inputs, step)
         step.record(
             ev.VertexStarted(
                 build_ref=self.request.build_ref,

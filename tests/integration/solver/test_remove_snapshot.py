@@ -137,3 +137,41 @@ def test_an_unknown_snapshot_or_worker_is_not_found(h: Harness) -> None:
         h.engine.remove_snapshot(worker, "no-such-snapshot", reason="test")
     with pytest.raises(NotFound, match="enabled"):
         h.engine.remove_snapshot("kata-zfs", "no-such-snapshot", reason="test")
+
+
+def test_a_cached_result_is_held_by_the_solve_once_a_step_reads_it(h: Harness, images: Images) -> None:
+    made = llb.image(images.busybox).run("echo made > /made", name="made").root()
+    h.solve(made.marshal(), build_ref="first")
+    (done,) = [c for c in h.of_type("first", ev.VertexCompleted) if c.vertex == digest_of(made)]
+
+    # All cached: nothing read, so no ref of the solve is recorded (as BuildKit loads none).
+    h.solve(made.marshal(), build_ref="again")
+    assert [c.vertex for c in h.of_type("again", ev.VertexCached)][-1] == digest_of(made)
+    assert h.of_type("again", ev.RefAcquired) == []
+
+    # A step on the cached result: the solve's ref on it goes with the step's start.
+    slow = made.run("sleep 2; cat /made > /copy", name="slow").root()
+    errors: list[BaseException] = []
+
+    def solve() -> None:
+        try:
+            h.solve(slow.marshal(), build_ref="reader")
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=solve)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any(s.name == "slow" for s in h.of_type("reader", ev.VertexStarted)):
+            assert time.monotonic() < deadline, "the slow step never started"
+            time.sleep(0.05)
+        held = [r for r in h.of_type("reader", ev.RefAcquired) if r.snapshot_id == done.snapshot_id]
+        assert [(r.holder_kind, r.holder_id) for r in held] == [("solve", "reader")]
+        with pytest.raises(SnapshotInUse) as info:
+            h.engine.remove_snapshot(done.worker, done.snapshot_id, reason="test")
+        assert SnapshotHolder(kind="solve", id="reader", build="reader") in info.value.holders
+    finally:
+        thread.join(60)
+    assert errors == []
+    assert_no_leaks(h)
