@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -21,6 +23,32 @@ def digest_of(state: llb.State) -> str:
     output = state.marshal().output
     assert output is not None
     return output.digest
+
+
+@contextmanager
+def solving_until_started(h: Harness, state: llb.State, build_ref: str, step: str) -> Iterator[None]:
+    """Solve ``state`` in a thread; the block runs once step ``step`` has started, and the solve must
+    then end without error.
+    """
+    errors: list[BaseException] = []
+
+    def solve() -> None:
+        try:
+            h.solve(state.marshal(), build_ref=build_ref)
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=solve)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any(s.name == step for s in h.of_type(build_ref, ev.VertexStarted)):
+            assert time.monotonic() < deadline, f"step {step} never started"
+            time.sleep(0.05)
+        yield
+    finally:
+        thread.join(60)
+    assert errors == []
 
 
 def daemon_events(h: Harness) -> list[Event]:
@@ -95,21 +123,7 @@ def test_a_parent_layer_with_a_child_is_refused(h: Harness) -> None:
 def test_a_snapshot_a_running_build_holds_is_refused_naming_it(h: Harness, images: Images) -> None:
     made = llb.image(images.busybox).run("echo made > /made", name="made").root()
     slow = made.run("sleep 2; cat /made > /copy", name="slow").root()
-    errors: list[BaseException] = []
-
-    def solve() -> None:
-        try:
-            h.solve(slow.marshal(), build_ref="holding")
-        except BaseException as e:
-            errors.append(e)
-
-    thread = threading.Thread(target=solve)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not any(s.name == "slow" for s in h.of_type("holding", ev.VertexStarted)):
-            assert time.monotonic() < deadline, "the slow step never started"
-            time.sleep(0.05)
+    with solving_until_started(h, slow, "holding", "slow"):
         (done,) = [c for c in h.of_type("holding", ev.VertexCompleted) if c.vertex == digest_of(made)]
         with pytest.raises(SnapshotInUse) as info:
             h.engine.remove_snapshot(done.worker, done.snapshot_id, reason="test")
@@ -118,9 +132,6 @@ def test_a_snapshot_a_running_build_holds_is_refused_naming_it(h: Harness, image
         assert SnapshotHolder(kind="solve", id="holding", build="holding") in holders
         assert any(x.kind == "child" and x.build == "holding" for x in holders)
         assert "solve holding" in str(info.value)
-    finally:
-        thread.join(60)
-    assert errors == []
     assert on_disk(h, done.snapshot_id)
 
     # Once the build is over only the cache record holds it, and that does not block removal.
@@ -151,27 +162,10 @@ def test_a_cached_result_is_held_by_the_solve_once_a_step_reads_it(h: Harness, i
 
     # A step on the cached result: the solve's ref on it goes with the step's start.
     slow = made.run("sleep 2; cat /made > /copy", name="slow").root()
-    errors: list[BaseException] = []
-
-    def solve() -> None:
-        try:
-            h.solve(slow.marshal(), build_ref="reader")
-        except BaseException as e:
-            errors.append(e)
-
-    thread = threading.Thread(target=solve)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not any(s.name == "slow" for s in h.of_type("reader", ev.VertexStarted)):
-            assert time.monotonic() < deadline, "the slow step never started"
-            time.sleep(0.05)
+    with solving_until_started(h, slow, "reader", "slow"):
         held = [r for r in h.of_type("reader", ev.RefAcquired) if r.snapshot_id == done.snapshot_id]
         assert [(r.holder_kind, r.holder_id) for r in held] == [("solve", "reader")]
         with pytest.raises(SnapshotInUse) as info:
             h.engine.remove_snapshot(done.worker, done.snapshot_id, reason="test")
         assert SnapshotHolder(kind="solve", id="reader", build="reader") in info.value.holders
-    finally:
-        thread.join(60)
-    assert errors == []
     assert_no_leaks(h)
