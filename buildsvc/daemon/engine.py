@@ -15,14 +15,12 @@ import os
 import socket
 import subprocess
 import tarfile
-import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -52,34 +50,6 @@ def _version() -> str:
         return version("buildsvc")
     except PackageNotFoundError:
         return ""
-
-
-class _LazyRegistry:
-    """A :class:`RegistryClient` made on first use.
-
-    Making one costs an embedded build ~70 ms (httpx's transport and a TLS context with the system's
-    CAs), and a rebuild whose base image was resolved recently and whose steps are all cached never
-    talks to a registry.
-    """
-
-    def __init__(self, options: RegistryOptions) -> None:
-        self.options = options
-        self._client: RegistryClient | None = None
-        self._lock = threading.Lock()
-
-    def _get(self) -> RegistryClient:
-        with self._lock:
-            if self._client is None:
-                self._client = RegistryClient(self.options)
-            return self._client
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._get(), name)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
 
 
 @dataclass(slots=True, kw_only=True)
@@ -331,13 +301,10 @@ def open_engine(
                 daemon_id=daemon_id,
             )
         )
-    registry = cast(
-        RegistryClient,
-        _LazyRegistry(
-            RegistryOptions(
-                insecure=insecure_registries, insecure_hosts=frozenset(h.lower() for h in insecure_hosts)
-            )
-        ),
+    registry = RegistryClient(
+        RegistryOptions(
+            insecure=insecure_registries, insecure_hosts=frozenset(h.lower() for h in insecure_hosts)
+        )
     )
     solver_dir = state.root / "solver"
     try:

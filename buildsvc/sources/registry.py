@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,16 +86,31 @@ class RegistryClient:
     """Talks the distribution API to any number of registries; thread-safe like ``httpx.Client``."""
 
     def __init__(self, options: RegistryOptions | None = None) -> None:
-        """Open a pooled HTTP client (close it, or use the client as a context manager)."""
+        """A client whose pooled HTTP connections open on first use (close it, or use it as a
+        context manager).
+        """
         self.options = options or RegistryOptions()
         self._auth = _RegistryAuth(self.options.credentials)
-        self._http = httpx.Client(
-            timeout=self.options.timeout, follow_redirects=True, auth=self._auth, trust_env=False
-        )
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def _http(self) -> httpx.Client:
+        # Made on first use: an httpx client (its transport, a TLS context with the system's CAs)
+        # costs ~70 ms, and an engine whose builds are cached and whose base images were resolved
+        # recently never talks to a registry.
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    timeout=self.options.timeout, follow_redirects=True, auth=self._auth, trust_env=False
+                )
+            return self._client
 
     def close(self) -> None:
-        """Close pooled connections."""
-        self._http.close()
+        """Close pooled connections, if any were opened."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
 
     def __enter__(self) -> RegistryClient:
         """Use as a context manager."""
