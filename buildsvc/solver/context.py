@@ -108,7 +108,7 @@ class VertexContext:
         """
         # All views are announced in one append, then made. With no view to make there is no side
         # effect to announce: what is pending goes with the step's next append instead.
-        direct = [self._direct(c) for c in committed]
+        direct = self.whole_trees(committed)
         keys = self._announce_views(committed, direct)
         if any(k is not None for k in keys):
             self.step.flush()
@@ -119,7 +119,7 @@ class VertexContext:
     ) -> tuple[str, list[Path | None]]:
         """:meth:`prepare` and :meth:`read_inputs` announced in one append (one commit, not two)."""
         key = self._announce("active", parent)
-        direct = [self._direct(c) for c in committed]
+        direct = self.whole_trees(committed)
         views = self._announce_views(committed, direct)
         self.step.flush()
         self.worker.snapshotter.prepare(key, parent)
