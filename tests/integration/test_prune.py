@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from buildsvc.projections.schema import cache_records
 from buildsvc.solver import llb
 from buildsvc.solver.engine import SolveRequest
 from tests.integration.test_build_cli import Cli, cli, hello_definition, rootfs, write_definition
+from tests.support.background import running_until
 
 pytestmark = pytest.mark.root
 
@@ -122,7 +122,6 @@ def test_a_snapshot_held_by_a_running_build_is_not_removed(db_url: str, rootfs: 
     engine = open_engine(state)
     made = llb.local("rootfs").run("echo made > /made", name="made").root()
     slow = made.run("sleep 3; cat /made > /copy", name="slow").root()
-    errors: list[BaseException] = []
     try:
         engine.solver.solve(
             SolveRequest(definition=made.marshal(), local_dirs={"rootfs": rootfs}, build_ref="a")
@@ -133,29 +132,16 @@ def test_a_snapshot_held_by_a_running_build_is_not_removed(db_url: str, rootfs: 
         made_digest = output.digest
         (made_done,) = [e for e in events if isinstance(e, ev.VertexCompleted) and e.vertex == made_digest]
 
-        def solve() -> None:
-            try:
-                request = SolveRequest(
-                    definition=slow.marshal(), local_dirs={"rootfs": rootfs}, build_ref="b"
-                )
-                engine.solver.solve(request)
-            except BaseException as e:
-                errors.append(e)
-
-        thread = threading.Thread(target=solve)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 30
-            while not any(
+        request = SolveRequest(definition=slow.marshal(), local_dirs={"rootfs": rootfs}, build_ref="b")
+        with running_until(
+            lambda: engine.solver.solve(request),
+            lambda: any(
                 isinstance(e, ev.VertexStarted) and e.name == "slow"
                 for e in (s.decode() for s in state.store.read_stream("build-b"))
-            ):
-                assert time.monotonic() < deadline, "the slow step never started"
-                time.sleep(0.05)
+            ),
+            "the slow step's start",
+        ):
             report = prune(engine, all=True)
-        finally:
-            thread.join(60)
-        assert errors == []
         removed = {r.snapshot_id for r in report.removed}
         assert made_done.snapshot_id not in removed
         assert made_done.snapshot_id in {s.snapshot_id for s in report.skipped}

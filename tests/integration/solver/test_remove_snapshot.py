@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import pytest
 
@@ -15,6 +12,7 @@ from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
 from buildsvc.solver import llb
 from tests.integration.solver.conftest import Harness, Images
+from tests.support.background import running_until
 
 pytestmark = pytest.mark.root
 
@@ -25,30 +23,15 @@ def digest_of(state: llb.State) -> str:
     return output.digest
 
 
-@contextmanager
-def solving_until_started(h: Harness, state: llb.State, build_ref: str, step: str) -> Iterator[None]:
-    """Solve ``state`` in a thread; the block runs once step ``step`` has started, and the solve must
-    then end without error.
-    """
-    errors: list[BaseException] = []
-
-    def solve() -> None:
-        try:
-            h.solve(state.marshal(), build_ref=build_ref)
-        except BaseException as e:
-            errors.append(e)
-
-    thread = threading.Thread(target=solve)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not any(s.name == step for s in h.of_type(build_ref, ev.VertexStarted)):
-            assert time.monotonic() < deadline, f"step {step} never started"
-            time.sleep(0.05)
-        yield
-    finally:
-        thread.join(60)
-    assert errors == []
+def solving_until_started(
+    h: Harness, state: llb.State, build_ref: str, step: str
+) -> AbstractContextManager[None]:
+    """Solve ``state`` in a thread; the block runs once step ``step`` has started."""
+    return running_until(
+        lambda: h.solve(state.marshal(), build_ref=build_ref),
+        lambda: any(s.name == step for s in h.of_type(build_ref, ev.VertexStarted)),
+        f"step {step} started",
+    )
 
 
 def daemon_events(h: Harness) -> list[Event]:
