@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +48,8 @@ _tracer = trace.get_tracer("buildsvc.solver")
 _FLUSH_AFTER = 0.5
 """Seconds a deferred fact (a step's end, a cache hit) waits for another append to ride with: long
 enough that a solve of cache hits is one append, short enough for a progress display."""
+_RUNNER_SLICE = 0.05
+"""Seconds a runner keeps its pool thread while its solve has vertices queued (see ``_walk``)."""
 
 
 class CacheIndex(Protocol):
@@ -522,6 +524,13 @@ class _Solve:
     # --- scheduling ------------------------------------------------------------------------------
 
     def _walk(self, order: list[Vertex]) -> None:
+        """Run ``order``'s vertices, each once its inputs are done, up to ``max_parallel`` at once.
+
+        Ready vertices wait in this solve's queue, drained by *runners*: pool tasks that take one
+        vertex after another rather than a pool task (a future, a lock, a wake-up) per vertex, which
+        a thousand cache hits would spend more on than on the hits. A runner gives its thread back
+        after a time slice when vertices are still queued, so solves sharing the pool take turns.
+        """
         waiting = {v.digest: {e.digest for e in v.inputs} for v in order}
         dependents: dict[str, list[str]] = {}
         for v in order:
@@ -529,44 +538,57 @@ class _Solve:
                 dependents.setdefault(e.digest, []).append(v.digest)
         by_digest = {v.digest: v for v in order}
         done = threading.Condition()
-        running = 0
+        ready: deque[str] = deque(d for d, inputs in waiting.items() if not inputs)
+        runners = busy = 0  # pool tasks of this solve; those of them running a vertex
         finished: set[str] = set()
+        limit = self.solver.max_parallel
 
-        def submit(digest: str) -> None:
-            nonlocal running
-            running += 1
-            self.solver._pool.submit(task, by_digest[digest])
+        def start_runners() -> None:
+            # Under ``done``: a runner for each queued vertex that no idle runner will take.
+            nonlocal runners
+            while runners < limit and len(ready) > runners - busy:
+                runners += 1
+                self.solver._pool.submit(runner)
 
-        def task(vertex: Vertex) -> None:
-            nonlocal running
-            error: BaseException | None = None
-            try:
-                if self.abort.is_set():
-                    raise SolveCancelled(self.request.build_ref)
-                self._process(vertex)
-            except BaseException as e:
-                error = e
-            with done:
-                running -= 1
-                if error is not None:
-                    if self.failure is None:
-                        self.failure = error
-                    self.abort.set()  # the first failure stops the rest of the solve
-                else:
+        def runner() -> None:
+            nonlocal runners, busy
+            slice_ends = time.monotonic() + _RUNNER_SLICE
+            while True:
+                with done:
+                    if not ready or self.abort.is_set():
+                        runners -= 1
+                        if not runners:
+                            done.notify_all()
+                        return
+                    if time.monotonic() > slice_ends:
+                        self.solver._pool.submit(runner)  # to the back of the pool's queue
+                        return
+                    vertex = by_digest[ready.popleft()]
+                    busy += 1
+                error: BaseException | None = None
+                try:
+                    self._process(vertex)
+                except BaseException as e:
+                    error = e
+                with done:
+                    busy -= 1
+                    if error is not None:
+                        if self.failure is None:
+                            self.failure = error
+                        self.abort.set()  # the first failure stops the rest of the solve
+                        continue
                     finished.add(vertex.digest)
-                    for dep in dependents.get(vertex.digest, []):
+                    for dep in dependents.get(vertex.digest, ()):
                         waiting[dep].discard(vertex.digest)
-                        if not waiting[dep] and not self.abort.is_set():
-                            submit(dep)
-                done.notify_all()
+                        if not waiting[dep]:
+                            ready.append(dep)
+                    start_runners()
 
         with done:
-            for digest, inputs in waiting.items():
-                if not inputs:
-                    submit(digest)
+            start_runners()
         while True:
             with done:
-                if not running:
+                if not runners:
                     break
                 if self.cancel.is_set():
                     self.abort.set()

@@ -135,6 +135,29 @@ def test_independent_vertices_run_in_parallel_up_to_the_limit(tmp_path: Path) ->
         h.close()
 
 
+def test_solves_sharing_the_vertex_threads_take_turns(tmp_path: Path) -> None:
+    # One vertex thread: a solve with many ready steps gives it back between them (after a time
+    # slice), so a solve that comes later does not wait for all of them.
+    h = Harness(tmp_path, max_parallel=1)
+    try:
+        leaves = [llb.scratch().run(["sleep", "0.02", str(i)]).root() for i in range(40)]
+        wide = llb.merge(leaves).marshal()
+        narrow = chain("true narrow").marshal()
+        assert narrow.output is not None
+        wide_solve = threading.Thread(target=h.solver.solve, args=(SolveRequest(definition=wide),))
+        wide_solve.start()
+        while not h.ops.runs:
+            threading.Event().wait(0.005)
+        h.solver.solve(SolveRequest(definition=narrow))
+        wide_solve.join(30)
+        order = list(h.ops.runs)  # in the order the steps started
+        leaf_digests = {d for d in wide.vertices if d != (wide.output.digest if wide.output else "")}
+        after = [d for d in order[order.index(narrow.output.digest) :] if d in leaf_digests]
+        assert after, "the later solve waited until every step of the first had run"
+    finally:
+        h.close()
+
+
 def test_a_failed_vertex_fails_the_solve_with_its_exit_code_and_output(harness: Harness) -> None:
     definition = llb.merge([chain("fail 7"), chain("sleep 5")]).marshal()
     with pytest.raises(SolveError) as info:
