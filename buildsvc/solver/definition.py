@@ -79,7 +79,6 @@ from buildsvc.solver.ops import (
     Vertex,
     describe_op,
     encode_fields,
-    encode_op,
     normalize_image_ref,
     output_count,
 )
@@ -129,6 +128,10 @@ class Definition:
         default_factory=FrozenDict[str, tuple[Location, ...]]
     )
     """Source locations by vertex digest."""
+    # A definition never changes (frozen, its mappings FrozenDicts): what is worked out from the
+    # whole graph is worked out once, however often a solve asks (validate, needed, to_dict).
+    _order: tuple[Vertex, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _valid: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("vertices", "metadata", "locations"):
@@ -158,6 +161,8 @@ class Definition:
 
         Raises :class:`DefinitionError` for a dangling input or a cycle.
         """
+        if self._order is not None:
+            return list(self._order)
         roots = [self.output.digest] if self.output and self.output.digest in self.vertices else []
         roots += sorted(self.vertices)
         try:
@@ -166,10 +171,14 @@ class Definition:
             raise self._error(str(e.node), f"input refers to unknown vertex {e.dep}") from None
         except _Cycle as e:
             raise self._error(e.path[0], "cycle: " + " -> ".join(e.path)) from None
-        return [self.vertices[d] for d in order]
+        vertices = tuple(self.vertices[d] for d in order)
+        object.__setattr__(self, "_order", vertices)
+        return list(vertices)
 
     def validate(self) -> None:
         """Raise :class:`DefinitionError`, naming the vertex, at the first problem found."""
+        if self._valid:
+            return
         for key in sorted(self.vertices):
             if self.vertices[key].digest != key:
                 raise self._error(key, f"stored under {key} but its op hashes to {self.vertices[key].digest}")
@@ -197,6 +206,7 @@ class Definition:
                 _check_edge(self.output, self.vertices, "output")
             except _Invalid as e:
                 raise DefinitionError(e.reason) from None
+        object.__setattr__(self, "_valid", True)
 
     def _error(self, digest: str, reason: str) -> DefinitionError:
         return DefinitionError(reason, vertex=digest, name=self.name_of(digest))
@@ -210,9 +220,9 @@ class Definition:
             entry: dict[str, Any] = {"id": vertex.digest}
             if vertex.inputs:
                 entry["inputs"] = [{"vertex": e.digest, "index": e.index} for e in vertex.inputs]
-            entry["op"] = encode_op(vertex.op)
-            md = encode_fields(self.metadata.get(vertex.digest, OpMetadata()))
-            if md:
+            entry["op"] = vertex.op_json
+            metadata = self.metadata.get(vertex.digest)
+            if metadata is not None and (md := encode_fields(metadata)):
                 entry["metadata"] = md
             if self.locations.get(vertex.digest):
                 entry["locations"] = [encode_fields(loc) for loc in self.locations[vertex.digest]]

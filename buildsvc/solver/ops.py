@@ -547,15 +547,18 @@ class Vertex:
     inputs: tuple[Edge, ...] = ()
     digest: str = field(init=False, repr=False, compare=False)
     """``sha256:`` + hex sha256 of :meth:`canonical_bytes`, computed on construction."""
+    op_json: dict[str, Any] = field(init=False, repr=False, compare=False)
+    """``encode_op(op)``, made once for the digest and reused by the JSON form (read it, never change it)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "op_json", encode_op(self.op))
         object.__setattr__(self, "digest", "sha256:" + hashlib.sha256(self.canonical_bytes()).hexdigest())
 
     def canonical_bytes(self) -> bytes:
         """The bytes the digest is computed over."""
         doc = {
             "inputs": [{"digest": e.digest, "index": e.index} for e in self.inputs],
-            "op": encode_op(self.op),
+            "op": self.op_json,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
