@@ -19,19 +19,21 @@ Export runs in the solve's export step, while the solve still holds its results:
 mode picks, their snapshot chains as layers (a layer per snapshot, written once per snapshot and
 compression, then reused from ``<root>/cache/layers``), recorded as ``CacheExportStarted`` then
 ``CacheExportCompleted`` or ``CacheExportFailed`` in the build's stream. Layers are made two at a
-time, and a local export hard-links them into the layout when it can. ``type=inline`` is written by
-the image exporter (:func:`inline_cache_for` gives it the record) and only recorded here.
+time, and a local export hard-links them into the layout when it can. A solve that records a cache
+export in its request has its layers made as its steps commit (:func:`watch_cache_exports`,
+:mod:`buildsvc.cache.ahead`): the export then takes those blobs, each only if its snapshot is still
+the one it was made from (:mod:`buildsvc.cache.layer_store`). ``type=inline`` is written by the
+image exporter (:func:`inline_cache_for` gives it the record) and only recorded here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import tempfile
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +41,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 
+from buildsvc.cache.ahead import LayersAhead
 from buildsvc.cache.config import CacheConfigError
 from buildsvc.cache.export import Step, plan_records, write_cache
 from buildsvc.cache.imports import ImportLayer, ImportRecord
 from buildsvc.cache.inline import InlineCache
+from buildsvc.cache.layer_store import Identity, LayerFormat, LayerStore
 from buildsvc.cache.layers import LayerBlob, write_layer
 from buildsvc.cache.local import BlobAccess, LocalSource, LocalTarget
 from buildsvc.cache.options import CacheExportSpec, CacheImportSpec
@@ -57,11 +61,12 @@ from buildsvc.daemon.registry_push import client_for
 from buildsvc.errors import BuildsvcError, Conflict, InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
+from buildsvc.events.sql_store import SqlEventStore
 from buildsvc.executors import Worker
 from buildsvc.projections.schema import cache_records
 from buildsvc.solver.definition import Definition
 from buildsvc.solver.engine import ResultRef
-from buildsvc.solver.worker import SnapshotKind
+from buildsvc.solver.worker import Change, SnapshotKind, Snapshotter
 from buildsvc.solver.worker import Worker as SolverWorker
 from buildsvc.sources import RegistryClient, apply_layer
 from buildsvc.sources.errors import DigestMismatch, InvalidImage, RegistryError
@@ -79,6 +84,7 @@ __all__ = [
     "import_caches",
     "import_caches_again",
     "inline_cache_for",
+    "watch_cache_exports",
 ]
 
 
@@ -117,7 +123,10 @@ def import_caches(engine: Engine, build_ref: str, imports: Sequence[CacheImportS
     """Import each source before a solve (see the module doc); raises on a failure unless ignored.
 
     What the import records (and a hit's unpack, later) is for ``actor``, who asked for the build.
+    Every caller runs it before a solve with cache options, so it also starts watching for solves
+    that export a cache (:func:`watch_cache_exports`), before the solve records its request.
     """
+    watch_cache_exports(engine)
     for spec in imports:
         _import_one(engine, build_ref, spec, actor)
 
@@ -228,21 +237,24 @@ class LazyImports:
         made: list[ImportLayer] = []  # the current record's new layers
         spec = offer.spec
         try:
-            with tempfile.TemporaryDirectory(prefix="cache-import-", dir=self.engine.state.root) as work:
-                if isinstance(offer.source, RegistrySource):
-                    offer.source.client = self.client(spec.insecure)  # the import's own one is closed
-                for output, record in sorted(offer.records.items()):
-                    # The next step's layer most likely sits on this record's: its check can run
-                    # while this one is unpacked and recorded.
-                    offer.source.prefetch_after(record.snapshot, lambda key: _committed(worker, key))
-                    made = []
-                    try:
-                        _, size = _unpack_chain(worker, offer.source, record.layers, Path(work), made)
-                    finally:
-                        # Layers committed before a later one of the chain failed are recorded too.
-                        events.extend(_snapshot_events(worker, made))
-                    events.extend(_record_events(worker, record, offer.build_ref, spec, size))
-                    outputs[output] = record.snapshot
+            # Neither source writes to its ``work`` directory any more (a local blob is read in
+            # place, a registry one goes to the content store or straight into its snapshot):
+            # no temporary directory made and removed per hit.
+            work = self.engine.state.root
+            if isinstance(offer.source, RegistrySource):
+                offer.source.client = self.client(spec.insecure)  # the import's own one is closed
+            for output, record in sorted(offer.records.items()):
+                # The next step's layer most likely sits on this record's: its check can run
+                # while this one is unpacked and recorded.
+                offer.source.prefetch_after(record.snapshot, lambda key: _committed(worker, key))
+                made = []
+                try:
+                    _, size = _unpack_chain(worker, offer.source, record.layers, Path(work), made)
+                finally:
+                    # Layers committed before a later one of the chain failed are recorded too.
+                    events.extend(_snapshot_events(worker, made))
+                events.extend(_record_events(worker, record, offer.build_ref, spec, size))
+                outputs[output] = record.snapshot
         except BuildsvcError as e:
             # The record is a miss, never a hit on a blob that failed its check. Records unpacked
             # before it stay (recorded, held by their cache records).
@@ -559,6 +571,8 @@ def export_caches(
     An inline export was written by the image exporter (see :func:`inline_cache_for`); here it is
     recorded, with the image's manifest digest from ``exporter_response``.
     """
+    # What is still queued to be made ahead is made by the export now, with both cores.
+    watch_cache_exports(engine).finish(build_ref)
     response: dict[str, str] = {}
     for n, spec in enumerate(exports):
         digest = _export_one(engine, result, build_ref, definition, spec, exporter_response or {}, actor)
@@ -666,10 +680,11 @@ def _inline_completed(build_ref: str, export_id: str, image_digest: str, has_res
 
 
 class _LayerCache:
-    """Each committed snapshot's layer blob, written once per compression and reused after.
+    """Each committed snapshot's layer blob, written once per format and reused after.
 
-    A committed snapshot never changes, so its diff over its parent is the same blob every time;
-    blobs live under ``<root>/cache/layers`` with a small JSON note of their digests.
+    The blobs live in the root's layer store (:mod:`buildsvc.cache.layer_store`), which trusts one
+    only while its snapshot is the one it was made from; those made while the build ran
+    (:func:`watch_cache_exports`) are taken as they are, one being made is waited for.
     """
 
     def __init__(
@@ -679,9 +694,8 @@ class _LayerCache:
         self.worker = worker
         self.build_ref = build_ref
         self.actor = actor
-        self.spec = spec
-        self.dir = engine.state.root / "cache" / "layers"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.format = _format_of(spec)
+        self.store = _layer_store(engine)
 
     def parent_of(self, snapshot: str) -> str | None:
         return self.worker.snapshotter.stat(snapshot).parent
@@ -702,54 +716,80 @@ class _LayerCache:
             yield root
 
     def layer_of(self, snapshot: str) -> LayerBlob:
-        spec = self.spec
-        level = spec.compression_level
-        name = f"{snapshot.replace(':', '-')}.{spec.compression}.{level}.{int(spec.oci_mediatypes)}"
-        note = self.dir / f"{name}.json"
-        blob_path = self.dir / f"{name}.blob"
-        with _lock(f"layer/{name}"):
-            if note.is_file() and blob_path.is_file():
-                doc = json.loads(note.read_text())
-                st = blob_path.stat()
-                # Same size and mtime: untouched since written (a layout it is linked into shares
-                # the file, and an edit there changes the mtime; then the layer is made again).
-                if st.st_size == doc["size"] and st.st_mtime_ns == doc.get("mtime_ns"):
-                    return LayerBlob(
-                        path=blob_path,
-                        digest=doc["digest"],
-                        diff_id=doc["diff_id"],
-                        size=doc["size"],
-                        media_type=doc["media_type"],
-                    )
-            changes = self.worker.snapshotter.changes(snapshot)
-            partial = self.dir / f".{name}.{uuid.uuid4().hex[:8]}"
-            try:
-                with self._changed_files(snapshot) as root:
-                    blob = write_layer(
-                        root,
-                        changes,
-                        partial,
-                        compression=spec.compression,
-                        level=spec.compression_level,
-                        oci=spec.oci_mediatypes,
-                    )
-                os.replace(partial, blob_path)
-            finally:
-                partial.unlink(missing_ok=True)
-            doc = {
-                "digest": blob.digest,
-                "diff_id": blob.diff_id,
-                "size": blob.size,
-                "media_type": blob.media_type,
-                "mtime_ns": blob_path.stat().st_mtime_ns,
-            }
-            tmp = note.with_name(f".{note.name}.tmp")
-            tmp.write_text(json.dumps(doc))
-            os.replace(tmp, note)
-            return LayerBlob(
-                path=blob_path,
-                digest=blob.digest,
-                diff_id=blob.diff_id,
-                size=blob.size,
-                media_type=blob.media_type,
-            )
+        snapshotter = self.worker.snapshotter
+
+        def make(dest: Path) -> LayerBlob:
+            changes = snapshotter.changes(snapshot)
+            with self._changed_files(snapshot) as root:
+                return _write(root, changes, dest, self.format)
+
+        return self.store.get(snapshot, self.format, lambda: _identity(snapshotter, snapshot), make)
+
+
+def _format_of(spec: CacheExportSpec) -> LayerFormat:
+    return LayerFormat(spec.compression, spec.compression_level, spec.oci_mediatypes)
+
+
+def _layer_store(engine: Engine) -> LayerStore:
+    return LayerStore(engine.state.root / "cache" / "layers")
+
+
+def _write(root: Path | None, changes: Sequence[Change], dest: Path, fmt: LayerFormat) -> LayerBlob:
+    return write_layer(root, changes, dest, compression=fmt.compression, level=fmt.level, oci=fmt.oci)
+
+
+def _identity(snapshotter: Snapshotter, snapshot: str) -> Identity:
+    """What tells this committed snapshot from another one under its key: on overlay, its layer
+    directory (path, inode, times: a key removed and made again, or a layer written to, differs).
+    """
+    info = snapshotter.stat(snapshot)
+    if not isinstance(snapshotter, _HasUpperDir):
+        return (info.kind.value, info.parent)
+    path = snapshotter.upper_dir(snapshot)
+    st = os.stat(path)
+    return (info.kind.value, info.parent, path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# --- layers made while the build runs -------------------------------------------------------------
+
+_watchers: weakref.WeakKeyDictionary[SqlEventStore, LayersAhead] = weakref.WeakKeyDictionary()
+_watchers_guard = threading.Lock()
+
+
+def watch_cache_exports(engine: Engine) -> LayersAhead:
+    """Make the layers of solves that ask for a cache export as their steps commit (once per store).
+
+    :func:`import_caches` calls it: every caller runs it before a solve with cache options (the
+    daemon before every solve). Only overlay results are made ahead: other snapshotters' layers
+    are read through a mounted view, which is recorded, so they are left to the export.
+    """
+    store = engine.state.store
+    with _watchers_guard:
+        ahead = _watchers.get(store)
+        if ahead is None:
+            ahead = LayersAhead(_make_ahead(engine.workers, _layer_store(engine)))
+            store.add_hook(ahead.hook)
+            store.on_commit(ahead.committed)
+            _watchers[store] = ahead
+        return ahead
+
+
+def _make_ahead(workers: Sequence[Worker], store: LayerStore) -> Callable[[str, str, LayerFormat], None]:
+    # No reference to the engine or the store: the watcher lives as long as the store's hooks do.
+    by_name = {w.name: w for w in workers}
+
+    def make(worker_name: str, snapshot: str, fmt: LayerFormat) -> None:
+        worker = by_name.get(worker_name)
+        if worker is None:
+            return
+        snapshotter = worker.snapshotter
+        if not isinstance(snapshotter, _HasUpperDir):
+            return
+        upper = snapshotter
+
+        def write(dest: Path) -> LayerBlob:
+            return _write(Path(upper.upper_dir(snapshot)), snapshotter.changes(snapshot), dest, fmt)
+
+        store.get(snapshot, fmt, lambda: _identity(snapshotter, snapshot), write)
+
+    return make
