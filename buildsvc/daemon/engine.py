@@ -35,7 +35,7 @@ from buildsvc.executors.backends import LocalFileBackend, LocalLayerBackend
 from buildsvc.projections import SqlCacheIndex
 from buildsvc.projections.refs import OpenRef, live_children, snapshot_row, unreleased_refs
 from buildsvc.projections.schema import cache_records
-from buildsvc.solver.engine import ResultRef, Solver
+from buildsvc.solver.engine import DEFAULT_MAX_PARALLEL, ResultRef, Solver
 from buildsvc.solver.handlers import Backends
 from buildsvc.solver.http_source import HttpDownloader
 from buildsvc.solver.recording import DAEMON_ACTOR, BuildRecorder
@@ -270,7 +270,7 @@ def open_engine(
     state: State,
     *,
     worker_names: Sequence[str] | None = None,
-    max_parallel: int = 4,
+    max_parallel: int = DEFAULT_MAX_PARALLEL,
     insecure_registries: bool = False,
     insecure_hosts: Sequence[str] = (),
 ) -> Engine:

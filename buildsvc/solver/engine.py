@@ -42,12 +42,17 @@ from buildsvc.solver.source_excerpt import SourceExcerpt, locate
 from buildsvc.solver.unrecorded import UnrecordedEnds
 from buildsvc.solver.worker import RemoteCache, Terminal, Worker, select_worker
 
-__all__ = ["CacheIndex", "ResultRef", "SolveRequest", "SolveResult", "Solver"]
+__all__ = ["DEFAULT_MAX_PARALLEL", "CacheIndex", "ResultRef", "SolveRequest", "SolveResult", "Solver"]
 
 _tracer = trace.get_tracer("buildsvc.solver")
 _FLUSH_AFTER = 0.5
 """Seconds a deferred fact (a step's end, a cache hit) waits for another append to ride with: long
 enough that a solve of cache hits is one append, short enough for a progress display."""
+DEFAULT_MAX_PARALLEL = 16
+"""Vertices a solver runs at once unless told otherwise (BuildKit's ``max-parallelism`` is unbounded
+by default). Small steps spend most of their time waiting for the append that announces them,
+and appends asked for while one is in flight go together (group commit): with four threads a
+cold graph of file ops made an append for every two steps; with sixteen, several times fewer."""
 _RUNNER_SLICE = 0.05
 """Seconds a runner keeps its pool thread while its solve has vertices queued (see ``_walk``)."""
 
@@ -173,7 +178,7 @@ class Solver:
         backends: Backends,
         *,
         state_dir: Path,
-        max_parallel: int = 4,
+        max_parallel: int = DEFAULT_MAX_PARALLEL,
         handler_factory: Callable[[Op, Backends], OpHandler] = handler_for,
         daemon_id: str = "",
     ) -> None:
