@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from buildsvc.frontends.dockerfile.config import ImageConfigLike, ImageConfigResolver, Platform
 from buildsvc.frontends.dockerfile.convert import DockerfileResult, decode_options, lower
 from buildsvc.frontends.dockerfile.errors import DockerfileError
+from buildsvc.frontends.dockerfile.memo import LoweringMemo
 from buildsvc.frontends.dockerfile.parse import parse_dockerfile
 from buildsvc.frontends.dockerfile.source import MAX_DOCKERFILE_BYTES, read_dockerfile
 
@@ -41,6 +42,9 @@ __all__ = [
     "build_definition",
     "read_dockerfile",
 ]
+
+# A daemon asked for the same build again reuses its lowering (see memo.py for when it may).
+_RECENT = LoweringMemo()
 
 
 def build_definition(
@@ -58,5 +62,9 @@ def build_definition(
     :class:`DockerfileError` for a malformed Dockerfile or option; errors of ``resolver`` pass through.
     """
     convert_options, filename = decode_options(options, "Dockerfile", context_name)
-    parsed = parse_dockerfile(dockerfile, filename=filename)
-    return lower(parsed, dockerfile, convert_options, resolver)
+
+    def lowered(asking: ImageConfigResolver) -> DockerfileResult:
+        return lower(parse_dockerfile(dockerfile, filename=filename), dockerfile, convert_options, asking)
+
+    key = (dockerfile, tuple(sorted(options.items())), context_name)
+    return _RECENT.lower(key, resolver, lowered)
