@@ -21,9 +21,10 @@ import click
 from buildsvc.api.model import SolveOptions
 from buildsvc.api.peercred import local_actor
 from buildsvc.attrs import parse_kv
-from buildsvc.cli.common import open_from
+from buildsvc.cli import startup
+from buildsvc.cli.common import open_from, root_from
 from buildsvc.cli.local_contexts import send_local_dirs
-from buildsvc.cli.progress import PROGRESS_CHOICES, make_printer, printing_progress
+from buildsvc.cli.progress import PROGRESS_CHOICES, ProgressPrinter, make_printer, printing_progress
 from buildsvc.cli.remote import connect_from
 from buildsvc.errors import InvalidInput
 
@@ -106,6 +107,9 @@ def run_build(
     from buildsvc.daemon.exporters import run_exporters
     from buildsvc.solver.engine import SolveRequest
 
+    # Everything the build needs is loaded and the engine is up: freeze what the start made and
+    # collect as usual while it builds (see buildsvc.cli.startup).
+    startup.done()
     ref = build_ref or uuid.uuid4().hex[:25]
     actor = local_actor()
 
@@ -173,18 +177,9 @@ def run_remote_build(
 
     ref = build_ref or uuid.uuid4().hex[:25]
     printer = make_printer(progress)
-    # Asked for before the Solve: the daemon waits for the build to appear, then sends it all.
-    stream = client.status(ref)
-    first = threading.Event()
-
-    def show() -> None:
-        for update in stream:
-            first.set()
-            if printer is not None:
-                printer.feed(update)
-
-    watcher = threading.Thread(target=show, name="status", daemon=True)
-    watcher.start()
+    # A quiet build shows none of its progress, so it does not ask for it: the daemon then reads
+    # and sends no status, and this process takes in no stream while the build runs.
+    watch = _StatusWatch(client, ref, printer) if printer is not None else None
     options = SolveOptions(
         build_ref=ref,
         definition_json=definition.to_json(indent=None).encode() if definition is not None else b"",
@@ -206,19 +201,40 @@ def run_remote_build(
 
         raise connection_lost(e, ref) from e
     finally:
-        # A build that was recorded ends its stream with its last event: wait for every line. One
-        # refused before it began (a bad definition) has no stream to end: stop waiting for it.
-        if first.wait(0.5):
-            watcher.join(30)
-        stream.cancel()
-        watcher.join(5)
-        if printer is not None:
-            printer.close()
+        if watch is not None:
+            watch.finish()
     if options.exporters:
         from buildsvc.api.output_client import fetch_outputs
 
         fetch_outputs(client.channel, ref, options.exporters, addr=client.addr)
     return ref, response
+
+
+class _StatusWatch:
+    """A build's Status stream, fed to ``printer`` from a thread while the Solve runs."""
+
+    def __init__(self, client: Client, ref: str, printer: ProgressPrinter) -> None:
+        # Asked for before the Solve: the daemon waits for the build to appear, then sends it all.
+        self.stream = client.status(ref)
+        self.printer = printer
+        self.first = threading.Event()
+        self.thread = threading.Thread(target=self._show, name="status", daemon=True)
+        self.thread.start()
+
+    def _show(self) -> None:
+        for update in self.stream:
+            self.first.set()
+            self.printer.feed(update)
+
+    def finish(self) -> None:
+        """The Solve returned: print the rest and close the printer."""
+        # A build that was recorded ends its stream with its last event: wait for every line. One
+        # refused before it began (a bad definition) has no stream to end: stop waiting for it.
+        if self.first.wait(0.5):
+            self.thread.join(30)
+        self.stream.cancel()
+        self.thread.join(5)
+        self.printer.close()
 
 
 def _for_daemon(outputs: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
@@ -454,9 +470,10 @@ def build(
     if any(o.get("dest") == "-" for o in parsed_outputs):
         raise InvalidInput("--output dest=- (stdout) needs a daemon; the embedded engine writes files")
     from buildsvc.cli.local_contexts import embedded_contexts
-    from buildsvc.daemon.engine import open_engine
+    from buildsvc.daemon.engine import detect_workers_soon, open_engine
     from buildsvc.daemon.frontend import run_frontend
 
+    found = detect_workers_soon(root_from(ctx))  # while the state and the contexts open
     state = open_from(ctx)
     build_ref = build_ref or uuid.uuid4().hex[:25]
     contexts = embedded_contexts(
@@ -468,9 +485,11 @@ def build(
         progress=progress,
     )
     local_dirs = contexts.dirs
-    with open_engine(state, worker_names=list(workers) or None) as engine:
+    with open_engine(state, worker_names=list(workers) or None, found=found) as engine:
         if client_side:  # the frontend runs here, over the embedded engine's gateway
             from buildsvc.cli.client_side import run_embedded_client_side_build
+
+            startup.done()  # set up: see run_build
 
             ref, response = run_embedded_client_side_build(
                 engine,

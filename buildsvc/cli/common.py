@@ -29,6 +29,7 @@ __all__ = [
     "open_db_from",
     "open_from",
     "print_table",
+    "root_from",
 ]
 
 
@@ -77,6 +78,14 @@ def open_from(ctx: click.Context, *, migrate: bool = True) -> State:
     state = open_state(opts.root, opts.db_url, migrate=migrate, retry=RetryPolicy(max_delay=opts.db_timeout))
     ctx.call_on_close(state.close)
     return state
+
+
+def root_from(ctx: click.Context) -> Path:
+    """The state root the global options name (the one :func:`open_from` opens)."""
+    from buildsvc.daemon.state import default_root
+
+    opts: Options = ctx.find_object(Options)  # type: ignore[assignment]
+    return opts.root or default_root()
 
 
 def open_db_from(ctx: click.Context) -> Database:

@@ -19,6 +19,7 @@ import click
 
 from buildsvc.api.serve import TlsFiles, check_listen, default_address, parse_address, start_server
 from buildsvc.api.server import ControlServicer, SolveGate
+from buildsvc.cli import startup
 from buildsvc.cli.common import Options
 from buildsvc.cli.remote import ADDR_KEY
 from buildsvc.daemon.engine import open_engine
@@ -128,6 +129,7 @@ def daemon(
             )
             click.echo(recovery.describe(), err=True)
             servicer = ControlServicer(engine, gate)
+            startup.done()  # set up: collect as usual while serving, never over the start's objects
             server = start_server(servicer, address, tls=tls, insecure_loopback=insecure_loopback)
             serving.append(gate)
             projections.start()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from buildsvc.cli import startup
 from buildsvc.cli.common import Options
 from buildsvc.cli.remote import ADDR_KEY, TLS_KEY, TlsOptions
 from buildsvc.errors import BuildsvcError, InvalidInput
@@ -147,6 +148,8 @@ def cli(
 
 def main() -> None:
     """Entry point: run the CLI, turning buildsvc errors into a message and an exit status."""
+    # The command's imports (the engine's, grpc's) are most of its start: see buildsvc.cli.startup.
+    startup.begin()
     try:
         _run()
     finally:

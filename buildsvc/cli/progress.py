@@ -173,16 +173,21 @@ def printing_progress(store: SqlEventStore, progress: str, shows: Callable[[str]
     """Print an in-process build's progress from the events appended to the streams ``shows`` takes,
     as they are appended; on leaving, wait (up to 10 s) until all the build recorded is printed.
     """
+    printer = make_printer(progress)
+    if printer is None:
+        # Quiet: nothing to print, so nothing to follow (and no wait at the end for a follower to
+        # catch up with the build's last events).
+        yield
+        return
     # Here, not at the top: a client of a daemon prints from Status and never loads the SQL store.
     from buildsvc.api.updates import status_update
     from buildsvc.events.subscription import Subscription
 
-    printer = make_printer(progress)
     follow = Subscription(store, after=store.head(), poll_interval=0.05)
 
     def show() -> None:
         for stored in follow:
-            if printer is not None and shows(stored.stream_id):
+            if shows(stored.stream_id):
                 printer.feed(status_update(stored))
 
     watcher = threading.Thread(target=show, name="progress", daemon=True)
@@ -196,5 +201,4 @@ def printing_progress(store: SqlEventStore, progress: str, shows: Callable[[str]
             time.sleep(0.01)
         follow.close()
         watcher.join(5)
-        if printer is not None:
-            printer.close()
+        printer.close()

@@ -15,8 +15,10 @@ import os
 import socket
 import subprocess
 import tarfile
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -42,7 +44,7 @@ from buildsvc.solver.recording import DAEMON_ACTOR, BuildRecorder
 from buildsvc.sources import ImageStore, RegistryClient, RegistryOptions
 from buildsvc.sources.adapter import StoreImageSource
 
-__all__ = ["Engine", "open_engine"]
+__all__ = ["Engine", "detect_workers_soon", "open_engine"]
 
 
 def _version() -> str:
@@ -266,6 +268,27 @@ def _select(found: Sequence[Worker], names: Sequence[str] | None) -> list[Worker
     return [by_name[n] for n in dict.fromkeys(names)]
 
 
+def detect_workers_soon(root: Path) -> Future[list[Worker]]:
+    """Start detecting the workers of ``root`` (see :func:`open_engine`'s ``found``) in a thread.
+
+    Detection is mostly system calls (an overlay mount tried and undone, runtimes looked up), which
+    run while the caller opens the state and stores the build's contexts: an embedded build's
+    start is on its critical path, a daemon's is not.
+    """
+    found: Future[list[Worker]] = Future()
+
+    def detect() -> None:
+        try:
+            found.set_result(detect_workers(str(root / "workers")))
+        except BaseException as e:
+            found.set_exception(e)
+
+    # Not a daemon thread: a command that fails before it opens the engine still waits for the
+    # probe to unmount and remove what it made before the process ends.
+    threading.Thread(target=detect, name="detect-workers").start()
+    return found
+
+
 def open_engine(
     state: State,
     *,
@@ -273,10 +296,14 @@ def open_engine(
     max_parallel: int = DEFAULT_MAX_PARALLEL,
     insecure_registries: bool = False,
     insecure_hosts: Sequence[str] = (),
+    found: Future[list[Worker]] | None = None,
 ) -> Engine:
-    """Detect the workers under ``state.root/workers``, record them, and build the solver."""
+    """Detect the workers under ``state.root/workers`` (or take those ``found`` by
+    :func:`detect_workers_soon` on the same root), record them, and build the solver.
+    """
     configure_tracing()
-    workers = _select(detect_workers(str(state.root / "workers")), worker_names)
+    detected = found.result() if found is not None else detect_workers(str(state.root / "workers"))
+    workers = _select(detected, worker_names)
     if not workers:
         raise InvalidInput("no worker can run here (runc or crun is needed)")
     daemon_id = uuid.uuid4().hex[:16]
