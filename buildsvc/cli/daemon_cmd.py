@@ -27,6 +27,7 @@ from buildsvc.daemon.recovery import take_up
 from buildsvc.daemon.state import open_state
 from buildsvc.errors import InvalidInput
 from buildsvc.events.database import RetryPolicy
+from buildsvc.solver.engine import DEFAULT_MAX_PARALLEL
 
 __all__ = ["COMMANDS", "registry_host"]
 
@@ -75,6 +76,13 @@ def registry_host(text: str) -> str:
     help="Pull from and push to this registry over plain HTTP (repeatable; buildkitd's http = true).",
 )
 @click.option(
+    "--max-parallelism",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PARALLEL,
+    show_default=True,
+    help="Build steps run at once, across all builds (buildkitd's max-parallelism).",
+)
+@click.option(
     "--no-resume",
     is_flag=True,
     help="Record the builds a dead daemon left unfinished as cancelled instead of resuming them.",
@@ -92,6 +100,7 @@ def daemon(
     tlskey: Path | None,
     insecure_loopback: bool,
     insecure_registries: tuple[str, ...],
+    max_parallelism: int,
     no_resume: bool,
 ) -> None:
     """Run the build daemon until SIGTERM."""
@@ -115,7 +124,12 @@ def daemon(
     signal.signal(signal.SIGINT, on_signal)
     state = open_state(root or opts.root, db_url or opts.db_url, retry=RetryPolicy(max_delay=opts.db_timeout))
     try:
-        engine = open_engine(state, worker_names=list(workers) or None, insecure_hosts=plain_http_hosts)
+        engine = open_engine(
+            state,
+            worker_names=list(workers) or None,
+            insecure_hosts=plain_http_hosts,
+            max_parallel=max_parallelism,
+        )
         stop_projections = threading.Event()
         projections = threading.Thread(
             target=state.runner.follow, args=(stop_projections,), name="projections", daemon=True
