@@ -560,6 +560,8 @@ class _Solve:
             slice_ends = time.monotonic() + _RUNNER_SLICE
             while True:
                 with done:
+                    if self.cancel.is_set():
+                        self.abort.set()  # between steps, at once (the walk below only polls)
                     if not ready or self.abort.is_set():
                         runners -= 1
                         if not runners:

@@ -7,7 +7,7 @@ from the cache-index projection and the leak report is the real one.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from buildsvc.events.catalog import (
     VertexCached,
     VertexFailed,
 )
+from buildsvc.events.envelope import StoredEvent
 from buildsvc.projections import ProjectionRunner, SqlCacheIndex, attach_projections, find_leaks
 from buildsvc.solver import llb
 from buildsvc.solver.engine import Solver, SolveRequest
@@ -156,6 +157,24 @@ def test_solves_sharing_the_vertex_threads_take_turns(tmp_path: Path) -> None:
         assert after, "the later solve waited until every step of the first had run"
     finally:
         h.close()
+
+
+def test_a_cancel_between_quick_steps_stops_the_chain_at_the_next_step(harness: Harness) -> None:
+    # Set while the second step runs (when its start is recorded): the steps after it never start,
+    # however quickly the chain would otherwise finish.
+    cancel = threading.Event()
+
+    def cancel_on_second_start(conn: object, appended: Sequence[StoredEvent], head_before: int) -> None:
+        if any(e.type == "VertexStarted" and e.payload["name"] == "true b" for e in appended):
+            cancel.set()
+
+    harness.store.add_hook(cancel_on_second_start)
+    definition = chain("true a", "true b", "true c", "true d", "true e").marshal()
+    with pytest.raises(SolveCancelledError):
+        harness.solver.solve(SolveRequest(definition=definition, build_ref="stopped"), cancel=cancel)
+    assert sum(harness.ops.runs.values()) == 2
+    assert isinstance(harness.events("stopped")[-1], SolveCancelled)
+    assert harness.leaks() == ([], [])
 
 
 def test_a_failed_vertex_fails_the_solve_with_its_exit_code_and_output(harness: Harness) -> None:
