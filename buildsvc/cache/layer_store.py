@@ -20,6 +20,7 @@ gets no note, and the caller an error (``Conflict``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import threading
@@ -144,10 +145,4 @@ class LayerStore:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
-            return LayerBlob(
-                path=blob_path,
-                digest=blob.digest,
-                diff_id=blob.diff_id,
-                size=blob.size,
-                media_type=blob.media_type,
-            )
+            return dataclasses.replace(blob, path=blob_path)  # made at the partial name, now renamed
