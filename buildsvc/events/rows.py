@@ -92,6 +92,10 @@ class EventRows:
         raise NotImplementedError
 
 
+_UNNEST_UP_TO = 512
+"""Events an append inserts in the round trip of its lock (one INSERT over arrays); more go by COPY."""
+
+
 class PostgresRows(EventRows):
     """psycopg 3: the lock and the state query share one round trip (pipeline mode)."""
 
@@ -107,6 +111,14 @@ class PostgresRows(EventRows):
     insert_sql = (
         "INSERT INTO events (position, event_id, stream_id, stream_version, type, schema_version, payload, "
         "recorded_at, actor, trace_id, hash) VALUES (%s, %s, %s, %s, %s, %s, %s::json, %s, %s, %s, %s)"
+    )
+    insert_unnest_sql = (
+        "INSERT INTO events (position, event_id, stream_id, stream_version, type, schema_version, payload, "
+        "recorded_at, actor, trace_id, hash) SELECT position, event_id, stream_id, stream_version, type, "
+        "schema_version, payload::json, recorded_at, actor, trace_id, hash FROM unnest(%b::int8[], "
+        "%b::uuid[], %b::text[], %b::int4[], %b::text[], %b::int2[], %b::text[], %b::timestamptz[], "
+        "%b::text[], %b::text[], %b::bytea[]) AS u(position, event_id, stream_id, stream_version, type, "
+        "schema_version, payload, recorded_at, actor, trace_id, hash)"
     )
     copy_sql = (
         "COPY events (position, event_id, stream_id, stream_version, type, schema_version, payload, "
@@ -132,18 +144,24 @@ class PostgresRows(EventRows):
     def lock_and_insert(self, conn: Connection, lock: tuple[Any, ...], events: Sequence[StoredEvent]) -> None:
         """Take the append lock and insert, with no state read in between (the optimistic append).
 
-        A single event goes in the same round trip as the lock (pipeline mode); a batch is copied
-        after it (COPY cannot run in a pipeline).
+        The events go in the same round trip as the lock (pipeline mode), as one INSERT over column
+        arrays; a large batch is copied after it (COPY cannot run in a pipeline, and costs two round
+        trips of its own).
         """
         pg = self.driver(conn)
-        if len(events) == 1:
-            with self.translated(conn), pg.pipeline(), pg.cursor() as cur:
+        if len(events) > _UNNEST_UP_TO:
+            with self.translated(conn), pg.cursor() as cur:
                 cur.execute(self.lock_sql, lock)
-                cur.execute(self.insert_sql, self.row(events[0]))
+            self.insert(conn, events)
             return
-        with self.translated(conn), pg.cursor() as cur:
+        with self.translated(conn), pg.pipeline(), pg.cursor() as cur:
             cur.execute(self.lock_sql, lock)
-        self.insert(conn, events)
+            if len(events) == 1:
+                cur.execute(self.insert_sql, self.row(events[0]))
+            else:  # one statement over column arrays: no COPY round trips of its own
+                cur.execute(
+                    self.insert_unnest_sql, tuple(list(c) for c in zip(*map(self.row, events), strict=True))
+                )
 
     def insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """One INSERT for a single event; COPY for a batch (the fastest path into PostgreSQL)."""

@@ -93,6 +93,9 @@ def _upsert(conn: Connection, rows: list[dict[str, object]]) -> None:
     )
 
 
+_LOOKUP_SQL = "SELECT output, snapshot_id FROM cache_records WHERE cache_key = %s AND worker = %s"
+
+
 class SqlCacheIndex:
     """Looks cache keys up in the projection (the solver's ``CacheIndex`` port)."""
 
@@ -109,6 +112,13 @@ class SqlCacheIndex:
 
         def once() -> dict[int, str]:
             with self.db.read_statement() as conn:  # one SELECT: no BEGIN/COMMIT round trips
+                if self.db.is_postgres:
+                    # Straight to the driver: SQLAlchemy's statement compilation, execution context
+                    # and result wrapping cost twice the round trip itself, once per vertex.
+                    with driver_errors(conn):
+                        pg = conn.connection.driver_connection
+                        found = pg.execute(_LOOKUP_SQL, (cache_key, worker), prepare=True)  # type: ignore[union-attr]
+                        return dict(found.fetchall())
                 return {
                     r.output: r.snapshot_id
                     for r in conn.execute(self._query, {"key": cache_key, "worker": worker})

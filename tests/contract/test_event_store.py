@@ -63,6 +63,24 @@ def test_bytes_survive_the_round_trip(store: SqlEventStore) -> None:
     assert decoded.data == data
 
 
+@pytest.mark.parametrize("size", [1, 7, 600])  # with the lock, over arrays, and by COPY on PostgreSQL
+def test_a_batch_reads_back_as_written_whatever_path_inserts_it(store: SqlEventStore, size: int) -> None:
+    store.append("build-first", [SolveStarted(build_ref="first")], actor="a", trace_id="t")
+    batch = [
+        VertexLogChunk(build_ref="b", vertex=f"sha256:{i}", data=bytes([i % 256]) * (i % 5), stream=1 + i % 2)
+        for i in range(size)
+    ]
+    result = store.append("build-b", batch, actor="somebody", trace_id="trace-1")
+    assert result.positions == tuple(range(2, size + 2)) and result.stream_version == size
+    stored = list(store.read_stream("build-b"))
+    assert [s.decode() for s in stored] == batch
+    assert [(s.position, s.stream_version) for s in stored] == [(i + 2, i + 1) for i in range(size)]
+    assert {(s.actor, s.trace_id, s.recorded_at) for s in stored} == {
+        ("somebody", "trace-1", stored[0].recorded_at)
+    }
+    assert verify_events(store.read_all()).ok
+
+
 def test_read_all_in_batches_sees_everything_once(store: SqlEventStore) -> None:
     for i in range(25):
         store.append(f"s-{i % 3}", [SolveStarted(build_ref=str(i))])

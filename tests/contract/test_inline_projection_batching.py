@@ -41,7 +41,7 @@ def table_rows(db: Database, table: sa.Table) -> list[tuple[object, ...]]:
         return [tuple(r) for r in conn.execute(sa.select(table).order_by(*table.primary_key.columns))]
 
 
-@pytest.mark.parametrize("new_rows", [3, 200])  # pipelined INSERTs, and a COPY
+@pytest.mark.parametrize("new_rows", [3, 200])  # one INSERT over unnest, and a COPY
 def test_batched_loads_and_flushes_leave_the_rows_plain_ones_leave(
     store: SqlEventStore, db: Database, new_rows: int
 ) -> None:
@@ -132,3 +132,37 @@ def test_an_append_waiting_on_a_rebuild_leaves_the_projection_to_it(
     assert (status.status, status.position) == ("rebuilding", 0)
     assert table_rows(db, refs) == []  # the append applied nothing onto the emptied tables
     assert start > 0
+
+
+def test_batched_writes_match_rows_by_every_column_of_a_composite_key(db: Database) -> None:
+    pairs = sa.Table(
+        "rowbuffer_pairs",
+        sa.MetaData(),
+        sa.Column("a", sa.String(20), primary_key=True),
+        sa.Column("b", sa.Integer(), primary_key=True),
+        sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("flag", sa.Boolean(), nullable=False),
+    )
+    pairs.create(db.engine)
+    with db.write() as conn:
+        rows = RowBuffer(conn, pairs)
+        for a in ("x", "y"):
+            for b in (1, 2):
+                rows.insert({"a": a, "b": b, "note": None, "flag": False})
+        flush_together([rows])
+    with db.write() as conn:
+        rows = RowBuffer(conn, pairs)
+        load_together([(rows, [("x", 1), ("x", 2), ("y", 2)])])
+        changed = rows.get(("x", 2))
+        assert changed is not None
+        changed.update(note='it\'s, "quoted" {x}', flag=True)
+        rows.changed(changed)
+        rows.delete(("y", 2))  # only this pair: ("y", 1) and ("x", 2) share a column with it
+        rows.insert({"a": "z", "b": 2**40 % 1000, "note": "", "flag": True})
+        flush_together([rows])
+    assert table_rows(db, pairs) == [
+        ("x", 1, None, False),
+        ("x", 2, 'it\'s, "quoted" {x}', True),
+        ("y", 1, None, False),
+        ("z", 2**40 % 1000, "", True),
+    ]
