@@ -136,8 +136,16 @@ class Database:
             with self.read() as conn:
                 yield conn
             return
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            yield conn
+        with self.engine.connect() as conn:
+            # The driver's own switch, not ``execution_options(isolation_level=...)``: SQLAlchemy's
+            # isolation bookkeeping on check-out and check-in cost more than the statement's
+            # round trip. Switched back before the connection returns to the pool.
+            pg = conn.connection.driver_connection
+            pg.autocommit = True  # type: ignore[union-attr]
+            try:
+                yield conn
+            finally:
+                pg.autocommit = False  # type: ignore[union-attr]
 
     def run(self, fn: Callable[[], T], *, what: str) -> T:
         """Run ``fn`` (which opens its own transactions), retrying transient failures."""

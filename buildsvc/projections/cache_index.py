@@ -18,6 +18,7 @@ from buildsvc.events.database import Database
 from buildsvc.events.envelope import StoredEvent
 from buildsvc.events.rows import driver_errors
 from buildsvc.projections.refs import unreleased_refs
+from buildsvc.projections.rows import pg_type
 from buildsvc.projections.schema import cache_records
 
 __all__ = ["CacheIndexProjection", "SqlCacheIndex"]
@@ -67,9 +68,10 @@ class CacheIndexProjection:
 
 _COLUMNS = [c.name for c in cache_records.columns]
 _KEY_COLUMNS = [c.name for c in cache_records.primary_key.columns]
-_PG_UPSERT = (
-    f"INSERT INTO cache_records ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) "
-    f"ON CONFLICT ({', '.join(_KEY_COLUMNS)}) DO UPDATE SET "
+_PG_UPSERT = (  # one statement over column arrays, whatever the number of records
+    f"INSERT INTO cache_records ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} FROM unnest("
+    + ", ".join(f"%b::{pg_type(c)}[]" for c in cache_records.columns)
+    + f") AS u({', '.join(_COLUMNS)}) ON CONFLICT ({', '.join(_KEY_COLUMNS)}) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS if c not in _KEY_COLUMNS)
 )
 
@@ -80,8 +82,8 @@ def _upsert(conn: Connection, rows: list[dict[str, object]]) -> None:
         return
     if conn.dialect.name == "postgresql":
         pg = conn.connection.driver_connection
-        with driver_errors(conn), pg.pipeline(), pg.cursor() as cur:  # type: ignore[union-attr]
-            cur.executemany(_PG_UPSERT, [tuple(r[c] for c in _COLUMNS) for r in rows])
+        with driver_errors(conn), pg.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(_PG_UPSERT, tuple([r[c] for r in rows] for c in _COLUMNS))
         return
     stmt = sqlite_insert(cache_records)
     conn.execute(

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 
 from buildsvc.events.rows import driver_errors
 
-__all__ = ["RowBuffer", "flush_together", "load_together"]
+__all__ = ["RowBuffer", "flush_together", "load_together", "pg_type"]
 
 _COPY_FROM_ROWS = 64
 """New rows of one table from which a COPY beats pipelined INSERTs."""
@@ -192,7 +192,7 @@ class RowBuffer:
         t = f'"{self.table.name}"'
         keys = self.key_columns
         columns = [c.name for c in self.table.columns]
-        types = {c.name: _pg_type(c) for c in self.table.columns}
+        types = {c.name: pg_type(c) for c in self.table.columns}
 
         def arrays(names: list[str], rows: list[tuple[Any, ...]]) -> tuple[str, tuple[list[Any], ...]]:
             source = ", ".join(f"%b::{types[c]}[]" for c in names)
@@ -230,7 +230,7 @@ class RowBuffer:
             self.conn.execute(self.table.insert(), rows)
             return
         names = ", ".join(f'"{c}"' for c in columns)
-        types = [_pg_type(c) for c in self.table.columns]
+        types = [pg_type(c) for c in self.table.columns]
         with driver_errors(self.conn):
             cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             try:
@@ -260,7 +260,7 @@ def load_together(loads: Sequence[tuple[RowBuffer, Iterable[Hashable]]]) -> None
             first = buffer.table.c[buffer.key_columns[0]]
             cur = pg.cursor()  # type: ignore[union-attr]
             cur.execute(
-                f'SELECT * FROM "{buffer.table.name}" WHERE "{first.name}" = ANY(%b::{_pg_type(first)}[])',
+                f'SELECT * FROM "{buffer.table.name}" WHERE "{first.name}" = ANY(%b::{pg_type(first)}[])',
                 (wanted,),
             )
             cursors.append(cur)
@@ -287,7 +287,7 @@ def flush_together(buffers: Sequence[RowBuffer]) -> None:
         buffer.flush()  # what is left: inserts large enough for a COPY
 
 
-def _pg_type(column: sa.Column[Any]) -> str:
+def pg_type(column: sa.Column[Any]) -> str:
     """The PostgreSQL type name binary COPY needs for a projection column."""
     kind = column.type
     if isinstance(kind, sa.TypeDecorator):

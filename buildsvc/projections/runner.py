@@ -43,6 +43,7 @@ from sqlalchemy.engine import Connection
 
 from buildsvc.errors import NotFound
 from buildsvc.events.envelope import StoredEvent, format_time
+from buildsvc.events.rows import driver_errors
 from buildsvc.events.sql_store import APPEND_LOCK_KEY, SqlEventStore
 from buildsvc.events.subscription import Subscription
 from buildsvc.projections.base import Projection
@@ -101,6 +102,12 @@ def ensure_checkpoints(conn: Connection, names: Sequence[str]) -> None:
             conn.execute(sqlite_insert(checkpoints).values(values).on_conflict_do_nothing())
 
 
+_ADVANCE_PG = (
+    "UPDATE projection_checkpoints SET position = %s "
+    "WHERE name = ANY(%s::text[]) AND status = %s RETURNING name"
+)
+
+
 class InlineProjections:
     """An append hook that applies live inline projections in the append's transaction."""
 
@@ -125,12 +132,14 @@ class InlineProjections:
         # then re-checks ``status = live`` on the committed row (PostgreSQL re-evaluates the WHERE of
         # a row it waited for; SQLite has one writer), so a projection being rebuilt is left alone
         # exactly as before. The rows written below are in the same transaction as the new position.
-        live = set(
-            conn.execute(
-                self._advance,
-                {"names": [p.name for p in wanted], "position": appended[-1].position},
-            ).scalars()
-        )
+        names, position = [p.name for p in wanted], appended[-1].position
+        if conn.dialect.name == "postgresql":  # straight to the driver: once per append, on its clock
+            with driver_errors(conn):
+                pg = conn.connection.driver_connection
+                found = pg.execute(_ADVANCE_PG, (position, names, LIVE), prepare=True)  # type: ignore[union-attr]
+                live = {name for (name,) in found}
+        else:
+            live = set(conn.execute(self._advance, {"names": names, "position": position}).scalars())
         for p in wanted:
             if p.name in live:
                 p.apply(conn, appended)
