@@ -179,12 +179,13 @@ def _short(exc: BaseException | None) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def open_database(url: str, *, retry: RetryPolicy | None = None, pool_size: int = 20) -> Database:
+def open_database(url: str, *, retry: RetryPolicy | None = None, pool_size: int = 32) -> Database:
     """Create the engine for ``url`` (no connection is made yet).
 
-    ``pool_size`` connections are kept open once made: a daemon's vertex threads (16 by default)
-    each look the cache up, with the API and the projection runner beside them. Past it, a
-    connection is made for one use and closed after (a new PostgreSQL backend each time).
+    ``pool_size`` connections are kept open once made (and made only when that many are in use at
+    once): a daemon's vertex threads (32 by default) each look the cache up, with the API and the
+    projection runner beside them. Past it, a connection is made for one use and closed after (a
+    new PostgreSQL backend each time).
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":

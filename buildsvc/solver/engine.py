@@ -48,11 +48,12 @@ _tracer = trace.get_tracer("buildsvc.solver")
 _FLUSH_AFTER = 0.5
 """Seconds a deferred fact (a step's end, a cache hit) waits for another append to ride with: long
 enough that a solve of cache hits is one append, short enough for a progress display."""
-DEFAULT_MAX_PARALLEL = 16
+DEFAULT_MAX_PARALLEL = 32
 """Vertices a solver runs at once unless told otherwise (BuildKit's ``max-parallelism`` is unbounded
 by default). Small steps spend most of their time waiting for the append that announces them,
 and appends asked for while one is in flight go together (group commit): with four threads a
-cold graph of file ops made an append for every two steps; with sixteen, several times fewer."""
+cold graph of file ops made an append for every two steps; with sixteen, several times fewer; with
+thirty-two, a cold 1,000-step graph took ~20% less time again (fewer, larger appends)."""
 _RUNNER_SLICE = 0.05
 """Seconds a runner keeps its pool thread while its solve has vertices queued (see ``_walk``)."""
 
