@@ -231,8 +231,11 @@ def plan_from_events(build_ref: str, stored: Sequence[StoredEvent]) -> ResumePla
                 running[v] = False
             case ev.SnapshotCreated(snapshot_id=snap, worker=worker, kind=kind):
                 partial[snap] = PartialSnapshot(snapshot_id=snap, worker=worker, kind=kind)
-            case ev.SnapshotCommitted(from_active=active):
+            case ev.SnapshotCommitted(snapshot_id=snap, from_active=active):
                 partial.pop(active, None)
+                # A layer made whole and recorded as made (an image's, an imported one) is
+                # announced as committed and committed in one append: not partial either.
+                partial.pop(snap, None)
             case ev.SnapshotRemoved(snapshot_id=snap):
                 partial.pop(snap, None)
             case ev.RefAcquired(ref_id=ref, holder_kind=kind) if kind in _PROCESS_HOLDERS:

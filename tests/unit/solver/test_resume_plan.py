@@ -142,6 +142,23 @@ def test_uncommitted_snapshots_are_partial_and_committed_or_removed_ones_are_not
     assert [(p.snapshot_id, p.kind) for p in plan.partial_snapshots] == [("act-2", "active")]
 
 
+def test_layers_recorded_as_made_whole_are_not_partial() -> None:
+    # An image pull records each new layer as created committed and committed, in one append: a
+    # resume that took it for partial would remove an image layer that records and steps still use.
+    plan = plan_from_events(
+        REF,
+        stored(
+            REQUESTED,
+            STARTED,
+            ev.SnapshotCreated(snapshot_id="layer-1", worker="w", kind="committed"),
+            ev.SnapshotCommitted(snapshot_id="layer-1", size_bytes=10),
+            ev.SnapshotCreated(snapshot_id="act-1", worker="w", kind="active", parent="layer-1"),
+        ),
+    )
+    assert plan is not None
+    assert [(p.snapshot_id, p.kind) for p in plan.partial_snapshots] == [("act-1", "active")]
+
+
 def test_only_the_process_refs_left_open_are_released() -> None:
     def acquired(ref: str, kind: str) -> ev.RefAcquired:
         return ev.RefAcquired(ref_id=ref, snapshot_id=f"s-{ref}", holder_kind=kind, holder_id=REF)
