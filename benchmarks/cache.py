@@ -22,7 +22,8 @@ measured in the same run on the same bytes:
 4. local export again into a new directory (layers reused from ``<root>/cache/layers``, every blob
    copied) -- against the same ``cp -r``;
 5. local import into a fresh root and database, then the rebuild (imports are lazy: each record is
-   verified, unpacked and recorded when the solve hits it; every step must hit) -- against ``cp -r``;
+   verified, unpacked and recorded when the solve hits it -- the layers above a hit unpacked ahead,
+   the hits' events written with the build's next append; every step must hit) -- against ``cp -r``;
 6. registry export to Debian's ``docker-registry`` on loopback -- against an httpx client pushing the
    same blob files (POST + PUT each) to another repository;
 7. registry import into a fresh state, then the rebuild (each layer streamed from the registry into

@@ -100,6 +100,22 @@ class LocalSource:
         self._ahead: dict[str, Future[tuple[int, ...]]] = {}
         self._ahead_lock = threading.Lock()
 
+    def layers_above(self, key: str, limit: int) -> list[ImportLayer]:
+        """Up to ``limit`` layers that sit on snapshot ``key`` in some record's chain, nearest first
+        (those directly on it, then those on them...).
+        """
+        found: list[ImportLayer] = []
+        seen = {key}
+        frontier = [key]
+        while frontier and len(found) < limit:
+            below = frontier.pop(0)
+            for layer in self._after.get(below, {}).values():
+                if layer.key not in seen:
+                    seen.add(layer.key)
+                    found.append(layer)
+                    frontier.append(layer.key)
+        return found[:limit]
+
     def prefetch_after(self, key: str, present: Callable[[str], bool]) -> None:
         """Start hashing the blobs of the layers on top of snapshot ``key`` (unless ``present``).
 

@@ -5,15 +5,19 @@ is lazy, as BuildKit's: it reads the cache config and offers its
 records (``CacheImported`` in its own stream ``cache-import-<id>``, counting the records offered and
 those the index already has on the worker); a record's layers are fetched, verified and unpacked only
 when the solver's lookup for its key misses locally (:class:`LazyImports`, the solver's remote
-cache). The unpack is recorded in the import's stream before the hit is taken: committed snapshots
-keyed by chain id (content-addressed, remaking is harmless), ``CacheRecordAdded`` with
-``source=import:<type>`` and a ref held by the record. A blob missing from a local layout is a clear
-error at import time (or, with ``ignore-error=true``, its record is left out); a blob that fails its
-digest check at hit time is ``CacheImportMiss`` and the step runs: never a wrong hit. A plain tar is
-verified by the unpacker's diff-id hash in the same read, anything else by hashing it first; a
-local hit starts hashing the blobs on top of it (the next step's) in the background, and the next
-hit takes such a blob as verified if the file is unchanged (checked again before the commit). An
-imported record carries the vertex the cache names (empty for BuildKit's caches).
+cache). The unpack is recorded in the import's stream: committed snapshots keyed by chain id
+(content-addressed, remaking is harmless), ``CacheRecordAdded`` with ``source=import:<type>`` and a
+ref held by the record; a hit's events are held and written just before the build's next append
+(one append for an all-hit build's hits, and before anything the build records on them). A blob
+missing from a local layout is a clear error at import time (or, with ``ignore-error=true``, its
+record is left out); a blob that fails its digest check at hit time is ``CacheImportMiss`` (written
+at once) and the step runs: never a wrong hit. A plain tar is verified by the unpacker's diff-id
+hash in the same read, anything else by hashing it first. A local hit on overlay starts unpacking
+the plain-tar layers above it (the next steps') ahead, verified, into private directories
+(:mod:`buildsvc.daemon.cache_unpack_ahead`), and the hits that need them move them into their
+snapshots; otherwise it starts hashing those blobs in the background, and the next hit takes such
+a blob as verified if the file is unchanged (checked again before the commit). An imported record
+carries the vertex the cache names (empty for BuildKit's caches).
 
 Export runs in the solve's export step, while the solve still holds its results: the records the
 mode picks, their snapshot chains as layers (a layer per snapshot, written once per snapshot and
@@ -29,8 +33,10 @@ image exporter (:func:`inline_cache_for` gives it the record) and only recorded 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
+import shutil
 import threading
 import uuid
 import weakref
@@ -57,6 +63,7 @@ from buildsvc.daemon.cache_specs import (
     check_cache_options,
     frontend_attrs_with_imports,
 )
+from buildsvc.daemon.cache_unpack_ahead import UnpackAhead, move_staged
 from buildsvc.daemon.registry_push import client_for
 from buildsvc.errors import BuildsvcError, Conflict, InvalidInput, NotFound
 from buildsvc.events import catalog as ev
@@ -186,14 +193,21 @@ class LazyImports:
     As BuildKit's importer: an import reads the cache config and offers its records; a record's
     layers are fetched, verified and unpacked when the solver's lookup for its key misses locally.
     The unpack is recorded in the import's stream (snapshots, ``CacheRecordAdded`` with
-    ``source=import:<type>``, the cache's ref) before the solver takes the hit; a blob that fails
-    its check is ``CacheImportMiss`` there and the step runs.
+    ``source=import:<type>``, the cache's ref); a blob that fails its check is ``CacheImportMiss``
+    there and the step runs. A hit's events are held (:meth:`flush`) until the build that took it
+    appends next (the solver hands ``write_before``): an all-hit build of N steps costs one append
+    for its hits, not N. Until they are written the offer stays and answers with its snapshots
+    once they are (another solve that asks flushes them first); a miss is written at once.
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._offers: dict[tuple[str, str], _Offer] = {}
         self._lock = threading.Lock()
+        self._pending: list[tuple[_Offer, str, list[Event]]] = []
+        """Hits not written yet: (offer, worker, events), in the order they were unpacked."""
+        self._flush_lock = threading.Lock()
+        self._ahead: UnpackAhead | None = None
         # One registry client per ``insecure`` setting for the engine's life: a client per hit
         # cost more than fetching a 10 MB layer (its TLS context alone).
         self._clients: dict[bool, RegistryClient] = {}
@@ -216,22 +230,69 @@ class LazyImports:
             if current is None or current.outputs is not None:
                 self._offers[(worker, key)] = offer
 
-    def materialize(self, cache_key: str, worker: SolverWorker, build_ref: str) -> Mapping[int, str]:
-        """Unpack and record the offered result of ``cache_key`` (see the class doc)."""
+    def materialize(
+        self,
+        cache_key: str,
+        worker: SolverWorker,
+        build_ref: str,
+        write_before: Callable[[Callable[[], None]], None] | None = None,
+    ) -> Mapping[int, str]:
+        """Unpack and record the offered result of ``cache_key`` (see the class doc).
+
+        ``write_before`` (the build's ``write_before_appends``) is handed :meth:`flush`, and the
+        hit's events wait for the build's next append; without it they are written before this returns.
+        """
         offer = self._offers.get((worker.info.name, cache_key))
         if offer is None:
             return {}
+        made_here = False
         with _lock(f"materialize/{worker.info.name}/{cache_key}"):
             if offer.outputs is None:
-                offer.outputs = self._unpack(offer, worker)
-                if offer.outputs:
-                    # The cache index has the record now; once it is pruned, this is no offer.
+                outputs, events = self._unpack(offer, worker)
+                if outputs:
                     with self._lock:
-                        if self._offers.get((worker.info.name, cache_key)) is offer:
-                            del self._offers[(worker.info.name, cache_key)]
-            return offer.outputs
+                        self._pending.append((offer, worker.info.name, events))
+                offer.outputs = outputs
+                made_here = True
+            outputs = offer.outputs
+        if outputs:
+            if write_before is not None and made_here:
+                write_before(self.flush)
+            else:
+                # Unpacked by an earlier call (maybe another build's, held for its next append):
+                # in the log before this caller records anything on it.
+                self.flush()
+        return outputs
 
-    def _unpack(self, offer: _Offer, worker: SolverWorker) -> dict[int, str]:
+    def flush(self) -> None:
+        """Write the hits held back (one append per import stream and actor); raises the store's error
+        (what was not written is kept for the next call). Once written, a hit's offer is withdrawn:
+        the cache index answers for it.
+        """
+        with self._flush_lock:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            batches: dict[tuple[str, str], list[tuple[_Offer, str, list[Event]]]] = {}
+            for item in pending:
+                batches.setdefault((item[0].stream, item[0].actor), []).append(item)
+            for n, ((stream, actor), items) in enumerate(batches.items()):
+                events = [e for _, _, held in items for e in held]
+                try:
+                    self.engine.state.store.append(stream, events, actor=actor)
+                except BaseException:
+                    unwritten = [item for _, rest in list(batches.items())[n:] for item in rest]
+                    with self._lock:
+                        self._pending[:0] = unwritten
+                    raise
+                with self._lock:
+                    for offer, worker_name, _ in items:
+                        if self._offers.get((worker_name, offer_key(offer))) is offer:
+                            del self._offers[(worker_name, offer_key(offer))]
+
+    def _unpack(self, offer: _Offer, worker: SolverWorker) -> tuple[dict[int, str], list[Event]]:
+        """The record's snapshots (output -> snapshot) and the events that record them, not written;
+        a miss (no snapshots) is written here, with what was made removed.
+        """
         events: list[Event] = []
         outputs: dict[int, str] = {}
         made: list[ImportLayer] = []  # the current record's new layers
@@ -244,12 +305,15 @@ class LazyImports:
             if isinstance(offer.source, RegistrySource):
                 offer.source.client = self.client(spec.insecure)  # the import's own one is closed
             for output, record in sorted(offer.records.items()):
-                # The next step's layer most likely sits on this record's: its check can run
-                # while this one is unpacked and recorded.
-                offer.source.prefetch_after(record.snapshot, lambda key: _committed(worker, key))
+                # The next step's layer most likely sits on this record's: it can be unpacked
+                # (local, plain tars: see cache_unpack_ahead), or at least checked, while this one
+                # is unpacked and recorded.
+                ahead = self._stage_ahead(offer.source, worker, record)
+                if ahead is None:
+                    offer.source.prefetch_after(record.snapshot, lambda key: _committed(worker, key))
                 made = []
                 try:
-                    _, size = _unpack_chain(worker, offer.source, record.layers, Path(work), made)
+                    _, size = _unpack_chain(worker, offer.source, record.layers, Path(work), made, ahead)
                 finally:
                     # Layers committed before a later one of the chain failed are recorded too.
                     events.extend(_snapshot_events(worker, made))
@@ -261,11 +325,33 @@ class LazyImports:
             events.append(
                 ev.CacheImportMiss(build_ref=offer.build_ref, cache_key=offer_key(offer), error=str(e))
             )
+            if self._ahead is not None:  # a record that missed: what was staged for it is not taken
+                self._ahead.drop([layer.key for record in offer.records.values() for layer in record.layers])
+            self.flush()  # the hits held back first: the log reads in the order things were made
             self.engine.state.store.append(offer.stream, events, actor=offer.actor)
             self._discard(worker, made, actor=offer.actor)
-            return {}
-        self.engine.state.store.append(offer.stream, events, actor=offer.actor)
-        return outputs
+            return {}, []
+        return outputs, events
+
+    def _stage_ahead(self, source: _Source, worker: SolverWorker, record: ImportRecord) -> UnpackAhead | None:
+        """Start unpacking ahead the layers a hit on ``record`` is likely followed by: its own after the
+        first missing one (the hit unpacks that one now) and those on its top; None when ``source``
+        and the worker do not allow it (then its blobs are hashed ahead instead).
+        """
+        if not isinstance(source, LocalSource) or not isinstance(worker.snapshotter, _HasUpperDir):
+            return None
+        with self._lock:
+            if self._ahead is None:
+                self._ahead = UnpackAhead(self.engine.state.root)
+            ahead = self._ahead
+        own = [layer for layer in record.layers if not _committed(worker, layer.key)]
+        above = [
+            layer
+            for layer in source.layers_above(record.snapshot, ahead.depth)
+            if not _committed(worker, layer.key)
+        ]
+        ahead.stage([*own[1:], *above], lambda layer: source.store.blob_path(layer.blob))
+        return ahead
 
     def _discard(self, worker: SolverWorker, layers: Sequence[ImportLayer], *, actor: str) -> None:
         """Remove the layers a failed record's unpack made (recorded, top first): no record holds them.
@@ -305,6 +391,7 @@ def _import_one(engine: Engine, build_ref: str, spec: CacheImportSpec, actor: st
     stream = f"cache-import-{uuid.uuid4().hex[:16]}"
     worker = engine.workers[0]
     lazy = _lazy_imports(engine)
+    lazy.flush()  # hits held back are in the cache index before it is asked what it has
     with client_for(engine.registry, insecure=spec.insecure) as client:
         try:
             source: _Source
@@ -419,7 +506,12 @@ def _has_record(engine: Engine, record: ImportRecord, worker: Worker) -> bool:
 
 
 def _unpack_chain(
-    worker: SolverWorker, source: _Source, chain: Sequence[ImportLayer], work: Path, made: list[ImportLayer]
+    worker: SolverWorker,
+    source: _Source,
+    chain: Sequence[ImportLayer],
+    work: Path,
+    made: list[ImportLayer],
+    ahead: UnpackAhead | None = None,
 ) -> tuple[int, int]:
     """Unpack the layers of ``chain`` not yet on the worker, each appended to ``made`` once committed
     (so a caller sees them even when a later layer fails): (bytes read, blob bytes).
@@ -428,14 +520,30 @@ def _unpack_chain(
     for layer in chain:
         with _lock(f"{worker.info.name}/{layer.key}"):
             if _committed(worker, layer.key):
+                if ahead is not None:
+                    ahead.drop([layer.key])  # made meanwhile (another import's hit)
                 continue
-            moved += _unpack_from(worker, source, layer, work)
+            moved += _unpack_from(worker, source, layer, work, ahead)
             made.append(layer)
     return moved, sum(layer.size for layer in chain)
 
 
-def _unpack_from(worker: SolverWorker, source: _Source, layer: ImportLayer, work: Path) -> int:
+def _unpack_from(
+    worker: SolverWorker, source: _Source, layer: ImportLayer, work: Path, ahead: UnpackAhead | None = None
+) -> int:
     """Unpack one layer from ``source`` as snapshot ``layer.key``: the bytes read for it."""
+    staged = ahead.take(layer) if ahead is not None else None
+    if staged is not None:
+        # Unpacked and verified ahead: its entries are moved in. Should that fail (another
+        # filesystem...), the half-filled snapshot is gone and the layer is unpacked as usual.
+        try:
+            _unpack_layer(worker, layer, move_staged(staged))
+            return layer.size
+        except OSError as e:
+            if e.errno == errno.EXDEV and ahead is not None:
+                ahead.usable = False  # the snapshots are on another filesystem: stage no more
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
     try:
         if isinstance(source, RegistrySource) and not source.content.has(layer.blob):
             # Straight from the download into the snapshot: the bytes are written once. A download

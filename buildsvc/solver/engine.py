@@ -801,10 +801,15 @@ class _Solve:
                     if not self._exists(worker, recorded):
                         step.record(ev.SnapshotRemoved(snapshot_id=recorded, reason=reason))
             remote = self.solver.remote_cache
-            lazy = remote.materialize(key, worker, self.request.build_ref) if remote is not None else {}
+            lazy = (  # the hit's events ride with the build's next append: one for many hits
+                remote.materialize(key, worker, self.request.build_ref, self.recorder.write_before_appends)
+                if remote is not None
+                else {}
+            )
             if len(lazy) == expected and all(self._exists(worker, s) for s in lazy.values()):
                 imported: tuple[str | None, ...] = tuple(lazy[i] for i in range(expected))
-                self.solver._remember(key, worker.info.name, lazy)
+                # Other solves see the record once it is in the log (as a step's own record).
+                self.recorder.defer((), on_written=lambda: self.solver._remember(key, worker.info.name, lazy))
                 self._use(vertex, name, key, worker, imported)
                 return imported
         self._hold_inputs(inputs, step)

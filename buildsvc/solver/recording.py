@@ -50,6 +50,7 @@ class BuildRecorder:
         self._unwritten: list[list[NewEvent]] = []
         self._waiting: list[_Pending] = []
         self._writing = False
+        self._before: list[Callable[[], None]] = []
 
     def append(self, events: Sequence[Event], *, expected_version: int | None = None) -> None:
         """Append the deferred events and ``events`` atomically (nothing when both are empty).
@@ -88,11 +89,19 @@ class BuildRecorder:
     def _write_group(self, group: list[_Pending]) -> None:
         with self._lock:
             batches, self._unwritten = self._unwritten, []
+            before = list(self._before)
         new = [NewEvent(event=e) for p in group for e in p.events]
         if new:
             batches.append(new)
         error: BaseException | None = None
         try:
+            try:
+                for write_first in before:  # see write_before_appends: nothing goes ahead of them
+                    write_first()
+            except StoreUnavailable:
+                with self._lock:
+                    self._unwritten = [*batches, *self._unwritten]
+                raise
             for i, batch in enumerate(batches):
                 try:
                     self._store_append(batch, group[0].expected_version if batch is new else None)
@@ -157,6 +166,18 @@ class BuildRecorder:
             self._deferred.extend(events)
             if on_written is not None:
                 self._on_written.append(on_written)
+
+    def write_before_appends(self, write: Callable[[], None]) -> None:
+        """Call ``write`` before each later append of this build is written (once per ``write``).
+
+        For facts another stream holds back (a lazy cache import's hits, see
+        ``buildsvc.solver.worker.RemoteCache``): ``write`` writes what it holds, so whatever this
+        build records next (a ref on an imported snapshot, the solve's end) is in the log after them.
+        When it raises, the append fails as a store error would (``write`` keeps what it holds).
+        """
+        with self._lock:
+            if write not in self._before:
+                self._before.append(write)
 
     def flush_deferred(self, *, older_than: float = 0.0) -> None:
         """Write the deferred facts now if there are any (and the oldest waited ``older_than`` s)."""

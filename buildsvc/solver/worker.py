@@ -306,8 +306,19 @@ class RemoteCache(Protocol):
     index would. A blob that fails its check is a miss (recorded there), never a hit.
     """
 
-    def materialize(self, cache_key: str, worker: Worker, build_ref: str) -> Mapping[int, str]:
-        """Output index -> snapshot id of the imported result of ``cache_key`` (empty: none, or bad)."""
+    def materialize(
+        self,
+        cache_key: str,
+        worker: Worker,
+        build_ref: str,
+        write_before: Callable[[Callable[[], None]], None] | None = None,
+    ) -> Mapping[int, str]:
+        """Output index -> snapshot id of the imported result of ``cache_key`` (empty: none, or bad).
+
+        ``write_before``: the build's ``BuildRecorder.write_before_appends``. Given it, a hit's events
+        may be held back and written just before the build's next append (many hits, one append);
+        without it they are written before this returns.
+        """
         ...
 
 

@@ -8,7 +8,7 @@ cache here is a small fake that "unpacks" by committing a snapshot and recording
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,13 @@ class FakeRemote:
         self.corrupt = corrupt
         self.asked: list[str] = []
 
-    def materialize(self, cache_key: str, worker: Worker, build_ref: str) -> Mapping[int, str]:
+    def materialize(
+        self,
+        cache_key: str,
+        worker: Worker,
+        build_ref: str,
+        write_before: Callable[[Callable[[], None]], None] | None = None,
+    ) -> Mapping[int, str]:
         self.asked.append(cache_key)
         if cache_key not in self.keys:
             return {}
