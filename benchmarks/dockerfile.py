@@ -22,7 +22,7 @@ embedded engine (no daemon: the engine runs in the ``buildsvc build`` process). 
 Docker's side comes from ``/work/shared/tools/buildkit-peer`` (``dockerd`` + ``localbusybox:latest``);
 ours pulls the test busybox image from Debian's ``docker-registry`` on loopback. The embedded CLI has
 no ``--insecure-registry`` option (only the daemon does), so its process is started as
-``python -c`` with that one setting bound when the engine's module loads; everything else is the
+``python -P -c`` with that one setting bound when the engine's module loads; everything else is the
 ordinary ``buildsvc`` entry point.
 """
 
@@ -54,6 +54,10 @@ DOCKER = "/usr/bin/docker"
 PEER = "/work/shared/tools/buildkit-peer"
 DOCKER_BASE = "localbusybox:latest"
 BUILDSVC = str(Path(sys.executable).with_name("buildsvc"))
+# How a Python process of ours starts: ``-P`` keeps the working directory off ``sys.path``. Run from
+# the checkout, ``python -c`` would otherwise import the checkout's ``buildsvc`` ahead of
+# ``PYTHONPATH``, and the embedded [baseline] side would measure this tree, not the baseline's.
+PYTHON = [sys.executable, "-P"]
 STEPS = 20
 
 # The embedded engine with plain HTTP to the loopback test registry (the daemon has --insecure-registry).
@@ -313,7 +317,7 @@ def main() -> None:
             embeddeds.append(
                 buildsvc_side(
                     f"buildsvc embedded (SQLite){suffix}",
-                    [sys.executable, "-c", _EMBEDDED, registry.host, "--root", str(work / f"embedded{tag}")],
+                    [*PYTHON, "-c", _EMBEDDED, registry.host, "--root", str(work / f"embedded{tag}")],
                     baseline_env(tree),
                 )
             )

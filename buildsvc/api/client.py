@@ -7,6 +7,7 @@ Every call returns the API's model objects and raises the same buildsvc errors t
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,21 +19,16 @@ from buildsvc.api.content_client import sync_dir
 from buildsvc.api.errors import DaemonUnavailable, error_from_rpc
 from buildsvc.api.gen import control_pb2 as pb
 from buildsvc.api.gen import control_pb2_grpc as pb_grpc
-from buildsvc.api.model import (
-    DaemonInfo,
-    HistoryEvent,
-    PruneSkipped,
-    SolveOptions,
-    StatusUpdate,
-    UsageRecord,
-    WorkerRecord,
-)
+from buildsvc.api.model import SolveOptions
 from buildsvc.contexts import ContextTransfer, Scan
 from buildsvc.errors import InvalidInput
 
 if TYPE_CHECKING:
     # The client-side frontend (the Dockerfile parser, image config...) loads when a build uses it.
     from buildsvc.api.gateway_client import BuildOutcome, Gateway
+    from buildsvc.api.model import StatusUpdate
+    from buildsvc.api.records import DaemonInfo, HistoryEvent, WorkerRecord
+    from buildsvc.daemon.usage import PruneSkipped, UsageRecord
     from buildsvc.events.envelope import StoredEvent
 
 __all__ = ["Client", "StatusStream", "connect"]
@@ -80,12 +76,43 @@ class Client:
             raise InvalidInput(f"{addr}: a remote daemon needs TLS (--tlscacert, --tlscert, --tlskey)")
         else:
             self._channel = grpc.insecure_channel(address.target)
-        self._stub = pb_grpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]  # generated
+        self._control = pb_grpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]  # generated
+        self._probe: threading.Thread | None = None
+        self._probe_lock = threading.Lock()
+        self._answered = False
+
+    @property
+    def _stub(self) -> Any:
+        self._wait_ready()
+        return self._control
 
     @property
     def channel(self) -> grpc.Channel:
         """The connection, for the other services on the same socket (LLBBridge)."""
+        self._wait_ready()
         return self._channel
+
+    def ready_later(self, timeout: float) -> None:
+        """Ask whether the daemon answers (as :meth:`ready`) in the background: the caller gets on
+        with its own work (a build scans its contexts) while the connection comes up, and the first
+        call waits for the answer, raising ``DaemonUnavailable`` if there was none.
+        """
+
+        def probe() -> None:
+            self._answered = self.ready(timeout)
+
+        with self._probe_lock:
+            self._probe = threading.Thread(target=probe, name="daemon-ready", daemon=True)
+            self._probe.start()
+
+    def _wait_ready(self) -> None:
+        with self._probe_lock:
+            probe, self._probe = self._probe, None
+            if probe is None:
+                return
+            probe.join()
+            if not self._answered:
+                raise DaemonUnavailable(f"no daemon answers at {self.addr}")
 
     def close(self) -> None:
         """Close the connection."""
@@ -103,7 +130,7 @@ class Client:
         # thread polling the channel's state every 0.2 s, and closing the channel waits for it
         # (0.1-0.2 s at the end of every command).
         try:
-            self._stub.Info(pb.InfoRequest(), timeout=timeout, wait_for_ready=True)
+            self._control.Info(pb.InfoRequest(), timeout=timeout, wait_for_ready=True)
         except grpc.RpcError as e:
             code = e.code() if isinstance(e, grpc.Call) else None
             # Any answer but "unreachable" or "no answer in time" is the daemon answering.
@@ -134,7 +161,7 @@ class Client:
         """Send a scanned dir to the daemon's context store (only the files it lacks); the result's
         ``manifest_digest`` is what ``SolveOptions.local_contexts`` names it by.
         """
-        return sync_dir(self._channel, scan, addr=self.addr)
+        return sync_dir(self.channel, scan, addr=self.addr)
 
     def status(self, build_ref: str, *, after_position: int = 0) -> StatusStream:
         """The build's updates from its start (or after ``after_position``) until it ends."""
@@ -237,10 +264,22 @@ class Client:
 
 
 def connect(
-    addr: str, *, tls: TlsFiles | None = None, server_name: str | None = None, timeout: float = 5.0
+    addr: str,
+    *,
+    tls: TlsFiles | None = None,
+    server_name: str | None = None,
+    timeout: float = 5.0,
+    later: bool = False,
 ) -> Client:
-    """A client whose daemon answered within ``timeout`` (else DaemonUnavailable)."""
+    """A client whose daemon answered within ``timeout`` (else DaemonUnavailable).
+
+    With ``later``, the question is asked in the background and the first call waits for the
+    answer (see :meth:`Client.ready_later`): the same error, raised by that call.
+    """
     client = Client(addr, tls=tls, server_name=server_name)
+    if later:
+        client.ready_later(timeout)
+        return client
     if not client.ready(timeout):
         client.close()
         raise DaemonUnavailable(f"no daemon answers at {addr}")

@@ -15,21 +15,13 @@ from uuid import UUID
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from buildsvc.api.gen import control_pb2 as pb
-from buildsvc.api.model import (
-    BuildRecord,
-    BuildUpdate,
-    DaemonInfo,
-    HistoryEvent,
-    PruneSkipped,
-    SolveOptions,
-    StatusUpdate,
-    UsageRecord,
-    VertexLog,
-    VertexUpdate,
-    WorkerRecord,
-)
+from buildsvc.api.model import SolveOptions
 
 if TYPE_CHECKING:  # the log's envelope loads where events are read: a build's client needs none
+    # Progress and the other calls' records load with the first one converted (see api.model).
+    from buildsvc.api.progress_model import StatusUpdate
+    from buildsvc.api.records import BuildRecord, DaemonInfo, HistoryEvent, WorkerRecord
+    from buildsvc.daemon.usage import PruneSkipped, UsageRecord
     from buildsvc.events.envelope import StoredEvent
 
 __all__ = [
@@ -205,6 +197,8 @@ def status_to_pb(update: StatusUpdate) -> pb.StatusUpdate:
 
 def status_from_pb(message: pb.StatusUpdate) -> StatusUpdate:
     """One update as the client's progress display reads it."""
+    from buildsvc.api.progress_model import BuildUpdate, StatusUpdate, VertexLog, VertexUpdate
+
     vertex = log = build = None
     kind = message.WhichOneof("update")
     if kind == "vertex":
@@ -256,6 +250,8 @@ def worker_to_pb(worker: WorkerRecord) -> pb.WorkerRecord:
 
 def worker_from_pb(message: pb.WorkerRecord) -> WorkerRecord:
     """A worker as the client sees it."""
+    from buildsvc.api.records import WorkerRecord
+
     return WorkerRecord(
         name=message.name,
         executor=message.executor,
@@ -279,6 +275,8 @@ def info_to_pb(info: DaemonInfo) -> pb.InfoResponse:
 
 def info_from_pb(message: pb.InfoResponse) -> DaemonInfo:
     """The daemon's info as the client sees it."""
+    from buildsvc.api.records import DaemonInfo
+
     return DaemonInfo(
         version=message.version,
         daemon_id=message.daemon_id,
@@ -308,6 +306,8 @@ def usage_to_pb(record: UsageRecord) -> pb.UsageRecord:
 
 def usage_from_pb(message: pb.UsageRecord) -> UsageRecord:
     """A snapshot's usage as the client sees it."""
+    from buildsvc.daemon.usage import UsageRecord
+
     return UsageRecord(
         snapshot_id=message.snapshot_id,
         worker=message.worker,
@@ -325,6 +325,8 @@ def usage_from_pb(message: pb.UsageRecord) -> UsageRecord:
 
 def prune_result_to_pb(result: UsageRecord | PruneSkipped) -> pb.PruneResponse:
     """A removed snapshot (its usage record) or a skipped one, on the wire."""
+    from buildsvc.daemon.usage import PruneSkipped
+
     if isinstance(result, PruneSkipped):
         return pb.PruneResponse(
             skipped=pb.PruneSkipped(
@@ -336,6 +338,8 @@ def prune_result_to_pb(result: UsageRecord | PruneSkipped) -> pb.PruneResponse:
 
 def prune_result_from_pb(message: pb.PruneResponse) -> UsageRecord | PruneSkipped:
     """A removed or skipped snapshot as the client sees it."""
+    from buildsvc.daemon.usage import PruneSkipped
+
     if message.WhichOneof("result") == "skipped":
         s = message.skipped
         return PruneSkipped(snapshot_id=s.snapshot_id, worker=s.worker, reason=s.reason)
@@ -366,6 +370,8 @@ def build_record_to_pb(record: BuildRecord) -> pb.BuildHistoryRecord:
 
 def build_record_from_pb(message: pb.BuildHistoryRecord) -> BuildRecord:
     """A build's record as the client sees it."""
+    from buildsvc.api.records import BuildRecord
+
     return BuildRecord(
         build_ref=message.ref,
         status=_BUILD_STATUS_NAMES.get(message.status, "unknown"),
@@ -390,6 +396,8 @@ def history_event_to_pb(event: HistoryEvent) -> pb.BuildHistoryEvent:
 
 def history_event_from_pb(message: pb.BuildHistoryEvent) -> HistoryEvent:
     """A history event as the client sees it."""
+    from buildsvc.api.records import HistoryEvent
+
     return HistoryEvent(
         type=_HISTORY_TYPE_NAMES.get(message.type, "unknown"), record=build_record_from_pb(message.record)
     )

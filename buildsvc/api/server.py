@@ -8,6 +8,7 @@ shutdown stops new solves and lets the running ones finish (see ``buildsvc daemo
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -126,7 +127,9 @@ class SolveGate:
             return sorted(self._active)
 
 
+@functools.cache
 def _package_version() -> str:
+    # Read once: finding the distribution costs ~0.7 ms, and Info answers every command's first call.
     try:
         return version("buildsvc")
     except PackageNotFoundError:

@@ -422,7 +422,8 @@ def build(
     cache_exports, cache_imports, cache = _cache_options(
         export_cache, export_cache_opts, import_cache, frontend_attrs, parsed_outputs
     )
-    client = connect_from(ctx)
+    # The daemon's first answer (the connection coming up) overlaps the scan of the contexts.
+    client = connect_from(ctx, ready_later=True)
     if client is not None:
         if workers:
             raise click.UsageError("--worker chooses the embedded engine's workers; a daemon has its own")

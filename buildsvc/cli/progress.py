@@ -18,9 +18,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TextIO
 
-from buildsvc.api.model import StatusUpdate
-
 if TYPE_CHECKING:
+    from buildsvc.api.model import StatusUpdate
     from buildsvc.events.sql_store import SqlEventStore
 
 # The live view (rich), the event catalog and the time format load when a build uses them: a quiet or

@@ -69,8 +69,12 @@ class ClientTls:
         return cls(files=files, server_name=server_name or None)
 
 
-def connect_from(ctx: click.Context) -> Client | None:
-    """A client of the daemon to use, or None for the embedded engine."""
+def connect_from(ctx: click.Context, *, ready_later: bool = False) -> Client | None:
+    """A client of the daemon to use, or None for the embedded engine.
+
+    With ``ready_later``, a daemon named by ``--addr`` is asked whether it answers in the background,
+    and the client's first call raises ``DaemonUnavailable`` if it did not (see ``api.client.connect``).
+    """
     addr: str | None = ctx.meta.get(ADDR_KEY)
     given: TlsOptions = ctx.meta.get(TLS_KEY) or TlsOptions()
     tls = ClientTls.from_options(given.ca, given.cert, given.key, given.server_name)
@@ -82,7 +86,10 @@ def connect_from(ctx: click.Context) -> Client | None:
     if addr:
         from buildsvc.api.client import connect
 
-        client = _connect_tls(addr, tls) if tls.files is not None else connect(addr, timeout=_CONNECT_SECONDS)
+        if tls.files is not None:
+            client = _connect_tls(addr, tls)
+        else:
+            client = connect(addr, timeout=_CONNECT_SECONDS, later=ready_later)
     else:
         opts: Options = ctx.find_object(Options)  # type: ignore[assignment]
         if opts.root is not None or opts.db_url is not None:

@@ -34,7 +34,7 @@ class StoreImageSource:
             ref = parse_layout_ref(identifier)
             return OciLayout(ref.path).resolve(ref, _platform(platform)).digest
         ref_ = parse_reference(identifier.removeprefix(DOCKER_IMAGE_SCHEME))
-        return self.store.registry.resolve(ref_, _platform(platform)).digest
+        return self.store.resolve(ref_, _platform(platform)).digest
 
     def pull(self, identifier: str, platform: Platform, snapshotter: Snapshotter) -> PulledImage:
         """Unpack the image; layers already there are reused and reported as not created."""

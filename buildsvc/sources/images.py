@@ -4,7 +4,9 @@ As containerd's unpacker: each layer becomes one committed snapshot keyed by the
 id (``key_prefix + chainID``), stacked on the snapshot of the layers below it, so images that
 share base layers share snapshots and a layer already unpacked is neither downloaded nor applied
 again. Blobs are kept in a content-addressed cache under the store's root, so pulling the same
-image again (into any snapshotter) downloads no blob.
+image again (into any snapshotter) downloads no blob; the manifests and indexes read are kept there
+too, so a reference pinned by digest whose manifests are held is resolved without the network, as
+BuildKit resolves from its content store (:func:`resolve_image`).
 
 On overlay, a layer is applied straight into the snapshot's upper directory with overlay
 whiteouts, while it is unmounted (offline changes to an upper dir are what overlayfs allows); the
@@ -26,10 +28,16 @@ from dataclasses import dataclass
 from buildsvc.errors import Conflict, NotFound
 from buildsvc.solver.worker import SnapshotKind, Snapshotter
 from buildsvc.sources.content import ContentStore
-from buildsvc.sources.errors import InvalidImage
+from buildsvc.sources.errors import DigestMismatch, InvalidImage
 from buildsvc.sources.layout import SCHEME as LAYOUT_SCHEME
 from buildsvc.sources.layout import OciLayout, parse_layout_ref
-from buildsvc.sources.manifests import Descriptor, ImageConfig, ResolvedImage, parse_image_config
+from buildsvc.sources.manifests import (
+    Descriptor,
+    ImageConfig,
+    ResolvedImage,
+    parse_image_config,
+    resolve_from,
+)
 from buildsvc.sources.platforms import ImagePlatform, host_platform
 from buildsvc.sources.reference import Reference, parse_reference
 from buildsvc.sources.registry import RegistryClient
@@ -98,10 +106,14 @@ class ImageStore:
                 str(layout_ref), resolved, _LayoutFetcher(layout, self.content), snapshotter, key_prefix
             )
         ref = parse_reference(source.removeprefix(DOCKER_IMAGE_SCHEME))
-        resolved = self.registry.resolve(ref, wanted)
+        resolved = self.resolve(ref, wanted)
         return self._unpack(
             str(ref), resolved, _RegistryFetcher(self.registry, ref, self.content), snapshotter, key_prefix
         )
+
+    def resolve(self, ref: Reference, platform: ImagePlatform | None = None) -> ResolvedImage:
+        """``ref`` resolved to ``platform``'s manifest (see :func:`resolve_image`)."""
+        return resolve_image(self.registry, self.content, ref, platform or host_platform())
 
     def _unpack(
         self,
@@ -181,6 +193,59 @@ class ImageStore:
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+
+def resolve_image(
+    registry: RegistryClient, content: ContentStore, ref: Reference, platform: ImagePlatform
+) -> ResolvedImage:
+    """Resolve ``ref`` to ``platform``'s image manifest, keeping every manifest and index it reads
+    in ``content``.
+
+    A reference pinned by digest whose manifests are all held in ``content`` is answered from there,
+    without the network (as BuildKit answers from its content store): a digest names its bytes for
+    good, and a held blob is re-hashed as it is read, so the answer is the registry's. Anything not
+    held, and every tag, is asked of the registry.
+    """
+    if ref.digest is not None and ref.digest.startswith("sha256:"):
+        held = _resolve_held(str(ref), ref.digest, content, platform)
+        if held is not None:
+            return held
+    return registry.resolve(ref, platform, keep=content)
+
+
+class _NotHeld(Exception):
+    """A manifest the content store does not hold (or holds corrupt)."""
+
+
+def _held(content: ContentStore, digest: str) -> bytes:
+    try:
+        return content.read(digest)
+    except (OSError, DigestMismatch):
+        raise _NotHeld(digest) from None
+
+
+def _resolve_held(
+    name: str, digest: str, content: ContentStore, platform: ImagePlatform
+) -> ResolvedImage | None:
+    """What the registry would resolve ``digest`` to, from ``content`` alone; None unless every
+    manifest on the way is held.
+    """
+    try:
+        root = _held(content, digest)
+        try:
+            named = json.loads(root).get("mediaType")
+        except (ValueError, AttributeError):
+            named = None
+        if not named:
+            # Its type would come from the registry's Content-Type header, which is not kept.
+            return None
+
+        def fetch_child(entry: Descriptor) -> bytes:
+            return _held(content, entry.digest)
+
+        return resolve_from(name, (root, None), fetch_child, platform)
+    except _NotHeld:
+        return None
 
 
 def pull_image(

@@ -139,13 +139,25 @@ class RegistryClient:
             raise DigestMismatch(f"manifest {ref.name}@{target}", target, sha256_digest(data))
         return data, content_type
 
-    def resolve(self, ref: Reference, platform: ImagePlatform | None = None) -> ResolvedImage:
-        """Resolve ``ref`` to one image manifest, picking ``platform`` (default: the host's)."""
+    def resolve(
+        self, ref: Reference, platform: ImagePlatform | None = None, *, keep: ContentStore | None = None
+    ) -> ResolvedImage:
+        """Resolve ``ref`` to one image manifest, picking ``platform`` (default: the host's).
+
+        With ``keep``, every manifest and index read on the way is stored there by its digest (so a
+        later resolve of a digest can be answered from the store: see ``sources.images.resolve_image``).
+        """
+
+        def fetch(reference: str | None = None) -> tuple[bytes, str | None]:
+            data, content_type = self.get_manifest(ref, reference)  # a digest is verified
+            if keep is not None:
+                keep.put(data)
+            return data, content_type
 
         def fetch_child(entry: Descriptor) -> bytes:
-            return self.get_manifest(ref, entry.digest)[0]
+            return fetch(entry.digest)[0]
 
-        return resolve_from(str(ref), self.get_manifest(ref), fetch_child, platform or host_platform())
+        return resolve_from(str(ref), fetch(), fetch_child, platform or host_platform())
 
     def fetch_blob(self, ref: Reference, desc: Descriptor, store: ContentStore) -> str:
         """Download ``desc`` into ``store`` (verified; nothing is stored when it is corrupt)."""

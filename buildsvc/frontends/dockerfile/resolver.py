@@ -2,7 +2,9 @@
 
 It asks the registry for the reference's manifest (or index, picking the platform's manifest),
 downloads the image config blob into the content store (verified against its digest, and kept, so
-the pull that follows does not fetch it again) and returns the digest to pin the image by.
+the pull that follows does not fetch it again) and returns the digest to pin the image by. The
+manifests read are kept too: a reference pinned by a digest the store holds is answered from it,
+without the network (``sources.images.resolve_image``).
 
 A :class:`ResolveCache` keeps what a reference resolved to for a few minutes, as BuildKit's daemon
 does, so a rebuild does not ask the registry again; a build that must see the registry's current
@@ -28,6 +30,7 @@ from buildsvc.sources import (
     RegistryClient,
     parse_reference,
 )
+from buildsvc.sources.images import resolve_image
 from buildsvc.sources.manifests import parse_image_config
 
 __all__ = ["RESOLVE_TTL", "RegistryImageResolver", "ResolveCache"]
@@ -153,7 +156,8 @@ class RegistryImageResolver:
             if known is not None and self.content.has(known[1]):
                 return known[0], parse_image_config(str(reference), self.content.read(known[1]))
         wanted = ImagePlatform(os=platform.os, architecture=platform.architecture, variant=platform.variant)
-        resolved = self.registry.resolve(reference, wanted)
+        # A pinned reference whose manifests are held is answered without the network.
+        resolved = resolve_image(self.registry, self.content, reference, wanted)
         config = resolved.manifest.config
         if not self.content.has(config.digest):
             self.registry.fetch_blob(reference, config, self.content)

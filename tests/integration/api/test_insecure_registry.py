@@ -97,3 +97,26 @@ def test_a_rebuild_reuses_the_resolved_base_image_unless_it_asks_to_pull(
     pulled = manifest_reads()
     d.cli("build", str(ctx), "--opt", "no-cache=")
     assert manifest_reads() > pulled
+
+
+def test_a_pinned_base_image_the_daemon_holds_builds_with_the_registry_down(
+    daemons: Daemons, busybox_tars: list[bytes], tmp_path: Path
+) -> None:
+    # As BuildKit resolves a digest from its content store: a FROM pinned by digest (and the solver's
+    # own pinned source) asks no registry once the daemon holds the image's manifest and config.
+    with TestRegistry(tmp_path / "own-registry") as own, RegistryClient(RegistryOptions(insecure=True)) as c:
+        layers = [make_layer(tar, "gzip") for tar in busybox_tars]
+        digest = push_image(c, parse_reference(f"{own.host}/busybox:v1"), build_image(layers), tag="v1")
+        d = daemons.start("--insecure-registry", own.host)
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM {own.host}/busybox@{digest}\nRUN echo hi > /hi\n")
+        d.cli("build", str(ctx))
+    d.cli("prune", "--all")  # the RUN runs again: its base is pulled (from what the daemon holds)
+    rebuilt = d.cli("build", "--progress", "plain", str(ctx))
+    assert "RUN echo hi > /hi" in rebuilt.stderr and "CACHED" not in rebuilt.stderr
+
+
+@pytest.fixture(scope="module")
+def busybox_tars(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    return busybox_layer_tars(tmp_path_factory.mktemp("held-busybox"))

@@ -46,6 +46,9 @@ BUILD_CLIENT_EXTRAS = (
     # Cache exports and imports, checked only when the build names one.
     "buildsvc.cache.options",
     "buildsvc.daemon.cache_specs",
+    # The records of the other calls (workers, info, history, disk usage, prune).
+    "buildsvc.api.records",
+    "buildsvc.daemon.usage",
 )
 
 
@@ -83,12 +86,15 @@ def test_a_daemon_build_loads_only_what_its_options_use(progress: str) -> None:
     # What run_remote_build and send_local_dirs touch before the RPCs, for a build with no -o.
     loaded = _loaded_after(
         "import buildsvc.cli.main, buildsvc.cli.build_cmd as b, buildsvc.cli.progress as p\n"
+        "import buildsvc.api.client, buildsvc.cli.local_contexts\n"
         f"p.make_printer({progress!r})\n"
         "assert b._outputs([]) == [] and b._for_daemon([]) == []\n"
         "assert b._cache_options((), (), (), {'target': 'x'}, []) == ([], [], None)\n"
         "import buildsvc.api.peercred as a; a.local_actor()"
     )
     assert sorted(loaded & set(BUILD_CLIENT_EXTRAS)) == []
+    if progress == "quiet":  # asks for no Status stream: its updates are never made
+        assert "buildsvc.api.progress_model" not in loaded
     top = {name.partition(".")[0] for name in loaded}
     assert "rich" not in top
 

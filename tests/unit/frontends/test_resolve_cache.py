@@ -27,7 +27,7 @@ class _Registry:
         self.calls = 0
         self.tag = "one"
 
-    def resolve(self, reference: Any, platform: Any) -> Any:
+    def resolve(self, reference: Any, platform: Any, *, keep: Any = None) -> Any:
         self.calls += 1
         config = json.dumps(
             {
