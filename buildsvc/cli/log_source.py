@@ -19,7 +19,7 @@ from buildsvc.cli.common import open_from
 from buildsvc.cli.remote import connect_from
 from buildsvc.daemon.state import State
 from buildsvc.events.envelope import StoredEvent
-from buildsvc.projections.builds import fold_build, get_build
+from buildsvc.projections.builds import fold_build
 
 __all__ = ["DaemonLog", "LocalLog", "LogSource", "log_source"]
 
@@ -56,9 +56,9 @@ class LocalLog:
             yield stored
 
     def build(self, build_ref: str) -> dict[str, Any] | None:
-        self.state.runner.run_once()  # its rows caught up from the log first (works while it runs)
-        with self.state.db.read() as conn:
-            return get_build(conn, build_ref)
+        # Folded from the log, not read from the builds projection's rows: a daemon on the same
+        # state holds that projection's lease, and its rows can trail the log by a catch-up.
+        return folded_build(self, build_ref)
 
 
 class DaemonLog:
@@ -74,11 +74,16 @@ class DaemonLog:
         return self.client.build_events(until_position=until)
 
     def build(self, build_ref: str) -> dict[str, Any] | None:
-        # The builds projection's row, folded here from the build's own events and its history
-        # entry's (pins, deletion), merged back into log order.
-        own = self.stream(f"build-{build_ref}")
-        history = self.stream(f"history-{build_ref}")
-        return fold_build(heapq.merge(own, history, key=lambda s: s.position), build_ref)
+        return folded_build(self, build_ref)
+
+
+def folded_build(source: LogSource, build_ref: str) -> dict[str, Any] | None:
+    """The builds projection's row for ``build_ref``, folded from the build's own events and its
+    history entry's (pins, deletion), merged back into log order (None when absent or deleted).
+    """
+    own = source.stream(f"build-{build_ref}")
+    history = source.stream(f"history-{build_ref}")
+    return fold_build(heapq.merge(own, history, key=lambda s: s.position), build_ref)
 
 
 def log_source(ctx: click.Context) -> LogSource:
