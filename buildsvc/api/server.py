@@ -322,7 +322,8 @@ class ControlServicer(pb_grpc.ControlServicer):
                     terminal=terminal,
                 ),
                 cancel=cancel,
-                export=export,
+                # Nothing to export: no export step (and no commit of its own before it).
+                export=export if exporters or cache.exports else None,
             )
         return pb.SolveResponse(ref=result.build_ref, exporter_response=dict(result.exporter_response))
 

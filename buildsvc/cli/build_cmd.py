@@ -147,7 +147,10 @@ def run_build(
     with printing_progress(state.store, progress, lambda stream: stream == f"build-{ref}"):
         if cache is not None:
             import_caches(engine, ref, cache.imports, actor=actor)
-        return engine.solver.solve(request, export=export)
+        # Nothing to export: no export step (and no commit of its own before it).
+        return engine.solver.solve(
+            request, export=export if request.exporters or request.cache_exports else None
+        )
 
 
 def run_remote_build(
