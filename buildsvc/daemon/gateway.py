@@ -319,12 +319,12 @@ class GatewayJob:
         return ReceivedContexts(dirs=dirs, digests=digests, events=tuple(events))
 
     def resolve_image_config(self, ref: str, platform: str = "") -> tuple[str, bytes]:
-        """Pin ``ref`` by digest and return its config blob, through the daemon's registry client."""
+        """Pin ``ref`` by digest and return its config blob (a pinned digest the store holds: from there)."""
         self._check_open()
         reference = parse_reference(ref)
         wanted = parse_platform(platform) if platform else host_platform()
         store = self.engine.images
-        resolved = store.registry.resolve(reference, wanted)
+        resolved = store.resolve(reference, wanted)  # a held, pinned digest: no network
         config = resolved.manifest.config
         if not store.content.has(config.digest):
             store.registry.fetch_blob(reference, config, store.content)
