@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import click
 
 from buildsvc.api.address import TlsFiles, default_address, parse_address
+from buildsvc.cli.client_import import import_client
 from buildsvc.cli.common import Options
 from buildsvc.errors import BuildsvcError, InvalidInput
 
@@ -84,6 +85,7 @@ def connect_from(ctx: click.Context, *, ready_later: bool = False) -> Client | N
             "a unix socket is protected by its mode"
         )
     if addr:
+        import_client()  # with what it never uses left unloaded: see buildsvc.cli.client_import
         from buildsvc.api.client import connect
 
         if tls.files is not None:
@@ -97,6 +99,7 @@ def connect_from(ctx: click.Context, *, ready_later: bool = False) -> Client | N
         default = default_address()
         if not _socket_exists(default):
             return None
+        import_client()
         from buildsvc.api.client import Client
 
         client = Client(default)

@@ -199,3 +199,39 @@ def test_httpx_loads_without_its_command_line() -> None:
     )
     assert "httpx" in loaded
     assert sorted(m for m in loaded if m in ("httpx._main", "pygments", "rich.syntax")) == []
+
+
+# As a command does: nothing has imported grpc before connect_from (not even the error's module).
+CONNECT_TO_NOTHING = (
+    "import click\n"
+    "import buildsvc.cli.main as m\n"
+    "from buildsvc.cli.remote import ADDR_KEY, connect_from\n"
+    "ctx = click.Context(m.cli)\n"
+    "ctx.meta[ADDR_KEY] = 'unix:///nonexistent/buildsvc.sock'\n"
+    "import buildsvc.cli.remote as r; r._CONNECT_SECONDS = 0.1\n"
+    "try:\n    connect_from(ctx)\n"
+    "except Exception as e:\n    assert type(e).__name__ == 'DaemonUnavailable'\n"
+)
+
+
+def test_a_daemon_client_leaves_what_grpc_and_protobuf_never_use_unrun() -> None:
+    # asyncio, grpc.aio and protobuf's pure-Python messages were ~45 ms of every client command.
+    from buildsvc.cli.client_import import DEFERRED
+
+    loaded = _loaded_after(CONNECT_TO_NOTHING)
+    assert {"grpc", "buildsvc.api.client"} <= loaded
+    assert loaded >= DEFERRED  # present, as lazy modules...
+    # ...whose own imports never ran.
+    assert sorted(loaded & {"asyncio.base_events", "grpc.aio._channel", "google.protobuf.text_format"}) == []
+
+
+def test_the_deferred_modules_still_work_when_something_uses_them() -> None:
+    loaded = _loaded_after(
+        CONNECT_TO_NOTHING + "import asyncio, grpc, google.protobuf.internal.python_message as pm\n"
+        "assert asyncio.run(asyncio.sleep(0, result=7)) == 7\n"
+        "assert callable(grpc.aio.insecure_channel)\n"
+        "assert pm.GeneratedProtocolMessageType is not None\n"
+        "from buildsvc.api.gen import control_pb2 as pb\n"
+        "m = pb.SolveRequest(ref='r'); assert pb.SolveRequest.FromString(m.SerializeToString()).ref == 'r'\n"
+    )
+    assert "asyncio.base_events" in loaded
