@@ -25,11 +25,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from buildsvc.errors import ExecutionError
+
+if TYPE_CHECKING:
+    # Imported where a download needs it: every engine makes a downloader, few builds download, and
+    # httpx's import is ~20 ms of each embedded build's start.
+    import httpx
 
 __all__ = ["ChecksumMismatch", "DownloadError", "HttpDownloader"]
 
@@ -120,6 +123,8 @@ class HttpDownloader:
             return self._url_locks.setdefault(url, threading.Lock())
 
     def _http(self) -> httpx.Client:
+        import httpx
+
         with self._lock:
             if self._client is None:
                 self._client = httpx.Client(timeout=self.timeout, follow_redirects=True)
@@ -166,6 +171,8 @@ class HttpDownloader:
     def _download_once(
         self, url: str, headers: dict[str, str], entry: dict[str, Any] | None, expected: str | None
     ) -> str:
+        import httpx
+
         tmp_dir = self.cache_dir / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="download-")

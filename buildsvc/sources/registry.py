@@ -15,16 +15,13 @@ is HTTPS, so a typo cannot send credentials in the clear.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import re
 import threading
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import httpx
 import tenacity
 
 from buildsvc.sources.content import ContentStore
@@ -43,6 +40,11 @@ from buildsvc.sources.manifests import (
 )
 from buildsvc.sources.platforms import ImagePlatform, host_platform
 from buildsvc.sources.reference import DEFAULT_DOMAIN, Reference
+
+if TYPE_CHECKING:
+    # At run time httpx is imported by the calls that talk HTTP (each engine makes a client, few
+    # builds use it): see buildsvc.sources.registry_auth.
+    import httpx
 
 DOCKER_HUB_HOST = "registry-1.docker.io"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -90,7 +92,6 @@ class RegistryClient:
         context manager).
         """
         self.options = options or RegistryOptions()
-        self._auth = _RegistryAuth(self.options.credentials)
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
 
@@ -99,10 +100,17 @@ class RegistryClient:
         # Made on first use: an httpx client (its transport, a TLS context with the system's CAs)
         # costs ~70 ms, and an engine whose builds are cached and whose base images were resolved
         # recently never talks to a registry.
+        import httpx
+
+        from buildsvc.sources.registry_auth import RegistryAuth
+
         with self._lock:
             if self._client is None:
                 self._client = httpx.Client(
-                    timeout=self.options.timeout, follow_redirects=True, auth=self._auth, trust_env=False
+                    timeout=self.options.timeout,
+                    follow_redirects=True,
+                    auth=RegistryAuth(self.options.credentials),
+                    trust_env=False,
                 )
             return self._client
 
@@ -238,6 +246,8 @@ class RegistryClient:
         mount = {"mount": digest, "from": mount_from} if mount_from and mount_from != ref.path else {}
 
         def attempt() -> None:
+            import httpx  # loaded by the POST
+
             # The POST carries no body, so an auth challenge is answered here and the PUT (whose
             # streamed body cannot be replayed) goes out with a token that already fits.
             started = self._http.post(start_url, params=mount, headers={"Content-Length": "0"})
@@ -297,7 +307,7 @@ class RegistryClient:
             return
         if status in _TRANSIENT_STATUS:
             raise _TransientStatus(response)
-        message = _error_message(response)
+        message = error_message(response)
         if status == 404:
             raise ImageNotFound(str(ref), what)
         if status in (401, 403):
@@ -305,6 +315,8 @@ class RegistryClient:
         raise RegistryError(str(response.url), status, message)
 
     def _retry(self, url: str, attempt: Callable[[], _T]) -> _T:
+        import httpx
+
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(max(1, self.options.attempts)),
             wait=tenacity.wait_exponential(multiplier=self.options.retry_wait, max=2.0),
@@ -314,7 +326,7 @@ class RegistryClient:
         try:
             return retrying(attempt)
         except _TransientStatus as e:
-            raise RegistryError(url, e.response.status_code, _error_message(e.response)) from e
+            raise RegistryError(url, e.response.status_code, error_message(e.response)) from e
         except httpx.HTTPError as e:
             hint = ""
             if url.startswith("https://") and "WRONG_VERSION_NUMBER" in str(e):
@@ -333,6 +345,8 @@ class _ResponseReader:
         self._buffer = b""
 
     def read(self, size: int = -1, /) -> bytes:
+        import httpx  # loaded already: a response is being read
+
         while size < 0 or len(self._buffer) < size:
             try:
                 chunk = next(self._chunks, b"")
@@ -365,71 +379,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _error_message(response: httpx.Response) -> str:
+def error_message(response: httpx.Response) -> str:
+    """The registry's own error codes and messages from a failed response (or the body's start)."""
     try:
         errors = response.json().get("errors") or []
         return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors) or response.text[:200]
     except (ValueError, AttributeError):
         return response.text[:200]
-
-
-_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-_REPOSITORY = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/")
-
-
-class _RegistryAuth(httpx.Auth):
-    """Answers ``WWW-Authenticate`` challenges: Bearer (token service, anonymous or with
-    credentials) and Basic. Tokens are kept per host and repository and sent up front next time.
-    """
-
-    def __init__(self, credentials: Mapping[str, Credentials]) -> None:
-        self._credentials = credentials
-        self._headers: dict[tuple[str, str], str] = {}
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        key = (request.url.netloc.decode(), _repository(request.url.path))
-        known = self._headers.get(key)
-        if known is not None:
-            request.headers["Authorization"] = known
-        response = yield request
-        if response.status_code != 401:
-            return
-        challenge = response.headers.get("www-authenticate", "")
-        scheme, _, rest = challenge.partition(" ")
-        params = dict(_CHALLENGE_PARAM.findall(rest))
-        creds = self._credentials.get(key[0])
-        if scheme.lower() == "basic":
-            if creds is None:
-                return
-            header = _basic(creds)
-        elif scheme.lower() == "bearer" and "realm" in params:
-            query = {k: params[k] for k in ("service", "scope") if k in params}
-            token_request = httpx.Request("GET", params["realm"], params=query)
-            if creds is not None:
-                token_request.headers["Authorization"] = _basic(creds)
-            token_response = yield token_request
-            token_response.read()
-            if token_response.status_code != 200:
-                raise AuthenticationFailed(
-                    params["realm"], token_response.status_code, _error_message(token_response)
-                )
-            body = token_response.json()
-            token = body.get("token") or body.get("access_token")
-            if not token:
-                raise AuthenticationFailed(params["realm"], 200, "token service returned no token")
-            header = f"Bearer {token}"
-        else:
-            return
-        self._headers[key] = header
-        request.headers["Authorization"] = header
-        yield request
-
-
-def _repository(path: str) -> str:
-    match = _REPOSITORY.match(path)
-    return match.group(1) if match else ""
-
-
-def _basic(creds: Credentials) -> str:
-    raw = f"{creds.username}:{creds.password}".encode()
-    return "Basic " + base64.b64encode(raw).decode()

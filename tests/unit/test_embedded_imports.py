@@ -30,3 +30,24 @@ def test_a_sqlite_state_opens_and_projects_without_the_postgresql_dialect(tmp_pa
     loaded = _loaded_after(OPEN_AND_PROJECT.format(root=root) + "import buildsvc.projections.rows\n")
     assert "buildsvc.projections.rows" in loaded
     assert "sqlalchemy.dialects.postgresql" not in loaded
+
+
+def test_the_engine_and_the_build_command_load_no_http_client_until_one_is_used() -> None:
+    # httpx is ~20 ms of each embedded start; builds whose base images are held never use it, and
+    # an export's or cache's modules load only for a build that has one.
+    loaded = _loaded_after(
+        "import buildsvc.daemon.engine, buildsvc.cli.build_cmd\n"
+        "from buildsvc.sources import RegistryClient, RegistryOptions\n"
+        "from buildsvc.solver.http_source import HttpDownloader\n"
+        "RegistryClient(RegistryOptions()).close()\n"
+    )
+    assert "buildsvc.daemon.engine" in loaded
+    assert sorted(m for m in loaded if m.partition(".")[0] in ("httpx", "httpcore")) == []
+    assert sorted(loaded & {"buildsvc.daemon.cache_exports", "buildsvc.daemon.exporters"}) == []
+    used = _loaded_after(
+        "from buildsvc.sources import RegistryClient, RegistryOptions\n"
+        "client = RegistryClient(RegistryOptions())\n"
+        "assert client._http is not None\n"
+        "client.close()\n"
+    )
+    assert {"httpx", "buildsvc.sources.registry_auth"} <= used
