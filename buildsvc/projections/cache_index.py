@@ -18,7 +18,7 @@ from buildsvc.events.database import Database
 from buildsvc.events.envelope import StoredEvent
 from buildsvc.events.rows import driver_errors
 from buildsvc.projections.refs import unreleased_refs
-from buildsvc.projections.rows import pg_type
+from buildsvc.projections.rows import pg_type, sqlite_plain
 from buildsvc.projections.schema import cache_records
 
 __all__ = ["CacheIndexProjection", "SqlCacheIndex"]
@@ -62,7 +62,11 @@ class CacheIndexProjection:
                     # Every output on every worker goes, those added earlier in this batch too.
                     _upsert(conn, list(pending.values()))
                     pending.clear()
-                    conn.execute(cache_records.delete().where(cache_records.c.cache_key == cache_key))
+                    if _sqlite_plain(conn):
+                        with driver_errors(conn):
+                            conn.connection.driver_connection.execute(_SQLITE_DELETE, (cache_key,))  # type: ignore[union-attr]
+                    else:
+                        conn.execute(cache_records.delete().where(cache_records.c.cache_key == cache_key))
         _upsert(conn, list(pending.values()))
 
 
@@ -74,6 +78,19 @@ _PG_UPSERT = (  # one statement over column arrays, whatever the number of recor
     + f") AS u({', '.join(_COLUMNS)}) ON CONFLICT ({', '.join(_KEY_COLUMNS)}) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS if c not in _KEY_COLUMNS)
 )
+# SQLite: the same upsert as one executemany of a constant text (prepared once by sqlite3).
+_SQLITE_UPSERT = (
+    f"INSERT INTO cache_records ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    f"ON CONFLICT ({', '.join(_KEY_COLUMNS)}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in _KEY_COLUMNS)
+)
+_SQLITE_DELETE = "DELETE FROM cache_records WHERE cache_key = ?"
+_SQLITE_PLAIN = sqlite_plain(cache_records)
+"""Whether SQLAlchemy would pass the table's values through untouched on SQLite (so sqlite3 may)."""
+
+
+def _sqlite_plain(conn: Connection) -> bool:
+    return _SQLITE_PLAIN and conn.dialect.name == "sqlite"
 
 
 def _upsert(conn: Connection, rows: list[dict[str, object]]) -> None:
@@ -84,6 +101,15 @@ def _upsert(conn: Connection, rows: list[dict[str, object]]) -> None:
         pg = conn.connection.driver_connection
         with driver_errors(conn), pg.cursor() as cur:  # type: ignore[union-attr]
             cur.execute(_PG_UPSERT, tuple([r[c] for r in rows] for c in _COLUMNS))
+        return
+    if _sqlite_plain(conn):
+        with driver_errors(conn):
+            lite = conn.connection.driver_connection
+            params = [tuple([r[c] for c in _COLUMNS]) for r in rows]
+            if len(params) == 1:
+                lite.execute(_SQLITE_UPSERT, params[0])  # type: ignore[union-attr]
+            else:
+                lite.executemany(_SQLITE_UPSERT, params)  # type: ignore[union-attr]
         return
     stmt = sqlite_insert(cache_records)
     conn.execute(
@@ -96,6 +122,7 @@ def _upsert(conn: Connection, rows: list[dict[str, object]]) -> None:
 
 
 _LOOKUP_SQL = "SELECT output, snapshot_id FROM cache_records WHERE cache_key = %s AND worker = %s"
+_SQLITE_LOOKUP = "SELECT output, snapshot_id FROM cache_records WHERE cache_key = ? AND worker = ?"
 
 
 class SqlCacheIndex:
@@ -121,6 +148,10 @@ class SqlCacheIndex:
                         pg = conn.connection.driver_connection
                         found = pg.execute(_LOOKUP_SQL, (cache_key, worker), prepare=True)  # type: ignore[union-attr]
                         return dict(found.fetchall())
+                if _sqlite_plain(conn):  # the same on the sqlite3 connection, in ``read``'s transaction
+                    with driver_errors(conn):
+                        lite = conn.connection.driver_connection
+                        return dict(lite.execute(_SQLITE_LOOKUP, (cache_key, worker)).fetchall())  # type: ignore[union-attr]
                 return {
                     r.output: r.snapshot_id
                     for r in conn.execute(self._query, {"key": cache_key, "worker": worker})

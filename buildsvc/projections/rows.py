@@ -10,6 +10,12 @@ several buffers in one psycopg pipeline (one round trip), each buffer's deletes,
 updates as one statement apiece over ``unnest`` of column arrays (a COPY costs two round trips of its
 own and cannot be pipelined).
 
+On SQLite a table whose columns SQLAlchemy passes through untouched (strings and integers: see
+``sqlite_plain``) skips SQLAlchemy's statement layer as well: its SELECT, DELETE, INSERT and UPDATE
+texts are built once per table and run on the sqlite3 connection under the SQLAlchemy one (same
+transaction), each write one ``executemany`` of a constant text that sqlite3 keeps prepared. Building,
+caching and compiling the Core statements cost more than SQLite's work on them, on every append.
+
 Loading by the first key column only (``= ANY(array)`` on PostgreSQL, ``IN`` on SQLite) keeps the
 statement text constant, so it is prepared once, and uses the primary key's index on both; a
 composite ``(a, b) IN (...)`` is a full scan on SQLite.
@@ -18,6 +24,7 @@ composite ``(a, b) IN (...)`` is a full scan on SQLite.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,12 +32,106 @@ from sqlalchemy.engine import Connection
 
 from buildsvc.events.rows import driver_errors
 
-__all__ = ["RowBuffer", "flush_together", "load_together", "pg_type"]
+__all__ = ["RowBuffer", "flush_together", "load_together", "pg_type", "sqlite_plain"]
 
 _COPY_FROM_ROWS = 64
 """New rows of one table from which a COPY beats pipelined INSERTs."""
 
 Row = dict[str, Any]
+
+_SQLITE_PLAIN_TYPES = (sa.String, sa.Text, sa.Integer, sa.BigInteger, sa.SmallInteger)
+"""Types whose values SQLAlchemy hands to sqlite3 and back as they are (exact classes: no Enum)."""
+
+_LOAD_TEXTS = 64
+"""Key counts up to which a table's SQLite SELECT text is kept (beyond, it is built per call)."""
+
+
+def sqlite_plain(table: sa.Table) -> bool:
+    """Whether SQLAlchemy passes every column of ``table`` through untouched on SQLite.
+
+    Strings and integers only (a Variant such as the positions' ``BigInteger`` / ``Integer`` is
+    judged by the type SQLite gets), with no bind or result processor, no SQL-side expression and no
+    client-side default: then sqlite3 given the same values writes and reads the same rows.
+    """
+    plain = _SQLITE_PLAIN.get(table)
+    if plain is None:
+        plain = _SQLITE_PLAIN[table] = _judge_sqlite_plain(table)
+    return plain
+
+
+def _judge_sqlite_plain(table: sa.Table) -> bool:
+    from sqlalchemy.dialects import sqlite  # the dialect module is loaded on SQLite anyway
+
+    dialect = sqlite.dialect()
+    for column in table.columns:
+        kind = column.type.dialect_impl(dialect)
+        if (
+            type(kind) not in _SQLITE_PLAIN_TYPES
+            or kind.bind_processor(dialect) is not None
+            or kind.result_processor(dialect, None) is not None
+            or kind._has_bind_expression
+            or kind._has_column_expression
+            or column.key != column.name
+            or column.default is not None
+            or column.onupdate is not None
+        ):
+            return False
+    return len(table.primary_key.columns) < len(table.columns)  # an UPDATE needs a column to set
+
+
+_SQLITE_PLAIN: dict[sa.Table, bool] = {}
+
+
+@dataclass(slots=True)
+class _SqliteSql:
+    """A plain table's statement texts on SQLite, built once (see :func:`_sqlite_sql`)."""
+
+    columns: list[str]
+    select: str
+    """``SELECT <columns> FROM t WHERE first IN (``: the placeholders and ``)`` follow."""
+    delete: str
+    insert: str
+    update: str
+    update_columns: list[str]
+    """The UPDATE's parameters in order: the other columns (SET), then the key columns (WHERE)."""
+    loads: dict[int, str] = field(default_factory=dict)
+
+    def load(self, count: int) -> str:
+        """The SELECT for ``count`` first-column values."""
+        text = self.loads.get(count)
+        if text is None:
+            text = f"{self.select}{', '.join('?' * count)})"
+            if count <= _LOAD_TEXTS:
+                self.loads[count] = text
+        return text
+
+
+_SQLITE_SQL: dict[sa.Table, _SqliteSql] = {}
+
+
+def _sqlite_sql(table: sa.Table) -> _SqliteSql:
+    sql = _SQLITE_SQL.get(table)
+    if sql is not None:
+        return sql
+    t = _quote(table.name)
+    columns = [c.name for c in table.columns]
+    keys = [c.name for c in table.primary_key.columns]
+    others = [c for c in columns if c not in keys]
+    names = ", ".join(_quote(c) for c in columns)
+    match = " AND ".join(f"{_quote(c)} = ?" for c in keys)
+    sql = _SQLITE_SQL[table] = _SqliteSql(
+        columns=columns,
+        select=f"SELECT {names} FROM {t} WHERE {_quote(keys[0])} IN (",
+        delete=f"DELETE FROM {t} WHERE {match}",
+        insert=f"INSERT INTO {t} ({names}) VALUES ({', '.join('?' * len(columns))})",
+        update=f"UPDATE {t} SET {', '.join(f'{_quote(c)} = ?' for c in others)} WHERE {match}",
+        update_columns=others + keys,
+    )
+    return sql
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class RowBuffer:
@@ -47,6 +148,8 @@ class RowBuffer:
         # Key of each cached row by the row's identity, so ``changed`` costs one lookup.
         self._key_of: dict[int, Hashable] = {}
         self._complete_prefixes: set[Hashable] = set()
+        # The table's own SQL on SQLite when SQLAlchemy would pass its values through untouched.
+        self._lite = _sqlite_sql(table) if conn.dialect.name == "sqlite" and sqlite_plain(table) else None
 
     def _key(self, row: Row) -> Hashable:
         if len(self.key_columns) == 1:
@@ -63,6 +166,9 @@ class RowBuffer:
             self._rows[k] = None
         composite = len(self.key_columns) > 1
         firsts = list({k[0] for k in wanted}) if composite else wanted  # type: ignore[index]
+        if self._lite is not None:
+            self._take(self._lite.columns, self._sqlite_select(firsts))
+            return
         for r in self.conn.execute(self._load_statement(), {"keys": firsts}).mappings():
             row = dict(r)
             key = self._key(row)
@@ -74,8 +180,12 @@ class RowBuffer:
         wanted = list(set(values))
         if not wanted:
             return
-        for r in self.conn.execute(self._load_statement(), {"keys": wanted}).mappings():
-            row = dict(r)
+        if self._lite is not None:
+            names = self._lite.columns
+            found = (dict(zip(names, record, strict=True)) for record in self._sqlite_select(wanted))
+        else:
+            found = (dict(r) for r in self.conn.execute(self._load_statement(), {"keys": wanted}).mappings())
+        for row in found:
             key = self._key(row)
             if key not in self._rows or self._rows[key] is None:
                 self._rows[key] = row
@@ -127,6 +237,9 @@ class RowBuffer:
 
     def flush(self) -> None:
         """Write the new, changed and deleted rows."""
+        if self._lite is not None:
+            self._sqlite_flush(self._lite)
+            return
         t = self.table
         if self._deleted:
             keys = [k if isinstance(k, tuple) else (k,) for k in self._deleted]
@@ -158,6 +271,61 @@ class RowBuffer:
         self._new.clear()
         self._dirty.clear()
         self._deleted.clear()
+
+    # --- SQLite: the table's own SQL on the sqlite3 connection ----------------------------------------
+
+    def _sqlite_select(self, firsts: list[Any]) -> list[tuple[Any, ...]]:
+        """The rows (in column order) whose first key column is one of ``firsts``."""
+        assert self._lite is not None
+        sql = self._lite.load(len(firsts))
+        with driver_errors(self.conn):
+            cur = self._sqlite_cursor()
+            try:
+                found: list[tuple[Any, ...]] = cur.execute(sql, firsts).fetchall()
+                return found
+            finally:
+                cur.close()
+
+    def _sqlite_flush(self, lite: _SqliteSql) -> None:
+        """``flush`` in the table's own SQL: deletes, inserts, updates, one ``executemany`` each."""
+        writes: list[tuple[str, list[tuple[Any, ...]]]] = []
+        if self._deleted:
+            writes.append((lite.delete, [k if isinstance(k, tuple) else (k,) for k in self._deleted]))
+        if self._new:
+            columns = lite.columns
+            rows = [self._rows[k] or {} for k in self._new]
+            writes.append((lite.insert, [tuple([r[c] for c in columns]) for r in rows]))
+        if self._dirty:
+            order = lite.update_columns
+            changed = []
+            for k in self._dirty:
+                row = self._rows[k]
+                assert row is not None
+                changed.append(tuple([row[c] for c in order]))
+            writes.append((lite.update, changed))
+        if writes:
+            with driver_errors(self.conn):
+                cur = self._sqlite_cursor()
+                try:
+                    for sql, params in writes:
+                        if len(params) == 1:
+                            cur.execute(sql, params[0])
+                        else:
+                            cur.executemany(sql, params)
+                finally:
+                    cur.close()
+        self._new.clear()
+        self._dirty.clear()
+        self._deleted.clear()
+
+    def _sqlite_cursor(self) -> Any:
+        """A cursor of the sqlite3 connection under ``conn``, in its transaction.
+
+        The transaction is begun first if need be, as SQLAlchemy's first statement would begin it.
+        """
+        if not self.conn.in_transaction():
+            self.conn.begin()
+        return self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
     # --- one pipeline for several buffers (PostgreSQL) ------------------------------------------------
 

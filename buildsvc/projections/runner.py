@@ -107,6 +107,9 @@ _ADVANCE_PG = (
     "WHERE name = ANY(%s::text[]) AND status = %s RETURNING name"
 )
 
+_ADVANCE_SQLITE: dict[int, str] = {}
+"""The same UPDATE on SQLite, by the number of projections it advances (a handful of texts)."""
+
 
 class InlineProjections:
     """An append hook that applies live inline projections in the append's transaction."""
@@ -138,6 +141,16 @@ class InlineProjections:
                 pg = conn.connection.driver_connection
                 found = pg.execute(_ADVANCE_PG, (position, names, LIVE), prepare=True)  # type: ignore[union-attr]
                 live = {name for (name,) in found}
+        elif conn.dialect.name == "sqlite":  # the same on the sqlite3 connection, one text per count
+            sql = _ADVANCE_SQLITE.get(len(names))
+            if sql is None:
+                sql = _ADVANCE_SQLITE[len(names)] = (
+                    "UPDATE projection_checkpoints SET position = ? "
+                    f"WHERE name IN ({', '.join('?' * len(names))}) AND status = ? RETURNING name"
+                )
+            with driver_errors(conn):
+                lite = conn.connection.driver_connection
+                live = {name for (name,) in lite.execute(sql, (position, *names, LIVE)).fetchall()}  # type: ignore[union-attr]
         else:
             live = set(conn.execute(self._advance, {"names": names, "position": position}).scalars())
         for p in wanted:
