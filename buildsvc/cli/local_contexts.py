@@ -45,7 +45,9 @@ def send_local_dirs(
     rules = scan_rules(frontend, frontend_attrs, local_dirs)
     sent: dict[str, ContextTransfer] = {}
     for name, path in sorted(local_dirs.items()):
-        transfer = client.sync_dir(scan_dir(path, rules[name], known=KnownDigests.for_dir(path)))
+        rule = rules[name]
+        known = KnownDigests.for_dir(path, include=rule.include, exclude=rule.exclude)
+        transfer = client.sync_dir(scan_dir(path, rule, known=known))
         _say(progress, name, transfer, "sent")
         sent[name] = transfer
     return sent

@@ -11,7 +11,10 @@ file is remembered only when its mtime and ctime are older than the scan's start
 changed just before (or during) a scan is hashed again next time too.
 
 The notes live under ``$XDG_CACHE_HOME/buildsvc/known-digests/`` (``~/.cache`` by default), one JSON
-file per directory; one that cannot be read or written is simply not used.
+file per directory and selection (include and exclude patterns); one that cannot be read or written is
+simply not used. Per selection, because a scan forgets what it did not see: ``buildsvc build DIR``
+scans DIR twice, as the context and for the Dockerfile alone, and with one note per directory the
+second scan (two files) replaced the first's ten thousand every time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["RACY_NS", "KnownDigests"]
@@ -49,10 +53,11 @@ class KnownDigests:
                 pass  # none yet, or unreadable: every file is hashed
 
     @classmethod
-    def for_dir(cls, root: Path) -> KnownDigests:
-        """The notes of ``root`` (by its real path) in this user's cache directory."""
+    def for_dir(cls, root: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> KnownDigests:
+        """The notes of ``root`` (by its real path) scanned with these patterns, in this user's cache."""
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        name = hashlib.sha256(os.fsencode(os.path.realpath(root))).hexdigest()[:32]
+        selection = json.dumps([os.path.realpath(root), list(include), list(exclude)])
+        name = hashlib.sha256(selection.encode()).hexdigest()[:32]
         return cls(base / "buildsvc" / "known-digests" / f"{name}.json")
 
     def lookup(self, rel: str, st: os.stat_result) -> tuple[str, int] | None:

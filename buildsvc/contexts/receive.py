@@ -100,7 +100,9 @@ def receive_contexts(
     rules = scan_rules(frontend, frontend_attrs or {}, host_dirs)
     for name, path in sorted(host_dirs.items()):
         try:
-            scan = scan_dir(path, rules[name], known=KnownDigests.for_dir(path))
+            rule = rules[name]
+            known = KnownDigests.for_dir(path, include=rule.include, exclude=rule.exclude)
+            scan = scan_dir(path, rule, known=known)
         except InvalidInput as e:
             raise InvalidInput(f"local {name}: {e}") from None
         transfer = store.ingest(scan)

@@ -100,3 +100,31 @@ def test_notes_are_kept_per_directory_under_the_users_cache(
     assert KnownDigests.for_dir(one).note != KnownDigests.for_dir(two).note
     note = KnownDigests.for_dir(one).note
     assert note is not None and note.parent == tmp_path / "cache" / "buildsvc" / "known-digests"
+
+
+def test_two_selections_of_one_directory_keep_their_own_notes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hashed: list[Path]
+) -> None:
+    # `buildsvc build DIR` scans DIR as the context and again for the Dockerfile alone: with one note
+    # per directory the second scan's two files replaced the context's notes on every build.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    for n in range(5):
+        (ctx / f"f{n}").write_text(str(n))
+    (ctx / "Dockerfile").write_text("FROM scratch\n")
+    old = os.stat(ctx / "f0").st_mtime_ns  # files RACY_NS old are remembered: pretend the scan is later
+
+    def scan(**rules: tuple[str, ...]) -> None:
+        known = KnownDigests.for_dir(ctx, **rules)
+        known.started_ns = old + RACY_NS + 10**9
+        scan_dir(ctx, scan_module.ScanRules(**rules), known=known)
+
+    scan()
+    scan(include=("Dockerfile", ".dockerignore"))
+    assert len(hashed) == 7
+    hashed.clear()
+    scan()  # the whole context again: nothing read
+    scan(include=("Dockerfile", ".dockerignore"))
+    assert hashed == []
+    assert KnownDigests.for_dir(ctx).note != KnownDigests.for_dir(ctx, exclude=("f1",)).note
