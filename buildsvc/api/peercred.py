@@ -71,6 +71,14 @@ def actor_of(context: Any, nonce: str | None) -> str:
     return ""
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class PeerCredRelay:
     """Listens on the public unix socket and relays each connection to gRPC's private socket."""
 
@@ -87,6 +95,7 @@ class PeerCredRelay:
         self.public_path = public_path
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         bind_public(self._listener)
+        self._public_id = _identity(public_path)
         self._listener.listen(128)
         self._counter = 0
         self._closed = threading.Event()
@@ -102,9 +111,13 @@ class PeerCredRelay:
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
-        for path in (self.private_path, self.public_path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.private_path)
+        # Only our own socket: if its path was removed and another daemon listens there now (a root
+        # wiped under a running daemon), this daemon's stop must not unlink the other's socket.
+        if _identity(self.public_path) == self._public_id:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                os.unlink(self.public_path)
         with contextlib.suppress(OSError):
             os.rmdir(self._private_dir)
 

@@ -37,3 +37,23 @@ def test_the_socket_is_0660_and_the_process_umask_is_never_changed(
         relay.close()
         server.stop(None)
     assert not path.exists()
+
+
+def test_a_stopping_daemon_leaves_a_socket_another_daemon_made_at_its_path(tmp_path: Path) -> None:
+    # The old daemon's path was removed under it and a new daemon listens there now.
+    path = tmp_path / "buildsvcd.sock"
+    old_server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    old = _unix_listen(old_server, parse_address(f"unix://{path}"))
+    path.unlink()
+    new_server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    new = _unix_listen(new_server, parse_address(f"unix://{path}"))
+    try:
+        old.close()
+        old_server.stop(None)
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(path))  # still the new daemon's
+        client.close()
+    finally:
+        new.close()
+        new_server.stop(None)
+    assert not path.exists()
