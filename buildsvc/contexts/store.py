@@ -25,6 +25,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -44,6 +45,7 @@ _BATCH_BYTES = 256 << 20
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _RECENT = 16
 """How many recently made trees are remembered as the ones a new tree may link from."""
+_TREE_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 class MissingBlobs(Conflict):
@@ -259,6 +261,23 @@ class ContextStore:
         return ContextTransfer.of(scan.manifest, copied)
 
     # --- trees -------------------------------------------------------------------------------------
+
+    def holds_tree(self, path: Path) -> bool:
+        """Whether ``path`` names a tree this store made (``trees/<hex>``, itself a directory and
+        not a symlink to one, nor a path into or around one): such a tree is never written again,
+        so a local source may hard link its files instead of copying them.
+        """
+        if ".." in path.parts or not _TREE_NAME.fullmatch(path.name):
+            return False
+        try:
+            if os.path.realpath(path.parent) != os.path.realpath(self.trees):
+                return False
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        except (OSError, ValueError):
+            return False
+        # Named by a manifest this store holds: a stray directory in trees/ does not count.
+        return self._manifest_path("sha256:" + path.name).is_file()
 
     def materialize(self, manifest: Manifest) -> Path:
         """The directory ``manifest`` describes, made from the blobs (once; later calls reuse it)."""

@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -43,6 +44,9 @@ from buildsvc.solver.http_source import HttpDownloader
 from buildsvc.solver.recording import DAEMON_ACTOR, BuildRecorder
 from buildsvc.sources import ImageStore, RegistryClient, RegistryOptions
 from buildsvc.sources.adapter import StoreImageSource
+
+if TYPE_CHECKING:
+    from buildsvc.contexts import ContextStore
 
 __all__ = ["Engine", "detect_workers_soon", "open_engine"]
 
@@ -268,6 +272,24 @@ def _select(found: Sequence[Worker], names: Sequence[str] | None) -> list[Worker
     return [by_name[n] for n in dict.fromkeys(names)]
 
 
+class _ContextTrees:
+    """The solver's ``frozen_dir``: whether a local source's directory is a tree of this root's
+    context store (never written once made, so its files may be hard linked into the snapshot).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._store: ContextStore | None = None
+
+    def __call__(self, path: Path) -> bool:
+        if self._store is None:
+            # Loaded with the first local source, as the store already is by whatever made the tree.
+            from buildsvc.contexts import ContextStore
+
+            self._store = ContextStore.under(self._root)
+        return self._store.holds_tree(path)
+
+
 def detect_workers_soon(root: Path) -> Future[list[Worker]]:
     """Start detecting the workers of ``root`` (see :func:`open_engine`'s ``found``) in a thread.
 
@@ -341,6 +363,7 @@ def open_engine(
             layers=LocalLayerBackend(),
             images=StoreImageSource(images),
             http=HttpDownloader(solver_dir / "downloads"),
+            frozen_dir=_ContextTrees(state.root),
         )
         solver = Solver(
             state.store,

@@ -28,14 +28,35 @@ class LocalFileBackend:
         """Output index -> the input its result starts from (``None``: scratch)."""
         return {p.output: p.base for p in plan_file_op(op, n_inputs) if p.output is not None}
 
-    def apply(self, op: FileOp, output: int, root: Path, inputs: Sequence[Path | None]) -> None:
-        """Apply the chain of actions that makes ``output`` onto ``root``."""
+    def apply(
+        self,
+        op: FileOp,
+        output: int,
+        root: Path,
+        inputs: Sequence[Path | None],
+        *,
+        link_sources: bool = False,
+    ) -> None:
+        """Apply the chain of actions that makes ``output`` onto ``root``.
+
+        ``link_sources``: ``inputs`` are never written again and ``root`` is committed as the actions
+        leave it; a copy from an input then hard links its files (see ``FileBackend.apply``). Only for
+        a chain of that one copy: with more actions, one could change a linked file in place.
+        """
         plan = next(p for p in plan_file_op(op, len(inputs)) if p.output == output)
+        link = link_sources and len(op.actions) == 1
         with ExitStack() as stack:
-            self._run(op, plan, root, inputs, stack)
+            self._run(op, plan, root, inputs, stack, link=link)
 
     def _run(
-        self, op: FileOp, plan: FileOutputPlan, root: Path, inputs: Sequence[Path | None], stack: ExitStack
+        self,
+        op: FileOp,
+        plan: FileOutputPlan,
+        root: Path,
+        inputs: Sequence[Path | None],
+        stack: ExitStack,
+        *,
+        link: bool = False,
     ) -> None:
         roots: dict[OpInput | ActionResult, Path] = {}
         for source in plan.sources:
@@ -51,7 +72,7 @@ class LocalFileBackend:
                     merge_into(aside, [base])
                 self._run(op, sub, aside, inputs, stack)
                 roots[source] = aside
-        apply_actions(root, plan.actions, roots)
+        apply_actions(root, plan.actions, roots, link_sources=link)
 
     @staticmethod
     def _scratch(stack: ExitStack) -> Path:

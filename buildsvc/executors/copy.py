@@ -416,8 +416,14 @@ def _looks_like_archive(host: str) -> bool:
     return any(head[offset : offset + len(magic)] == magic for offset, magic in _ARCHIVE_MAGIC)
 
 
-def copy_action(src_root: str, dst_root: str, action: CopyAction, meta: Metadata) -> None:
-    """Run the copy ``action`` from ``src_root`` onto ``dst_root`` (see the module docstring)."""
+def copy_action(
+    src_root: str, dst_root: str, action: CopyAction, meta: Metadata, *, link_files: bool = False
+) -> None:
+    """Run the copy ``action`` from ``src_root`` onto ``dst_root`` (see the module docstring).
+
+    ``link_files``: ``src_root`` is never written again, nor what this copy writes: non-directory
+    entries are hard linked, not copied (see :attr:`EntryWriter.link_files`; none is with ``meta``).
+    """
     src = clean_path(action.src)
     dest = clean_path(action.dest)
     dest_plain = posixpath.normpath(dest) if dest != "/" else "/"
@@ -441,7 +447,9 @@ def copy_action(src_root: str, dst_root: str, action: CopyAction, meta: Metadata
     dst_host = resolve_in_root(dst_root, dest_plain)
 
     selector = Selector(action.include_patterns, action.exclude_patterns)
-    writer = EntryWriter(dst_root, meta=meta, always_replace=action.always_replace_existing)
+    writer = EntryWriter(
+        dst_root, meta=meta, always_replace=action.always_replace_existing, link_files=link_files
+    )
     for container_src, src_host in sources:
         st_src = _lstat(src_host)
         if st_src is None:

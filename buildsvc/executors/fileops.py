@@ -257,6 +257,7 @@ def apply_actions(
     secondary_roots: Mapping[SourceRef, Path],
     *,
     user_root: Path | None = None,
+    link_sources: bool = False,
 ) -> None:
     """Apply ``actions`` in order onto the writable directory ``root``.
 
@@ -264,12 +265,16 @@ def apply_actions(
     directory holding it. Owner names are looked up in ``user_root``'s ``/etc/passwd`` and
     ``/etc/group``, by default in ``root`` as it is before each action (the destination, as in
     BuildKit). Raises :class:`FileActionError` naming the action and the path.
+
+    ``link_sources``: the op's inputs are never written again and nothing writes ``root``'s files
+    after these actions: a copy from an op input with no owner, mode or time to set hard links each
+    non-directory entry (``EntryWriter.link_files``) instead of copying it.
     """
     top = os.path.abspath(root)
     for planned in actions:
         description = describe_action(planned.action)
         try:
-            _apply_one(top, planned, secondary_roots, user_root)
+            _apply_one(top, planned, secondary_roots, user_root, link_sources)
         except Unsupported as e:
             raise UnsupportedFileAction(planned.index, description, e.path, e.reason) from e
         except PathProblem as e:
@@ -298,6 +303,7 @@ def _apply_one(
     planned: PlannedAction,
     secondary_roots: Mapping[SourceRef, Path],
     user_root: Path | None,
+    link_sources: bool = False,
 ) -> None:
     action = planned.action
     match action:
@@ -329,7 +335,8 @@ def _apply_one(
             else:
                 if source not in secondary_roots:
                     raise PathProblem(action.src, f"no directory was provided for copy source {source}")
-                copy_action(os.path.abspath(secondary_roots[source]), root, action, meta)
+                link = link_sources and isinstance(source, OpInput)  # not an action's result aside
+                copy_action(os.path.abspath(secondary_roots[source]), root, action, meta, link_files=link)
 
 
 def _resolve_owner(owner: Owner | None, user_root: str) -> tuple[int, int] | None:

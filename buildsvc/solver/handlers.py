@@ -80,6 +80,10 @@ class OpHandler(Protocol):
         ...
 
 
+def _never(path: Path) -> bool:
+    return False
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Backends:
     """The worker-side implementations the handlers call."""
@@ -89,6 +93,10 @@ class Backends:
     images: ImageSource | None = None
     http: HttpDownloader | None = None
     """Downloads of ``https://`` and ``http://`` sources (a cache under the solver's state dir)."""
+    frozen_dir: Callable[[Path], bool] = _never
+    """Whether a local source's directory is never written again (a tree of the daemon's context
+    store): its files are then hard linked into the source's snapshot, not copied. By default none is.
+    """
 
 
 def handler_for(op: Op, backends: Backends) -> OpHandler:
@@ -429,9 +437,13 @@ class SourceHandler:
                     ),
                 )
             )
+            # A tree the context store made is never written, and this snapshot is committed right
+            # after its one copy (no owner, mode or time to change): its files may be the tree's own
+            # inodes. A later step that writes one writes a copy (overlay copy-up, native copies).
+            link = self.backends.frozen_dir(source)
             with ctx.running():
                 active = ctx.prepare(None)
-                self.backends.files.apply(copy, 0, Path(ctx.mount(active).path), [source])
+                self.backends.files.apply(copy, 0, Path(ctx.mount(active).path), [source], link_sources=link)
                 return (ctx.commit(active),)
         with ctx.running():
             pulled = self._images(op).pull(op.identifier, ctx.worker.info.platform, ctx.worker.snapshotter)

@@ -329,10 +329,21 @@ class FileBackend(Protocol):
         """For each output index of ``op``: the vertex input its result starts from (``None``: scratch)."""
         ...
 
-    def apply(self, op: FileOp, output: int, root: Path, inputs: Sequence[Path | None]) -> None:
+    def apply(
+        self,
+        op: FileOp,
+        output: int,
+        root: Path,
+        inputs: Sequence[Path | None],
+        *,
+        link_sources: bool = False,
+    ) -> None:
         """Apply the actions that produce ``output`` onto ``root`` (a writable copy of its base).
 
         ``inputs`` are the vertex's inputs, mounted read-only (``None`` for scratch), for copy sources.
+        ``link_sources``: ``inputs`` are never written again and ``root`` is committed as the actions
+        leave it: a copy from one of them that changes no owner, mode or time may hard link its files
+        rather than copy them (a local source from the context store; copied across filesystems).
         """
         ...
 
