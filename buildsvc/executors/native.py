@@ -153,7 +153,7 @@ def _copy_entry(src: str, dst: str, st: os.stat_result, links: dict[tuple[int, i
     if not stat.S_ISDIR(mode) and st.st_nlink > 1:
         first = links.get((st.st_dev, st.st_ino))
         if first is not None:
-            os.link(first, dst)
+            os.link(first, dst, follow_symlinks=False)  # a linked symlink stays one (as Linux link(2) does)
             return
         links[(st.st_dev, st.st_ino)] = dst
     if stat.S_ISDIR(mode):
