@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from buildsvc.contexts import ContextStore, Entry, Manifest, MissingBlobs, receive_contexts, scan_dir
+from buildsvc.contexts.manifest import parse_manifest
 from buildsvc.contexts.store import BlobBatch
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev
@@ -244,3 +245,35 @@ def test_a_batch_puts_its_blobs_in_place_together_once_durable(tmp_path: Path) -
     assert not store.has_blob(_sha(b"three"))
     assert list(store.tmp.iterdir()) == []
     assert stat.S_IMODE(store.blob_path(_sha(b"two")).stat().st_mode) == 0o444
+
+
+def test_the_last_manifests_are_kept_parsed_and_a_removed_one_is_not_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from buildsvc.contexts import store as store_module
+
+    store = ContextStore(tmp_path / "contexts")
+    manifests = [
+        Manifest.of([Entry(path=f"f{n}", type="dir", mode=0o755, uid=0, gid=0, mtime_ns=n)]) for n in range(3)
+    ]
+    for m in manifests:
+        store.put_manifest(m)
+    parsed: list[bytes] = []
+    real = parse_manifest
+
+    def counting(data: bytes) -> Manifest:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(store_module, "parse_manifest", counting)
+    # The last two are kept: no file is parsed for them, and they are the manifests given.
+    assert store.load_manifest(manifests[2].digest) is manifests[2]
+    assert store.load_manifest(manifests[1].digest) is manifests[1]
+    assert parsed == []
+    # The first was let go (two are kept): it is read and checked again.
+    assert store.load_manifest(manifests[0].digest) == manifests[0]
+    assert len(parsed) == 1
+    # A kept manifest whose file is gone is not answered from memory.
+    os.unlink(store.manifests / (manifests[0].digest.removeprefix("sha256:") + ".json"))
+    with pytest.raises(NotFound):
+        store.load_manifest(manifests[0].digest)
