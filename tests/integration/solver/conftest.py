@@ -8,6 +8,7 @@ from Debian's ``docker-registry`` on a loopback port: ``busybox`` (the two-layer
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -92,10 +93,13 @@ class Harness:
             return find_leaks(conn)
 
 
-@pytest.fixture
-def h(db_url: str, tmp_path: Path) -> Iterator[Harness]:
+@contextmanager
+def open_harness(tmp_path: Path, db_url: str, worker_names: list[str] | None = None) -> Iterator[Harness]:
+    """An engine on a fresh root under ``tmp_path``; on the way out, what its solves made can all be
+    let go and no mount is left behind.
+    """
     state = open_state(tmp_path / "root", db_url)
-    engine = open_engine(state, insecure_registries=True)
+    engine = open_engine(state, worker_names=worker_names, insecure_registries=True)
     try:
         yield Harness(state, engine)
         check_engine_releasable(engine)  # what the test's solves made can all be let go
@@ -106,3 +110,9 @@ def h(db_url: str, tmp_path: Path) -> Iterator[Harness]:
         for point in sorted(leaked, key=len, reverse=True):
             unmount(point)
         assert leaked == [], f"mounts left behind: {leaked}"
+
+
+@pytest.fixture
+def h(db_url: str, tmp_path: Path) -> Iterator[Harness]:
+    with open_harness(tmp_path, db_url) as harness:
+        yield harness

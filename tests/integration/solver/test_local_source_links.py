@@ -16,14 +16,10 @@ from pathlib import Path
 import pytest
 
 from buildsvc.contexts import ContextStore, receive_contexts
-from buildsvc.daemon.engine import open_engine
-from buildsvc.daemon.state import open_state
-from buildsvc.executors.mounts import mounts_under, unmount
 from buildsvc.solver import llb
 from buildsvc.solver.engine import SolveResult
 from buildsvc.solver.worker import DirectReads
-from tests.integration.solver.conftest import Harness, Images
-from tests.support.releasable import check_engine_releasable
+from tests.integration.solver.conftest import Harness, Images, open_harness
 
 pytestmark = pytest.mark.root
 
@@ -45,18 +41,8 @@ SELECTED = [
 
 @pytest.fixture(params=WORKERS)
 def hw(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iterator[Harness]:
-    state = open_state(tmp_path / "root", db_url)
-    engine = open_engine(state, worker_names=[request.param], insecure_registries=True)
-    try:
-        yield Harness(state, engine)
-        check_engine_releasable(engine)
-    finally:
-        engine.close()
-        state.close()
-        leaked = mounts_under(str(tmp_path))
-        for point in sorted(leaked, key=len, reverse=True):
-            unmount(point)
-        assert leaked == [], f"mounts left behind: {leaked}"
+    with open_harness(tmp_path, db_url, worker_names=[request.param]) as harness:
+        yield harness
 
 
 def _host_dir(root: Path) -> Path:
