@@ -85,12 +85,14 @@ _SQLITE_UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in _KEY_COLUMNS)
 )
 _SQLITE_DELETE = "DELETE FROM cache_records WHERE cache_key = ?"
-_SQLITE_PLAIN = sqlite_plain(cache_records)
-"""Whether SQLAlchemy would pass the table's values through untouched on SQLite (so sqlite3 may)."""
 
 
 def _sqlite_plain(conn: Connection) -> bool:
-    return _SQLITE_PLAIN and conn.dialect.name == "sqlite"
+    """On SQLite, whether SQLAlchemy would pass the table's values through untouched (so sqlite3
+    may): judged on first use there (``sqlite_plain`` remembers it), so a PostgreSQL process never
+    loads the SQLite dialect to judge it.
+    """
+    return conn.dialect.name == "sqlite" and sqlite_plain(cache_records)
 
 
 def _upsert(conn: Connection, rows: list[dict[str, object]]) -> None:

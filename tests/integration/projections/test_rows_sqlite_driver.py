@@ -527,7 +527,7 @@ def test_appends_leave_the_same_projections_and_rebuild_to_them(
         with monkeypatch.context() as patched:
             if path == "core":
                 patched.setattr(rows, "sqlite_plain", lambda _table: False)
-                patched.setattr(cache_index, "_SQLITE_PLAIN", False)
+                patched.setattr(cache_index, "sqlite_plain", lambda _table: False)
             store = SqlEventStore(db)
             runner = attach_projections(store)
             with Statements(db) as statements:
