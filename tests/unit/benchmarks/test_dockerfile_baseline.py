@@ -20,24 +20,21 @@ def test_a_python_process_of_the_baseline_imports_the_baseline_tree_even_from_th
     (tmp_path / "buildsvc").mkdir()
     (tmp_path / "buildsvc" / "__init__.py").write_text("")
     assert (CHECKOUT / "buildsvc" / "__init__.py").exists()
-    done = subprocess.run(
-        [*PYTHON, "-c", "import buildsvc; print(buildsvc.__file__)"],
-        cwd=CHECKOUT,
-        env=baseline_env(tmp_path),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert done.stdout.strip() == str(tmp_path / "buildsvc" / "__init__.py")
+    assert _imported_buildsvc(tmp_path) == str(tmp_path / "buildsvc" / "__init__.py")
 
 
 def test_without_a_baseline_it_imports_this_checkout() -> None:
+    assert _imported_buildsvc(None) == str(CHECKOUT / "buildsvc" / "__init__.py")
+
+
+def _imported_buildsvc(baseline: Path | None) -> str:
+    """The ``buildsvc`` a benchmark's Python process started from the checkout imports."""
     done = subprocess.run(
         [*PYTHON, "-c", "import buildsvc; print(buildsvc.__file__)"],
         cwd=CHECKOUT,
-        env=baseline_env(None),
+        env=baseline_env(baseline),
         capture_output=True,
         text=True,
         check=True,
     )
-    assert done.stdout.strip() == str(CHECKOUT / "buildsvc" / "__init__.py")
+    return done.stdout.strip()
