@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from buildsvc.cache.layers import LayerBlob
 from buildsvc.errors import Conflict
+from buildsvc.keyed_locks import KeyedLocks
 
 __all__ = ["Identity", "LayerFormat", "LayerStore"]
 
@@ -47,13 +47,7 @@ def _boot_id() -> str:
 
 _BOOT_ID = _boot_id()
 
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def _lock(name: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(name, threading.Lock())
+_makers = KeyedLocks()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +108,7 @@ class LayerStore:
         One maker per blob at a time: a second caller waits for the first and takes its blob.
         """
         name = fmt.name(snapshot)
-        with _lock(str(self.dir / name)):
+        with _makers.hold(str(self.dir / name)):
             before = list(identity())
             found = self.ready(snapshot, fmt, before)
             if found is not None:

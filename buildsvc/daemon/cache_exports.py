@@ -70,6 +70,7 @@ from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
 from buildsvc.events.sql_store import SqlEventStore
 from buildsvc.executors import Worker
+from buildsvc.keyed_locks import KeyedLocks
 from buildsvc.projections.schema import cache_records
 from buildsvc.solver.definition import Definition
 from buildsvc.solver.engine import ResultRef
@@ -122,8 +123,7 @@ class _Source(Protocol):
         ...
 
 
-_unpack_locks: dict[str, threading.Lock] = {}
-_unpack_guard = threading.Lock()
+_unpacks = KeyedLocks()
 
 
 def import_caches(engine: Engine, build_ref: str, imports: Sequence[CacheImportSpec], *, actor: str) -> None:
@@ -246,7 +246,7 @@ class LazyImports:
         if offer is None:
             return {}
         made_here = False
-        with _lock(f"materialize/{worker.info.name}/{cache_key}"):
+        with _unpacks.hold(f"materialize/{worker.info.name}/{cache_key}"):
             if offer.outputs is None:
                 outputs, events = self._unpack(offer, worker)
                 if outputs:
@@ -518,7 +518,7 @@ def _unpack_chain(
     """
     moved = 0
     for layer in chain:
-        with _lock(f"{worker.info.name}/{layer.key}"):
+        with _unpacks.hold(f"{worker.info.name}/{layer.key}"):
             if _committed(worker, layer.key):
                 if ahead is not None:
                     ahead.drop([layer.key])  # made meanwhile (another import's hit)
@@ -583,11 +583,6 @@ def _from_file(layer: ImportLayer, blob: Path, verified: bool) -> Callable[[str,
         )
 
     return fill
-
-
-def _lock(key: str) -> threading.Lock:
-    with _unpack_guard:
-        return _unpack_locks.setdefault(key, threading.Lock())
 
 
 def _committed(worker: SolverWorker, key: str) -> bool:

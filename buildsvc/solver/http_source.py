@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsvc.errors import ExecutionError
+from buildsvc.keyed_locks import KeyedLocks
 
 if TYPE_CHECKING:
     # Imported where a download needs it: every engine makes a downloader, few builds download, and
@@ -78,7 +79,8 @@ class HttpDownloader:
         self.timeout = timeout
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
-        self._url_locks: dict[str, threading.Lock] = {}
+        # Two vertices fetching one URL at once download it once: the second finds the blob.
+        self._url_locks = KeyedLocks()
 
     def close(self) -> None:
         """Close the connection pool (a later download opens a new one)."""
@@ -97,7 +99,7 @@ class HttpDownloader:
         """
         if checksum is not None:
             return checksum
-        with self._url_lock(url):
+        with self._url_locks.hold(url):
             return self._download(url, expected=None, conditional=True)
 
     def fetch(self, url: str, checksum: str | None) -> Path:
@@ -106,7 +108,7 @@ class HttpDownloader:
         Unpinned, the digest is the one :meth:`content_digest` just recorded for the URL; a blob that
         went missing since is downloaded again and must still have that digest.
         """
-        with self._url_lock(url):
+        with self._url_locks.hold(url):
             expected = checksum
             if expected is None:
                 entry = self._entry(url)
@@ -116,11 +118,6 @@ class HttpDownloader:
             return self._blob(self._download(url, expected=expected, conditional=False))
 
     # --- internals --------------------------------------------------------------------------------
-
-    def _url_lock(self, url: str) -> threading.Lock:
-        # Two vertices fetching one URL at once download it once: the second finds the blob.
-        with self._lock:
-            return self._url_locks.setdefault(url, threading.Lock())
 
     def _http(self) -> httpx.Client:
         import httpx

@@ -20,12 +20,12 @@ import contextlib
 import hashlib
 import json
 import os
-import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from buildsvc.errors import Conflict, NotFound
+from buildsvc.keyed_locks import KeyedLocks
 from buildsvc.solver.worker import SnapshotKind, Snapshotter
 from buildsvc.sources.content import ContentStore
 from buildsvc.sources.errors import DigestMismatch, InvalidImage
@@ -85,8 +85,7 @@ class ImageStore:
         self.content = ContentStore(root)
         self._by_diff_id = os.path.join(self.content.root, "layers-by-diff-id")
         self.registry = registry or RegistryClient()
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self._unpacks = KeyedLocks()
 
     def pull(
         self,
@@ -136,7 +135,7 @@ class ImageStore:
             manifest.layers, config.diff_ids, chain_ids(config.diff_ids), strict=True
         ):
             key = key_prefix + chain_id
-            with self._lock(f"{snapshotter.name}/{key}"):
+            with self._unpacks.hold(f"{snapshotter.name}/{key}"):
                 if not _committed(snapshotter, key):
                     fetcher.ensure(layer)
                     _unpack_layer(
@@ -189,10 +188,6 @@ class ImageStore:
             return None
         desc = Descriptor(media_type=doc["mediaType"], digest=doc["digest"], size=int(doc["size"]))
         return (desc, str(doc.get("source", ""))) if self.content.has(desc.digest) else None
-
-    def _lock(self, key: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(key, threading.Lock())
 
 
 def resolve_image(

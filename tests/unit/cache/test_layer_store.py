@@ -123,3 +123,4 @@ def test_two_callers_of_one_blob_make_it_once(tmp_path: Path) -> None:
     first.join(30)
     second.join(30)
     assert inner.calls == 1 and len(results) == 2 and results[0] == results[1]
+    assert len(layer_store._makers) == 0  # no lock is kept per blob name once its makers are done
