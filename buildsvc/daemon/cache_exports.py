@@ -188,10 +188,11 @@ class _Offer:
 
 
 class LazyImports:
-    """The solver's :class:`~buildsvc.solver.worker.RemoteCache`: imported records, unpacked on a hit.
+    """The solver's :class:`~buildsvc.solver.worker.RemoteCache`: imported records, unpacked when read.
 
-    As BuildKit's importer: an import reads the cache config and offers its records; a record's
-    layers are fetched, verified and unpacked when the solver's lookup for its key misses locally.
+    As BuildKit's importer: an import reads the cache config and offers its records; a lookup that
+    misses locally takes an offered record's snapshot ids (:meth:`offered`) without its layers, and
+    they are fetched, verified and unpacked (:meth:`materialize`) when something reads the result.
     The unpack is recorded in the import's stream (snapshots, ``CacheRecordAdded`` with
     ``source=import:<type>``, the cache's ref); a blob that fails its check is ``CacheImportMiss``
     there and the step runs. A hit's events are held (:meth:`flush`) until the build that took it
@@ -229,6 +230,15 @@ class LazyImports:
             current = self._offers.get((worker, key))
             if current is None or current.outputs is not None:
                 self._offers[(worker, key)] = offer
+
+    def offered(self, cache_key: str, worker: SolverWorker) -> Mapping[int, str]:
+        """The snapshots the offered result of ``cache_key`` has once unpacked (see the class doc)."""
+        offer = self._offers.get((worker.info.name, cache_key))
+        if offer is None:
+            return {}
+        if offer.outputs is not None:  # unpacked already (its events maybe held), or failed: {}
+            return offer.outputs
+        return {output: record.snapshot for output, record in offer.records.items()}
 
     def materialize(
         self,
@@ -334,9 +344,13 @@ class LazyImports:
         return outputs, events
 
     def _stage_ahead(self, source: _Source, worker: SolverWorker, record: ImportRecord) -> UnpackAhead | None:
-        """Start unpacking ahead the layers a hit on ``record`` is likely followed by: its own after the
-        first missing one (the hit unpacks that one now) and those on its top; None when ``source``
-        and the worker do not allow it (then its blobs are hashed ahead instead).
+        """Start unpacking ahead the layers of ``record``'s chain after the first missing one (the hit
+        unpacks that one now); None when ``source`` and the worker do not allow it (then its blobs
+        are hashed ahead instead).
+
+        Only the record's own chain: hits are taken lazily, so a record is unpacked when something
+        reads it (the top of a cached chain, at an export; the input of a step that runs), and the
+        layers above it are not wanted then.
         """
         if not isinstance(source, LocalSource) or not isinstance(worker.snapshotter, _HasUpperDir):
             return None
@@ -345,12 +359,7 @@ class LazyImports:
                 self._ahead = UnpackAhead(self.engine.state.root)
             ahead = self._ahead
         own = [layer for layer in record.layers if not _committed(worker, layer.key)]
-        above = [
-            layer
-            for layer in source.layers_above(record.snapshot, ahead.depth)
-            if not _committed(worker, layer.key)
-        ]
-        ahead.stage([*own[1:], *above], lambda layer: source.store.blob_path(layer.blob))
+        ahead.stage(own[1:], lambda layer: source.store.blob_path(layer.blob))
         return ahead
 
     def _discard(self, worker: SolverWorker, layers: Sequence[ImportLayer], *, actor: str) -> None:
@@ -517,12 +526,16 @@ def _unpack_chain(
     (so a caller sees them even when a later layer fails): (bytes read, blob bytes).
     """
     moved = 0
-    for layer in chain:
+    for n, layer in enumerate(chain):
         with _unpacks.hold(f"{worker.info.name}/{layer.key}"):
             if _committed(worker, layer.key):
                 if ahead is not None:
                     ahead.drop([layer.key])  # made meanwhile (another import's hit)
                 continue
+            if ahead is not None and isinstance(source, LocalSource):
+                # Keep the next ones unpacking while this one is (staged once each, ``depth`` ahead).
+                following = [x for x in chain[n + 1 : n + 1 + ahead.depth] if not _committed(worker, x.key)]
+                ahead.stage(following, lambda x: source.store.blob_path(x.blob))
             moved += _unpack_from(worker, source, layer, work, ahead)
             made.append(layer)
     return moved, sum(layer.size for layer in chain)

@@ -1,8 +1,9 @@
-"""A local cache import's next layers, verified and unpacked ahead of the hits that take them.
+"""A local cache import's next layers, verified and unpacked ahead of the unpack that takes them.
 
-A hit on an imported record is most likely followed by hits on the records whose chains go on
-from it (the next steps). While the solver takes this hit, :class:`UnpackAhead` unpacks the layers
-above it (at most ``depth`` of them, two at a time) into private directories under
+An imported record is unpacked when something reads its result (hits are lazy), layer by layer up
+its chain: the top of a cached chain at an export unpacks every layer of it. While one layer is
+unpacked, :class:`UnpackAhead` unpacks the next ones of the chain (at most ``depth`` ahead, two at
+a time) into private directories under
 ``<root>/cache/unpack-ahead``: each checked against its digest as it is unpacked (a plain tar whose
 digest is its diff id, ``compression=uncompressed``: the unpacker's hash is the digest check), the
 blob file the same one before and after. Nothing is recorded and no snapshot is made: a staged

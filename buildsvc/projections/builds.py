@@ -181,6 +181,9 @@ def _solve_cancelled(build: Build, stored: StoredEvent, event: Any) -> None:
 
 
 def _vertex_started(build: Build, row: Build, stored: StoredEvent, event: Any) -> None:
+    if row["status"] == "cached":
+        # Taken from an imported record whose layers then failed their check when read: it runs.
+        build["vertices_cached"] -= 1
     # A new attempt (after an interruption) starts clean.
     row.update(
         status="running",

@@ -30,6 +30,7 @@ from buildsvc.errors import BuildsvcError, ExecutionError, InvalidInput, StoreUn
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
 from buildsvc.events.store import NO_STREAM, EventStore, StreamVersionConflict
+from buildsvc.keyed_locks import KeyedLocks
 from buildsvc.solver.cachekeys import cache_key
 from buildsvc.solver.context import VertexContext
 from buildsvc.solver.definition import Definition
@@ -129,6 +130,19 @@ class _Outcome:
     key: str
     worker: Worker
     outputs: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _LazyHit:
+    """A vertex whose result is an imported record taken without its layers (see ``_Solve._realize``):
+    what running it after all takes, should they fail their check when fetched.
+    """
+
+    vertex: Vertex
+    name: str
+    worker: Worker
+    key: str
+    inputs: tuple[str | None, ...]
 
 
 class _VertexFailed(Exception):
@@ -353,6 +367,9 @@ class _Solve:
         # is acquired when a step that reads it starts (see _hold_inputs).
         self.unheld: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.lazy: dict[str, _LazyHit] = {}
+        """Vertices taken from an imported record whose layers were not fetched yet, by digest."""
+        self._realizing = KeyedLocks()
         self.failure: BaseException | None = None
         # ``cancel`` is the caller's; ``abort`` also fires on the first failure, and is what running
         # steps watch.
@@ -373,10 +390,13 @@ class _Solve:
                 self._check_resumable(self.resume)
             self._walk(needed)
             if self.failure is None:
+                if export is not None:
+                    self._realize_exported()
                 output = self._output()
                 if export is not None:
                     self.recorder.flush_deferred()  # exporters record in this stream too, after
                     response = dict(export(output))
+                self._record_fetched()
         except BaseException as e:
             self.failure = self.failure or e
         if self.failure is not None:
@@ -637,6 +657,11 @@ class _Solve:
         if not owner:
             outputs = self._wait_shared(future, vertex, name)
             self._use(vertex, name, key, worker, outputs)
+            if not all(self._exists(worker, s) for s in outputs if s is not None):
+                # The other solve took an imported record without its layers: fetched here when read.
+                lazy = _LazyHit(vertex=vertex, name=name, worker=worker, key=key, inputs=tuple(snapshots))
+                with self.lock:
+                    self.lazy[vertex.digest] = lazy
             return
         try:
             outputs = self._resolve(vertex, metadata, name, worker, key, snapshots)
@@ -668,7 +693,8 @@ class _Solve:
 
         def read(index: int, selection: str, compute: Callable[[Path], str]) -> str:
             nonlocal ctx
-            snapshot = snapshots[index]
+            edge = vertex.inputs[index]
+            snapshot = self._realize(edge.digest)[edge.index]
             assert snapshot is not None
             remembered = memo.get((worker.info.name, snapshot, selection))
             if remembered is not None:
@@ -801,17 +827,103 @@ class _Solve:
                     if not self._exists(worker, recorded):
                         step.record(ev.SnapshotRemoved(snapshot_id=recorded, reason=reason))
             remote = self.solver.remote_cache
-            lazy = (  # the hit's events ride with the build's next append: one for many hits
-                remote.materialize(key, worker, self.request.build_ref, self.recorder.write_before_appends)
-                if remote is not None
-                else {}
-            )
-            if len(lazy) == expected and all(self._exists(worker, s) for s in lazy.values()):
-                imported: tuple[str | None, ...] = tuple(lazy[i] for i in range(expected))
-                # Other solves see the record once it is in the log (as a step's own record).
-                self.recorder.defer((), on_written=lambda: self.solver._remember(key, worker.info.name, lazy))
-                self._use(vertex, name, key, worker, imported)
-                return imported
+            offered = remote.offered(key, worker) if remote is not None else {}
+            if len(offered) == expected:
+                taken: tuple[str | None, ...] = tuple(offered[i] for i in range(expected))
+                if all(self._exists(worker, s) for s in taken if s is not None):
+                    # Its layers are here already (another record's chain brought them): recorded now.
+                    imported = self._fetch_imported(key, worker, expected)
+                    if imported is not None:
+                        self._use(vertex, name, key, worker, imported)
+                        return imported
+                else:
+                    self._use(vertex, name, key, worker, taken)
+                    lazy = _LazyHit(vertex=vertex, name=name, worker=worker, key=key, inputs=tuple(inputs))
+                    with self.lock:
+                        self.lazy[vertex.digest] = lazy
+                    return taken
+        return self._run(vertex, name, worker, key, inputs, step)
+
+    def _fetch_imported(self, key: str, worker: Worker, expected: int) -> tuple[str | None, ...] | None:
+        """The imported record of ``key``, its layers fetched, checked, unpacked and recorded (the
+        events ride with the build's next append: one for many hits); None when one failed its check
+        (a miss, recorded by the import).
+        """
+        remote = self.solver.remote_cache
+        if remote is None:
+            return None
+        got = remote.materialize(key, worker, self.request.build_ref, self.recorder.write_before_appends)
+        if len(got) != expected or not all(self._exists(worker, s) for s in got.values()):
+            return None
+        # Other solves see the record once it is in the log (as a step's own record).
+        self.recorder.defer((), on_written=lambda: self.solver._remember(key, worker.info.name, got))
+        return tuple(got[i] for i in range(expected))
+
+    def _realize(self, digest: str) -> tuple[str | None, ...]:
+        """The outputs of vertex ``digest``, fetched first if it was taken lazily from an import.
+
+        As BuildKit's lazy refs: a hit on an imported record is taken without its layers, and only
+        what something reads is fetched (a step that runs on it, a content key, an export), so a
+        cached stage nothing reads moves no bytes. Fetching checks every blob: one that fails is a
+        miss (recorded by the import) and the vertex runs after all, on its inputs fetched in turn,
+        with new snapshots: callers use what this returns, never the ids the hit gave.
+        """
+        with self._realizing.hold(digest):
+            with self.lock:
+                lazy = self.lazy.get(digest)
+                if lazy is None:
+                    return self.results[digest].outputs
+            expected = len(self.results[digest].outputs)
+            outputs = self._fetch_imported(lazy.key, lazy.worker, expected)
+            if outputs is None:
+                outputs = self._run(
+                    lazy.vertex, lazy.name, lazy.worker, lazy.key, list(lazy.inputs), self.recorder.step()
+                )
+            with self.lock:
+                del self.lazy[digest]
+                self.results[digest] = _Outcome(key=lazy.key, worker=lazy.worker, outputs=outputs)
+            return outputs
+
+    def _record_fetched(self) -> None:
+        """Record the lazy hits whose layers came anyway, with a record fetched on top of theirs
+        (nothing more is fetched): the cache index then answers for every result on disk.
+        """
+        with self.lock:
+            lazy = list(self.lazy.values())
+        for hit in lazy:
+            outputs = self.results[hit.vertex.digest].outputs
+            if all(self._exists(hit.worker, s) for s in outputs if s is not None):
+                self._realize(hit.vertex.digest)
+
+    def _realized(self, vertex: Vertex, snapshots: Sequence[str | None]) -> list[str | None]:
+        """``vertex``'s input snapshots, each fetched first if its vertex was taken lazily."""
+        return [
+            None if s is None else self._realize(e.digest)[e.index]
+            for e, s in zip(vertex.inputs, snapshots, strict=True)
+        ]
+
+    def _realize_exported(self) -> None:
+        """Fetch what the export reads: the output's vertex, and every vertex for a cache export (it
+        writes each step's layers).
+        """
+        out = self.definition.output
+        with self.lock:
+            lazy = list(self.lazy)
+        wanted = lazy if self.request.cache_exports else [out.digest] if out is not None else []
+        for digest in wanted:
+            self._realize(digest)
+
+    def _run(
+        self,
+        vertex: Vertex,
+        name: str,
+        worker: Worker,
+        key: str,
+        inputs: list[str | None],
+        step: StepRecorder,
+    ) -> tuple[str | None, ...]:
+        """Run ``vertex`` (a miss), recorded: its start, its log, its end and its cache record."""
+        inputs = self._realized(vertex, inputs)
         self._hold_inputs(inputs, step)
         step.record(
             ev.VertexStarted(

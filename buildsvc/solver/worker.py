@@ -301,10 +301,18 @@ class Worker(Protocol):
 class RemoteCache(Protocol):
     """Cache records imported (``--import-cache``) but not unpacked yet: lazy, as BuildKit's.
 
-    The solver asks on a local miss; the implementation (``buildsvc.daemon.cache_exports``) verifies
-    and unpacks the record's layers, records them and the cache record, and answers as the cache
-    index would. A blob that fails its check is a miss (recorded there), never a hit.
+    On a local miss the solver asks what is offered for the key and takes the record's snapshot ids
+    without its layers; when something reads the result, the implementation
+    (``buildsvc.daemon.cache_exports``) fetches, verifies and unpacks the record's layers, records
+    them and the cache record, and answers as the cache index would. A blob that fails its check is
+    a miss (recorded there), never a hit: the solver then runs the step after all.
     """
+
+    def offered(self, cache_key: str, worker: Worker) -> Mapping[int, str]:
+        """Output index -> snapshot id the imported result of ``cache_key`` has once materialized
+        (empty: nothing offered, or it failed its check); nothing is fetched or recorded.
+        """
+        ...
 
     def materialize(
         self,

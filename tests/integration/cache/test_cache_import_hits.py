@@ -1,5 +1,6 @@
-"""A local cache import's hits (real runc, overlayfs, SQLite and PostgreSQL): held back and written with
-the build's next append, and their layers unpacked ahead of the hits that take them.
+"""A local cache import's hits (real runc, overlayfs, SQLite and PostgreSQL): lazy (no layer moved until
+something reads the result), held back and written with the build's next append, and their layers
+unpacked ahead of the unpack that takes them.
 
 An all-hit rebuild's hits cost one append, not one each; the log has them before anything the build
 records on their snapshots; layers unpacked ahead hold the bytes the build wrote; a blob found corrupt
@@ -82,8 +83,17 @@ def engines(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iter
 
 
 def solve(
-    engine: Engine, tmp_path: Path, ref: str, definition: Definition, export: Path | None = None
+    engine: Engine,
+    tmp_path: Path,
+    ref: str,
+    definition: Definition,
+    export: Path | None = None,
+    *,
+    read_result: bool = True,
 ) -> None:
+    """Solve ``definition``; its result is read (an export callback, as an output's) unless
+    ``read_result`` is false; ``export``: also a local cache export (mode=max) there.
+    """
     rootfs = tmp_path / "rootfs"
     if not rootfs.exists():
         make_busybox_rootfs(str(rootfs))
@@ -95,7 +105,8 @@ def solve(
         return export_caches(engine, result, ref, definition, [parse_export(spec)], actor="test")
 
     engine.solver.solve(
-        SolveRequest(definition=definition, build_ref=ref, local_dirs={"rootfs": rootfs}), export=run_export
+        SolveRequest(definition=definition, build_ref=ref, local_dirs={"rootfs": rootfs}),
+        export=run_export if read_result else None,
     )
 
 
@@ -230,6 +241,70 @@ def test_a_blob_found_corrupt_while_unpacked_ahead_is_a_miss_leaving_nothing(
     lazy = engine.solver.remote_cache
     assert isinstance(lazy, LazyImports) and lazy._ahead is not None
     assert lazy._ahead.failed >= 1 and lazy._ahead.taken == 1  # step one's layer only
+    with pytest.raises(NotFound):
+        engine.workers[0].snapshotter.stat(victim.key)
+    assert staged_dirs(engine) == []
+    no_leaks(engine)
+
+
+def import_layers_on_worker(engine: Engine, store: Path) -> list[str]:
+    snapshotter = engine.workers[0].snapshotter
+    on_worker = []
+    for record in LocalSource(str(store)).records:
+        for layer in record.layers:
+            with contextlib.suppress(NotFound):
+                snapshotter.stat(layer.key)
+                on_worker.append(layer.key)
+    return sorted(set(on_worker))
+
+
+def test_an_all_hit_rebuild_nothing_reads_moves_nothing_until_an_output_reads_it(
+    engines: Callable[[str], Engine], tmp_path: Path
+) -> None:
+    first, engine, store = imported_into(engines, tmp_path, "again")
+    solve(engine, tmp_path, "again", chain(), read_result=False)
+    assert ran(engine, "again") == []
+    cached = [e for _, e in decoded(engine) if isinstance(e, ev.VertexCached)]
+    assert {e.name for e in cached} >= set(STEPS)
+    # As BuildKit's lazy refs: no layer fetched, nothing unpacked or recorded for the import.
+    assert import_layers_on_worker(engine, store) == []
+    assert not [e for _, e in decoded(engine) if isinstance(e, ev.CacheRecordAdded | ev.SnapshotCreated)]
+    assert staged_dirs(engine) == []
+    no_leaks(engine)
+
+    # The same build with its result read (an output): fetched, checked and unpacked now, every
+    # record of the chain recorded, the bytes the first build wrote.
+    solve(engine, tmp_path, "read", chain())
+    assert ran(engine, "read") == []
+    assert {n: file_in_layers(engine, n) for n in STEPS} == {n: file_in_layers(first, n) for n in STEPS}
+    added = [e for _, e in decoded(engine) if isinstance(e, ev.CacheRecordAdded)]
+    assert sorted(e.source for e in added if e.source.startswith("import:")) == ["import:local"] * (
+        len(STEPS) + 1
+    )
+    assert staged_dirs(engine) == []
+    no_leaks(engine)
+
+
+def test_a_corrupt_blob_is_not_read_until_something_reads_it_then_its_steps_run(
+    engines: Callable[[str], Engine], tmp_path: Path
+) -> None:
+    _, engine, store = imported_into(engines, tmp_path, "again")
+    [record] = [r for r in LocalSource(str(store)).records if len(r.layers) == 3]
+    victim = record.layers[-1]  # step two's layer
+    path = store / "blobs" / "sha256" / victim.blob.split(":")[1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    solve(engine, tmp_path, "unread", chain(), read_result=False)
+    assert ran(engine, "unread") == []  # nothing read it: never fetched, never checked
+    assert not [e for _, e in decoded(engine) if isinstance(e, ev.CacheImportMiss)]
+
+    # Read: the top record's chain fails its check at step two's layer, so three and two run after
+    # all (on step one's record, which is sound); never a hit on the corrupt blob.
+    solve(engine, tmp_path, "read", chain())
+    assert ran(engine, "read") == ["two", "three"]
+    misses = [e for _, e in decoded(engine) if isinstance(e, ev.CacheImportMiss)]
+    assert misses and all(victim.blob in e.error and "corrupt" in e.error for e in misses)
     with pytest.raises(NotFound):
         engine.workers[0].snapshotter.stat(victim.key)
     assert staged_dirs(engine) == []
