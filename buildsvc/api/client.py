@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from buildsvc.api.gateway_client import BuildOutcome, Gateway
     from buildsvc.api.model import StatusUpdate
     from buildsvc.api.records import DaemonInfo, HistoryEvent, WorkerRecord
-    from buildsvc.daemon.usage import PruneSkipped, UsageRecord
+    from buildsvc.daemon.usage import ContextsPruned, DiskUsage, PruneSkipped, UsageRecord
     from buildsvc.events.envelope import StoredEvent
 
 __all__ = ["Client", "StatusStream", "connect"]
@@ -184,8 +184,12 @@ class Client:
 
     def disk_usage(self) -> list[UsageRecord]:
         """The snapshots on the daemon's disk."""
+        return list(self.disk_usage_report().snapshots)
+
+    def disk_usage_report(self) -> DiskUsage:
+        """The snapshots on the daemon's disk, and its context store."""
         response: pb.DiskUsageResponse = self._call("DiskUsage", pb.DiskUsageRequest(), timeout=60)
-        return [convert.usage_from_pb(r) for r in response.records]
+        return convert.disk_usage_from_pb(response)
 
     def prune(
         self,
@@ -194,7 +198,25 @@ class Client:
         keep_duration: float | None = None,
         filters: Mapping[str, str] | None = None,
     ) -> Iterator[UsageRecord | PruneSkipped]:
-        """Prune the daemon's cache: each snapshot removed (its usage record) or skipped, in order."""
+        """Prune the daemon's cache: each snapshot removed (its usage record) or skipped, in order
+        (:meth:`prune_results` says what went from the context store too).
+        """
+        from buildsvc.daemon.usage import ContextsPruned
+
+        for result in self.prune_results(all=all, keep_duration=keep_duration, filters=filters):
+            if not isinstance(result, ContextsPruned):
+                yield result
+
+    def prune_results(
+        self,
+        *,
+        all: bool = False,
+        keep_duration: float | None = None,
+        filters: Mapping[str, str] | None = None,
+    ) -> Iterator[UsageRecord | PruneSkipped | ContextsPruned]:
+        """Prune the daemon's cache and context store: each snapshot removed (its usage record) or
+        skipped, in order, then what went from the context store (when anything did).
+        """
         request = pb.PruneRequest(
             all=all, keep_duration_seconds=keep_duration or 0, filters=dict(filters or {})
         )

@@ -21,12 +21,14 @@ if TYPE_CHECKING:  # the log's envelope loads where events are read: a build's c
     # Progress and the other calls' records load with the first one converted (see api.model).
     from buildsvc.api.progress_model import StatusUpdate
     from buildsvc.api.records import BuildRecord, DaemonInfo, HistoryEvent, WorkerRecord
-    from buildsvc.daemon.usage import PruneSkipped, UsageRecord
+    from buildsvc.daemon.usage import ContextsPruned, ContextStoreUsage, DiskUsage, PruneSkipped, UsageRecord
     from buildsvc.events.envelope import StoredEvent
 
 __all__ = [
     "build_record_from_pb",
     "build_record_to_pb",
+    "disk_usage_from_pb",
+    "disk_usage_to_pb",
     "history_event_from_pb",
     "history_event_to_pb",
     "info_from_pb",
@@ -323,9 +325,42 @@ def usage_from_pb(message: pb.UsageRecord) -> UsageRecord:
     )
 
 
-def prune_result_to_pb(result: UsageRecord | PruneSkipped) -> pb.PruneResponse:
-    """A removed snapshot (its usage record) or a skipped one, on the wire."""
-    from buildsvc.daemon.usage import PruneSkipped
+def disk_usage_to_pb(records: list[UsageRecord], contexts: ContextStoreUsage) -> pb.DiskUsageResponse:
+    """The snapshots and the context store on the wire."""
+    return pb.DiskUsageResponse(
+        records=[usage_to_pb(r) for r in records],
+        contexts=pb.ContextStoreUsage(
+            manifests=contexts.manifests,
+            blobs=contexts.blobs,
+            blob_bytes=contexts.blob_bytes,
+            trees=contexts.trees,
+            tree_bytes=contexts.tree_bytes,
+        ),
+    )
+
+
+def disk_usage_from_pb(message: pb.DiskUsageResponse) -> DiskUsage:
+    """The snapshots and the context store as the client sees them."""
+    from buildsvc.daemon.usage import ContextStoreUsage, DiskUsage
+
+    c = message.contexts
+    return DiskUsage(
+        snapshots=tuple(usage_from_pb(r) for r in message.records),
+        contexts=ContextStoreUsage(
+            manifests=c.manifests,
+            blobs=c.blobs,
+            blob_bytes=c.blob_bytes,
+            trees=c.trees,
+            tree_bytes=c.tree_bytes,
+        ),
+    )
+
+
+def prune_result_to_pb(result: UsageRecord | PruneSkipped | ContextsPruned) -> pb.PruneResponse:
+    """A removed snapshot (its usage record), a skipped one, or what went from the context store,
+    on the wire.
+    """
+    from buildsvc.daemon.usage import ContextsPruned, PruneSkipped
 
     if isinstance(result, PruneSkipped):
         return pb.PruneResponse(
@@ -333,16 +368,34 @@ def prune_result_to_pb(result: UsageRecord | PruneSkipped) -> pb.PruneResponse:
                 snapshot_id=result.snapshot_id, worker=result.worker, reason=result.reason
             )
         )
+    if isinstance(result, ContextsPruned):
+        return pb.PruneResponse(
+            contexts=pb.ContextsPruned(
+                manifests=list(result.manifests),
+                blobs_removed=result.blobs_removed,
+                trees_removed=result.trees_removed,
+                bytes_reclaimed=result.bytes_reclaimed,
+            )
+        )
     return pb.PruneResponse(removed=usage_to_pb(result))
 
 
-def prune_result_from_pb(message: pb.PruneResponse) -> UsageRecord | PruneSkipped:
-    """A removed or skipped snapshot as the client sees it."""
-    from buildsvc.daemon.usage import PruneSkipped
+def prune_result_from_pb(message: pb.PruneResponse) -> UsageRecord | PruneSkipped | ContextsPruned:
+    """A removed or skipped snapshot, or what went from the context store, as the client sees it."""
+    from buildsvc.daemon.usage import ContextsPruned, PruneSkipped
 
-    if message.WhichOneof("result") == "skipped":
+    which = message.WhichOneof("result")
+    if which == "skipped":
         s = message.skipped
         return PruneSkipped(snapshot_id=s.snapshot_id, worker=s.worker, reason=s.reason)
+    if which == "contexts":
+        c = message.contexts
+        return ContextsPruned(
+            manifests=tuple(c.manifests),
+            blobs_removed=c.blobs_removed,
+            trees_removed=c.trees_removed,
+            bytes_reclaimed=c.bytes_reclaimed,
+        )
     return usage_from_pb(message.removed)
 
 

@@ -16,13 +16,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from buildsvc.api.progress_model import BuildUpdate, StatusUpdate, VertexLog, VertexUpdate
     from buildsvc.api.records import BuildRecord, DaemonInfo, HistoryEvent, WorkerRecord, worker_record
-    from buildsvc.daemon.usage import PruneSkipped, UsageRecord
+    from buildsvc.daemon.usage import ContextsPruned, ContextStoreUsage, DiskUsage, PruneSkipped, UsageRecord
 
 __all__ = [
     "FINAL_EVENT_TYPES",
     "BuildRecord",
     "BuildUpdate",
+    "ContextStoreUsage",
+    "ContextsPruned",
     "DaemonInfo",
+    "DiskUsage",
     "HistoryEvent",
     "PruneSkipped",
     "SolveOptions",
@@ -47,6 +50,9 @@ _LAZY = {
     "HistoryEvent": "buildsvc.api.records",
     "WorkerRecord": "buildsvc.api.records",
     "worker_record": "buildsvc.api.records",
+    "ContextStoreUsage": "buildsvc.daemon.usage",
+    "ContextsPruned": "buildsvc.daemon.usage",
+    "DiskUsage": "buildsvc.daemon.usage",
     "PruneSkipped": "buildsvc.daemon.usage",
     "UsageRecord": "buildsvc.daemon.usage",
 }

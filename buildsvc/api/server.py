@@ -58,7 +58,7 @@ from buildsvc.daemon.gateway import GatewayJob, GatewayJobs
 from buildsvc.daemon.history import recent_builds, update_build_history
 from buildsvc.daemon.leaks import report_to_json, scan_leaks
 from buildsvc.daemon.outputs import CLIENT_OUTPUT, OutputStaging, is_client_output
-from buildsvc.daemon.prune import disk_usage, prune
+from buildsvc.daemon.prune import context_store_usage, disk_usage, prune
 from buildsvc.daemon.rerun import plan_rerun
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev
@@ -233,6 +233,7 @@ class ControlServicer(pb_grpc.ControlServicer):
             rerun = plan_rerun(
                 self.state.store,
                 options.rerun_of,
+                contexts=self.contexts,
                 from_failure=options.from_failure,
                 inputs_given=given,
                 debug_command=options.debug_command,
@@ -460,15 +461,20 @@ class ControlServicer(pb_grpc.ControlServicer):
         )
 
     def DiskUsage(self, request: pb.DiskUsageRequest, context: grpc.ServicerContext) -> pb.DiskUsageResponse:
-        """The snapshots on disk, from the snapshots projection (kept inside appends, so current)."""
+        """The snapshots on disk, from the snapshots projection (kept inside appends, so current), and
+        the context store (measured on disk).
+        """
         try:
             records = disk_usage(self.engine)
+            contexts = context_store_usage(self.state.root)
         except BaseException as e:
             abort_with(context, e)
-        return pb.DiskUsageResponse(records=[convert.usage_to_pb(r) for r in records])
+        return convert.disk_usage_to_pb(records, contexts)
 
     def Prune(self, request: pb.PruneRequest, context: grpc.ServicerContext) -> Iterator[pb.PruneResponse]:
-        """Remove unreferenced cached results; streams each removed snapshot, then each one skipped."""
+        """Remove unreferenced cached results and unneeded local contexts; streams each removed
+        snapshot, then each one skipped, then what went from the context store (when anything did).
+        """
         try:
             # Who asked (unix peer, TLS subject); a plaintext loopback caller proves nothing.
             actor = actor_of(context, self.peer_nonce) or "unverified:"
@@ -489,6 +495,8 @@ class ControlServicer(pb_grpc.ControlServicer):
             yield convert.prune_result_to_pb(removed)
         for skipped in report.skipped:
             yield convert.prune_result_to_pb(skipped)
+        if not report.contexts.empty:
+            yield convert.prune_result_to_pb(report.contexts)
 
     # --- Build history ------------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""``buildsvc du``: the snapshots on disk, from a daemon or from the state (embedded)."""
+"""``buildsvc du``: the snapshots and the context store on disk, from a daemon or from the state
+(embedded).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +9,12 @@ from typing import Any
 
 import click
 
-from buildsvc.api.model import UsageRecord
+from buildsvc.api.model import ContextsPruned, ContextStoreUsage, UsageRecord
 from buildsvc.cli.common import FORMAT_OPTION, echo_json, open_from, print_table
 from buildsvc.cli.remote import connect_from
-from buildsvc.daemon.prune import usage_records
+from buildsvc.daemon.prune import context_store_usage, usage_records
 
-__all__ = ["COMMANDS", "usage_json"]
+__all__ = ["COMMANDS", "contexts_pruned_json", "usage_json"]
 
 
 def usage_json(record: UsageRecord) -> dict[str, Any]:
@@ -22,20 +24,35 @@ def usage_json(record: UsageRecord) -> dict[str, Any]:
     return fields
 
 
+def context_usage_json(usage: ContextStoreUsage) -> dict[str, Any]:
+    """The context store's usage as ``--format json`` prints it."""
+    return {**dataclasses.asdict(usage), "total_bytes": usage.total_bytes}
+
+
+def contexts_pruned_json(pruned: ContextsPruned) -> dict[str, Any]:
+    """What a prune removed from the context store, as ``prune --format json`` prints it."""
+    return {**dataclasses.asdict(pruned), "manifests": list(pruned.manifests)}
+
+
 @click.command("du")
 @FORMAT_OPTION
 @click.pass_context
 def du(ctx: click.Context, fmt: str) -> None:
-    """Show the disk usage of the build cache (every snapshot not removed)."""
+    """Show the disk usage of the build cache (every snapshot not removed).
+
+    Then the context store's: the local dirs builds were sent (manifests, blobs, trees).
+    """
     client = connect_from(ctx)
     if client is not None:
-        records = client.disk_usage()
+        report = client.disk_usage_report()
+        records, contexts = list(report.snapshots), report.contexts
     else:
         state = open_from(ctx)
         with state.db.read() as conn:
             records = usage_records(conn)
+        contexts = context_store_usage(state.root)
     if fmt == "json":
-        echo_json([usage_json(r) for r in records])
+        echo_json({"snapshots": [usage_json(r) for r in records], "contexts": context_usage_json(contexts)})
         return
     print_table(
         None,
@@ -55,6 +72,11 @@ def du(ctx: click.Context, fmt: str) -> None:
         ],
     )
     click.echo(f"total: {sum(r.size_bytes for r in records)} bytes in {len(records)} snapshots")
+    click.echo(
+        f"context store: {contexts.manifests} manifests, "
+        f"{contexts.blobs} blobs ({contexts.blob_bytes} bytes), "
+        f"{contexts.trees} trees (~{contexts.tree_bytes} bytes: files trees share counted once)"
+    )
 
 
 COMMANDS = [du]

@@ -1,13 +1,15 @@
-"""``buildsvc prune``: remove cached results nothing but their cache records holds."""
+"""``buildsvc prune``: remove cached results nothing but their cache records holds, and the local
+contexts no build needs any more.
+"""
 
 from __future__ import annotations
 
 import click
 
-from buildsvc.api.model import PruneSkipped, UsageRecord
+from buildsvc.api.model import ContextsPruned, PruneSkipped, UsageRecord
 from buildsvc.api.peercred import local_actor
 from buildsvc.cli.common import FORMAT_OPTION, echo_json, open_from, print_table
-from buildsvc.cli.du_cmd import usage_json
+from buildsvc.cli.du_cmd import contexts_pruned_json, usage_json
 from buildsvc.cli.remote import connect_from
 from buildsvc.daemon.engine import open_engine
 from buildsvc.daemon.prune import FILTER_KEYS, prune
@@ -28,11 +30,13 @@ def _filters(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command("prune")
-@click.option("--all", "all_", is_flag=True, help="Also remove the newest build's results.")
+@click.option(
+    "--all", "all_", is_flag=True, help="Also remove the newest build's results and local contexts."
+)
 @click.option(
     "--keep-duration",
     type=click.FloatRange(min=0),
-    help="Keep cache records younger than this many seconds.",
+    help="Keep cache records and builds' local contexts younger than this many seconds.",
 )
 @click.option(
     "--filter",
@@ -46,15 +50,21 @@ def _filters(values: tuple[str, ...]) -> dict[str, str]:
 def prune_command(
     ctx: click.Context, all_: bool, keep_duration: float | None, filter_values: tuple[str, ...], fmt: str
 ) -> None:
-    """Remove cached results that no build uses (children before their parents)."""
+    """Remove cached results that no build uses (children before their parents).
+
+    Also the local contexts builds were sent that no build needs any more (the context store).
+    """
     filters = _filters(filter_values)
     client = connect_from(ctx)
     removed: list[UsageRecord] = []
     skipped: list[PruneSkipped] = []
+    contexts = ContextsPruned()
     if client is not None:
-        for result in client.prune(all=all_, keep_duration=keep_duration, filters=filters):
+        for result in client.prune_results(all=all_, keep_duration=keep_duration, filters=filters):
             if isinstance(result, PruneSkipped):
                 skipped.append(result)
+            elif isinstance(result, ContextsPruned):
+                contexts = result
             else:
                 removed.append(result)
     else:
@@ -63,8 +73,8 @@ def prune_command(
             report = prune(
                 engine, all=all_, keep_duration=keep_duration, filters=filters, actor=local_actor()
             )
-        removed, skipped = list(report.removed), list(report.skipped)
-    reclaimed = sum(r.size_bytes for r in removed)
+        removed, skipped, contexts = list(report.removed), list(report.skipped), report.contexts
+    reclaimed = sum(r.size_bytes for r in removed) + contexts.bytes_reclaimed
     if fmt == "json":
         echo_json(
             {
@@ -72,6 +82,7 @@ def prune_command(
                 "skipped": [
                     {"snapshot_id": s.snapshot_id, "worker": s.worker, "reason": s.reason} for s in skipped
                 ],
+                "contexts": contexts_pruned_json(contexts),
                 "reclaimed_bytes": reclaimed,
             }
         )
@@ -88,7 +99,15 @@ def prune_command(
             ["ID", "WORKER", "REASON"],
             [[s.snapshot_id, s.worker, s.reason] for s in skipped],
         )
-    click.echo(f"total: {reclaimed} bytes reclaimed from {len(removed)} snapshots")
+    if not contexts.empty:
+        click.echo(
+            f"context store: {len(contexts.manifests)} manifests, {contexts.trees_removed} trees and "
+            f"{contexts.blobs_removed} blobs removed ({contexts.bytes_reclaimed} bytes)"
+        )
+    click.echo(
+        f"total: {reclaimed} bytes reclaimed from {len(removed)} snapshots"
+        + (" and the context store" if not contexts.empty else "")
+    )
 
 
 COMMANDS = [prune_command]

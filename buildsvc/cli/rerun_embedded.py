@@ -36,7 +36,9 @@ def run_embedded_rerun(
     progress: str,
 ) -> SolveResult:
     """Run build ``rerun_of`` again in this process, as ``build_ref``."""
-    rerun = plan_rerun(state.store, rerun_of, from_failure=from_failure)
+    rerun = plan_rerun(
+        state.store, rerun_of, from_failure=from_failure, contexts=ContextStore.under(state.root)
+    )
     exporters = list(outputs)
     if not exporters:
         for recorded in rerun.exporters:

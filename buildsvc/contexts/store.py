@@ -16,7 +16,11 @@ hard-linked, so the modes and owners a tree needs never change a blob that other
 new tree hard-links the files it shares, path, content and metadata alike, with a recent tree of
 about its size (a rebuild after a one-line edit links 9,999 files and copies one): trees are never
 written once made, and an inode's owner, mode and time are the same for both. Creating a file costs
-this disk 15-30 times a link. Nothing here is removed yet; pruning the store is left for later.
+this disk 15-30 times a link.
+
+``buildsvc prune`` removes the manifests no build needs any more, with their trees and the blobs
+only they named (:mod:`buildsvc.contexts.prune`); a manifest stored again or made into a tree is
+touched, so the time of its file says when it was last received or used.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import stat
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Collection
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,7 +44,7 @@ from buildsvc.contexts.scan import Scan
 from buildsvc.contexts.transfer import ContextTransfer
 from buildsvc.errors import Conflict, InvalidInput, NotFound
 
-__all__ = ["BlobBatch", "BlobWriter", "ContextStore", "ContextTransfer", "MissingBlobs"]
+__all__ = ["BlobBatch", "BlobWriter", "ContextStore", "ContextTransfer", "MissingBlobs", "force_rmtree"]
 
 _CHUNK = 1 << 20
 _BATCH_BLOBS = 4096
@@ -213,10 +218,25 @@ class ContextStore:
         """Store ``manifest``; returns its digest."""
         digest = manifest.digest
         path = self._manifest_path(digest)
-        if not path.exists():
+        if not self._touch(digest):
             self._write_atomically(path, manifest.canonical())
         self._keep(manifest)
         return digest
+
+    def _touch(self, digest: str) -> bool:
+        """Mark the stored manifest ``digest`` as received or used now (False: it is not stored).
+
+        A prune leaves a manifest this young alone: the Solve that names it may not be recorded yet.
+        """
+        try:
+            os.utime(self._manifest_path(digest))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def has_manifest(self, digest: str) -> bool:
+        """Whether the manifest ``digest`` is stored (received, and not pruned since)."""
+        return self._manifest_path(digest).is_file()
 
     def _keep(self, manifest: Manifest) -> None:
         with self._parsed_lock:
@@ -245,7 +265,9 @@ class ContextStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise NotFound(f"context {digest} was never sent to this daemon") from None
+            raise NotFound(
+                f"context {digest} is not in the context store (never sent, or pruned since)"
+            ) from None
         manifest = parse_manifest(data)
         if manifest.digest != digest:
             raise InvalidInput(f"stored manifest {digest} does not hash to its name (got {manifest.digest})")
@@ -309,6 +331,7 @@ class ContextStore:
     def materialize(self, manifest: Manifest) -> Path:
         """The directory ``manifest`` describes, made from the blobs (once; later calls reuse it)."""
         final = self.trees / manifest.digest.removeprefix("sha256:")
+        self._touch(manifest.digest)  # in use: a rerun of an old build is recorded only after this
         if final.is_dir():
             return final
         missing = self.missing(manifest)
@@ -327,7 +350,7 @@ class ContextStore:
                     raise
                 shutil.rmtree(tmp)  # another solve made the same tree meanwhile
         except BaseException:
-            _force_rmtree(tmp)
+            force_rmtree(tmp)
             raise
         self._note_recent(manifest)
         return final
@@ -344,6 +367,13 @@ class ContextStore:
         notes = [(manifest.digest, len(manifest.entries))]
         notes += [n for n in self._recent() if n[0] != manifest.digest][: _RECENT - 1]
         self._write_atomically(self.trees / "recent.json", json.dumps(notes).encode())
+
+    def forget_recent(self, digests: Collection[str]) -> None:
+        """Stop naming the trees of ``digests`` as ones to link from (they are being removed)."""
+        notes = self._recent()
+        kept = [n for n in notes if n[0] not in digests]
+        if len(kept) != len(notes):
+            self._write_atomically(self.trees / "recent.json", json.dumps(kept).encode())
 
     def _like(self, manifest: Manifest) -> tuple[Path | None, dict[str, Entry]]:
         """A recent tree of about ``manifest``'s size, and its entries by path (to link from)."""
@@ -399,8 +429,8 @@ class ContextStore:
             os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
 
 
-def _force_rmtree(path: Path) -> None:
-    # A half-made tree may hold directories already made read-only: open them up, then remove.
+def force_rmtree(path: Path) -> None:
+    """Remove a tree, or a half-made one, whose directories may be read-only (opened up first)."""
     for dirpath, dirnames, _ in os.walk(path):
         for name in dirnames:
             full = os.path.join(dirpath, name)

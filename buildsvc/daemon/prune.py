@@ -13,6 +13,9 @@ What it may remove:
 - a committed layer no record points at and nothing holds (a lower layer of a pulled image, say)
   goes with the last snapshot stacked on it, so nothing unreferenced is left behind.
 
+The context store (``ROOT/contexts``: the local dirs builds were sent) is pruned with the same
+options, of the manifests no build needs any more (:mod:`buildsvc.daemon.context_prune`).
+
 A snapshot stays whenever something stays that needs it: a kept snapshot stacked on it, or a kept
 snapshot that shares a cache key with it (a record's removal drops all its outputs). Removals go
 through :meth:`Engine.remove_snapshot`, children before their parents; one it refuses (a solve took
@@ -23,16 +26,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from buildsvc.contexts.prune import context_usage
+from buildsvc.contexts.store import ContextStore
+from buildsvc.daemon.context_prune import prune_contexts
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.errors import SnapshotInUse
-from buildsvc.daemon.usage import PruneSkipped, UsageRecord
+from buildsvc.daemon.usage import ContextsPruned, ContextStoreUsage, PruneSkipped, UsageRecord
 from buildsvc.errors import Conflict, InvalidInput, NotFound
 from buildsvc.events.schema import events
 from buildsvc.projections.schema import cache_records, refs, snapshots
@@ -43,6 +50,7 @@ __all__ = [
     "PruneReport",
     "PruneSkipped",
     "UsageRecord",
+    "context_store_usage",
     "disk_usage",
     "prune",
     "usage_records",
@@ -58,11 +66,13 @@ class PruneReport:
 
     removed: tuple[UsageRecord, ...]
     skipped: tuple[PruneSkipped, ...]
+    contexts: ContextsPruned = field(default_factory=ContextsPruned)
+    """What went from the context store."""
 
     @property
     def reclaimed_bytes(self) -> int:
-        """The sizes of the removed snapshots, summed."""
-        return sum(r.size_bytes for r in self.removed)
+        """The sizes of the removed snapshots and what the context store gave back, summed."""
+        return sum(r.size_bytes for r in self.removed) + self.contexts.bytes_reclaimed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,6 +148,11 @@ def disk_usage(engine: Engine) -> list[UsageRecord]:
     """The snapshots on the engine's workers, as the snapshots projection has them (kept inline)."""
     with engine.state.db.read() as conn:
         return usage_records(conn, holds=engine.solver.holds)
+
+
+def context_store_usage(root: Path) -> ContextStoreUsage:
+    """What the context store of a daemon (or embedded engine) root holds (``ROOT/contexts``)."""
+    return context_usage(ContextStore.under(root))
 
 
 def _check_filters(filters: Mapping[str, str]) -> None:
@@ -258,10 +273,19 @@ def prune(
                 cache_keys=tuple(sorted({r.cache_key for r in records.get(sid, [])})),
             )
         )
+    contexts = prune_contexts(
+        engine.state,
+        ContextStore.under(engine.state.root),
+        all=all,
+        cutoff=cutoff,
+        filters=filters,
+        actor=actor,
+    )
     return PruneReport(
         removed=tuple(removed),
         skipped=tuple(
             PruneSkipped(snapshot_id=sid, worker=live[sid].worker, reason=reason)
             for sid, reason in sorted(skipped.items(), key=lambda kv: live[kv[0]].created_position)
         ),
+        contexts=contexts,
     )

@@ -5,7 +5,8 @@ Dockerfile build's frontend is not run again, so the same base image digests are
 frontend options and image config, its exporters (unless new ones are given) and cache options,
 and its local dirs by the content-addressed manifests the daemon received
 (``LocalContextReceived``), made again from the daemon's context store. The rerun is a build of
-its own, whose ``SolveRequested`` records ``rerun_of``.
+its own, whose ``SolveRequested`` records ``rerun_of``. A build whose contexts a prune removed since
+cannot be run again: the refusal says when and by whom (``LocalContextsPruned``).
 
 With ``--from-failure`` the build must have failed at a vertex: every vertex that completed
 before the failure is taken from the record (its recorded outputs, verified on disk; a result that
@@ -19,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from buildsvc.contexts.store import ContextStore
+from buildsvc.daemon.context_prune import CONTEXTS_STREAM
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
@@ -77,10 +80,12 @@ def plan_rerun(
     inputs_given: bool = False,
     debug_command: Sequence[str] = (),
     debug_ref: str = "",
+    contexts: ContextStore | None = None,
 ) -> Rerun:
     """The rerun of build ``ref`` from its events, or InvalidInput/NotFound naming why not.
 
     ``inputs_given``: the request also carried a definition, frontend or local dirs (refused).
+    ``contexts``: the context store its dirs are made from, checked to still hold their manifests.
     ``debug_command`` (``history debug``): the build ``debug_ref`` runs it in place of the failed
     step, on that step's inputs from the record, and stops there (no exports).
     """
@@ -108,6 +113,8 @@ def plan_rerun(
             f"--rerun {ref}: local dir {missing[0]!r} was not kept content-addressed by this daemon "
             "(recorded before contexts were), so its content is not known"
         )
+    if contexts is not None:
+        _check_kept(store, contexts, ref, manifests)
     reuse: dict[str, CompletedVertex] = {}
     definition_json = json.dumps(requested.definition, sort_keys=True).encode()
     debugged: list[Event] = []
@@ -139,6 +146,28 @@ def plan_rerun(
         reuse=reuse,
         events=tuple(debugged),
     )
+
+
+def _check_kept(store: EventStore, contexts: ContextStore, ref: str, manifests: Mapping[str, str]) -> None:
+    """NotFound when ``contexts`` no longer holds a manifest of ``manifests``, naming the prune."""
+    gone = [(name, digest) for name, digest in sorted(manifests.items()) if not contexts.has_manifest(digest)]
+    if not gone:
+        return
+    name, digest = gone[0]
+    raise NotFound(
+        f"--rerun {ref}: the context of local dir {name!r} ({digest}) {_why_gone(store, digest)}; "
+        "build again from the directory instead"
+    )
+
+
+def _why_gone(store: EventStore, digest: str) -> str:
+    """When and by whom ``digest`` was pruned, from the last ``LocalContextsPruned`` naming it."""
+    for stored in reversed(store.read_stream(CONTEXTS_STREAM)):
+        pruned = stored.decode()
+        if isinstance(pruned, ev.LocalContextsPruned) and digest in pruned.manifests:
+            by = f" by {stored.actor}" if stored.actor else ""
+            return f"was pruned from the context store at {stored.recorded_at:%Y-%m-%d %H:%M:%S} UTC{by}"
+    return "is no longer in the context store"
 
 
 def debug_definition(definition: Definition, vertex: str, command: Sequence[str]) -> Definition:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PruneSkipped", "UsageRecord"]
+# The context store's records are the store's own (no engine behind them either).
+from buildsvc.contexts.prune import ContextsPruned, ContextStoreUsage
+
+__all__ = ["ContextStoreUsage", "ContextsPruned", "DiskUsage", "PruneSkipped", "UsageRecord"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,3 +40,11 @@ class PruneSkipped:
     snapshot_id: str
     worker: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiskUsage:
+    """What ``DiskUsage`` reports: the snapshots, oldest first, and the context store."""
+
+    snapshots: tuple[UsageRecord, ...]
+    contexts: ContextStoreUsage

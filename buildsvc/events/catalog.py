@@ -7,7 +7,8 @@ renaming or removing one raises the type's ``schema_version`` and needs an upcas
 
 Streams: a build's solve and vertex events go to ``build-<ref>``, a snapshot's life and its refs to
 ``snapshot-<id>``, cache records to ``cache-<key>``, daemon and worker events to ``daemon-<id>``, what
-is done to a build's history entry after it (pin, delete) to ``history-<ref>``.
+is done to a build's history entry after it (pin, delete) to ``history-<ref>``, what a prune removed
+from the context store to ``contexts``.
 Projections key on payload fields, never on stream names.
 """
 
@@ -37,6 +38,7 @@ __all__ = [
     "GatewaySolveRequested",
     "GatewayWarning",
     "LocalContextReceived",
+    "LocalContextsPruned",
     "OutputDiscarded",
     "OutputFetched",
     "RefAcquired",
@@ -550,6 +552,22 @@ class LocalContextReceived(Event):
     source: str = ""
     host_path: str = ""
     """For ``host`` and ``embedded``: the directory that was read."""
+
+
+@event_type
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalContextsPruned(Event):
+    """A prune removed ``manifests`` from the daemon's context store, with the trees made from them
+    and the blobs no remaining manifest names (blobs no manifest named at all among them).
+
+    Recorded in the ``contexts`` stream once the files are gone, when anything was removed; the
+    builds that named these manifests can no longer be run again (``build --rerun``).
+    """
+
+    manifests: tuple[str, ...]
+    blobs_removed: int = 0
+    bytes_reclaimed: int = 0
+    trees_removed: int = 0
 
 
 # --- frontend inputs of a gateway job (issue 7) ---------------------------------------------------

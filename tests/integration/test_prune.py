@@ -31,7 +31,7 @@ __all__ = ["cli", "rootfs"]  # fixtures
 
 
 def du(c: Cli) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = json.loads(c.run("du", "--format", "json").stdout)
+    found: list[dict[str, Any]] = json.loads(c.run("du", "--format", "json").stdout)["snapshots"]
     return found
 
 

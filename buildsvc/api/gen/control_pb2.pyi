@@ -313,10 +313,26 @@ class DiskUsageRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DiskUsageResponse(_message.Message):
-    __slots__ = ("records",)
+    __slots__ = ("records", "contexts")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[UsageRecord]
-    def __init__(self, records: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ...) -> None: ...
+    contexts: ContextStoreUsage
+    def __init__(self, records: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ..., contexts: _Optional[_Union[ContextStoreUsage, _Mapping]] = ...) -> None: ...
+
+class ContextStoreUsage(_message.Message):
+    __slots__ = ("manifests", "blobs", "blob_bytes", "trees", "tree_bytes")
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    BLOB_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TREES_FIELD_NUMBER: _ClassVar[int]
+    TREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    manifests: int
+    blobs: int
+    blob_bytes: int
+    trees: int
+    tree_bytes: int
+    def __init__(self, manifests: _Optional[int] = ..., blobs: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., trees: _Optional[int] = ..., tree_bytes: _Optional[int] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
     __slots__ = ("snapshot_id", "worker", "snapshotter", "parent", "kind", "state", "size_bytes", "in_use", "active_refs", "shared", "cache_keys")
@@ -371,13 +387,27 @@ class PruneSkipped(_message.Message):
     reason: str
     def __init__(self, snapshot_id: _Optional[str] = ..., worker: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class ContextsPruned(_message.Message):
+    __slots__ = ("manifests", "blobs_removed", "trees_removed", "bytes_reclaimed")
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    TREES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECLAIMED_FIELD_NUMBER: _ClassVar[int]
+    manifests: _containers.RepeatedScalarFieldContainer[str]
+    blobs_removed: int
+    trees_removed: int
+    bytes_reclaimed: int
+    def __init__(self, manifests: _Optional[_Iterable[str]] = ..., blobs_removed: _Optional[int] = ..., trees_removed: _Optional[int] = ..., bytes_reclaimed: _Optional[int] = ...) -> None: ...
+
 class PruneResponse(_message.Message):
-    __slots__ = ("removed", "skipped")
+    __slots__ = ("removed", "skipped", "contexts")
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     removed: UsageRecord
     skipped: PruneSkipped
-    def __init__(self, removed: _Optional[_Union[UsageRecord, _Mapping]] = ..., skipped: _Optional[_Union[PruneSkipped, _Mapping]] = ...) -> None: ...
+    contexts: ContextsPruned
+    def __init__(self, removed: _Optional[_Union[UsageRecord, _Mapping]] = ..., skipped: _Optional[_Union[PruneSkipped, _Mapping]] = ..., contexts: _Optional[_Union[ContextsPruned, _Mapping]] = ...) -> None: ...
 
 class BuildHistoryRequest(_message.Message):
     __slots__ = ("active_only", "ref", "early_exit")

@@ -54,7 +54,7 @@ def test_the_catalog_names_every_event_the_service_records() -> None:
         "CacheExportCompleted", "CacheExportFailed", "CacheImported", "ExportCompleted",
         "WorkerRegistered", "DaemonStarted", "DaemonStopped", "BuildHistoryPinned",
         "BuildHistoryDeleted",
-        "LocalContextReceived",
+        "LocalContextReceived", "LocalContextsPruned",
         "SolveResumed", "VertexResultMissing",
         "GatewaySolveRequested", "GatewaySolveCompleted", "GatewaySolveFailed", "GatewayWarning",
         "GatewayReturned", "FrontendInputReceived",
