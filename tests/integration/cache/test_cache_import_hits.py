@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Connection
 
+from buildsvc.cache.imports import ImportLayer
 from buildsvc.cache.local import LocalSource
 from buildsvc.cache.options import parse_export, parse_import
 from buildsvc.daemon.cache_exports import LazyImports, export_caches, import_caches
@@ -144,6 +145,17 @@ def staged_dirs(engine: Engine) -> list[Path]:
     return [d for p in base.iterdir() for d in p.iterdir()] if base.exists() else []
 
 
+def corrupt_step_two(store: Path) -> ImportLayer:
+    """Flip a byte in the middle of step two's layer blob in the layout ``store``; returns the layer."""
+    [record] = [r for r in LocalSource(str(store)).records if len(r.layers) == 3]
+    victim = record.layers[-1]
+    path = store / "blobs" / "sha256" / victim.blob.split(":")[1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return victim
+
+
 def file_in_layers(engine: Engine, name: str) -> bytes:
     snapshotter = engine.workers[0].snapshotter
     upper = getattr(snapshotter, "upper_dir")  # noqa: B009 (the overlay snapshotter's)
@@ -227,13 +239,8 @@ def test_a_blob_found_corrupt_while_unpacked_ahead_is_a_miss_leaving_nothing(
     engines: Callable[[str], Engine], tmp_path: Path
 ) -> None:
     _, engine, store = imported_into(engines, tmp_path, "again")
-    # The middle step's layer: staged ahead by the first hit, found corrupt there.
-    [record] = [r for r in LocalSource(str(store)).records if len(r.layers) == 3]
-    victim = record.layers[-1]
-    path = store / "blobs" / "sha256" / victim.blob.split(":")[1]
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    # Staged ahead while the layers under it are unpacked, found corrupt there.
+    victim = corrupt_step_two(store)
     solve(engine, tmp_path, "again", chain())
     assert ran(engine, "again")[0] == "two"
     misses = [e for _, e in decoded(engine) if isinstance(e, ev.CacheImportMiss)]
@@ -289,12 +296,7 @@ def test_a_corrupt_blob_is_not_read_until_something_reads_it_then_its_steps_run(
     engines: Callable[[str], Engine], tmp_path: Path
 ) -> None:
     _, engine, store = imported_into(engines, tmp_path, "again")
-    [record] = [r for r in LocalSource(str(store)).records if len(r.layers) == 3]
-    victim = record.layers[-1]  # step two's layer
-    path = store / "blobs" / "sha256" / victim.blob.split(":")[1]
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    victim = corrupt_step_two(store)
     solve(engine, tmp_path, "unread", chain(), read_result=False)
     assert ran(engine, "unread") == []  # nothing read it: never fetched, never checked
     assert not [e for _, e in decoded(engine) if isinstance(e, ev.CacheImportMiss)]
