@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,42 +91,17 @@ class LocalSource:
         self.config: CacheConfig = parse_config(self.store.read_blob(self.root.config.digest), self.where)
         self.records: list[ImportRecord] = import_records(self.config, self.root, self.where)
         self.bytes_read = self.root.config.size
-        self._after: dict[str, dict[str, ImportLayer]] = {}
-        """Snapshot key -> the layers (by key) that sit directly on it in some record's chain."""
-        for record in self.records:
-            for layer in record.layers:
-                if layer.parent is not None:
-                    self._after.setdefault(layer.parent, {})[layer.key] = layer
         self._ahead: dict[str, Future[tuple[int, ...]]] = {}
         self._ahead_lock = threading.Lock()
 
-    def layers_above(self, key: str, limit: int) -> list[ImportLayer]:
-        """Up to ``limit`` layers that sit on snapshot ``key`` in some record's chain, nearest first
-        (those directly on it, then those on them...).
-        """
-        found: list[ImportLayer] = []
-        seen = {key}
-        frontier = [key]
-        while frontier and len(found) < limit:
-            below = frontier.pop(0)
-            for layer in self._after.get(below, {}).values():
-                if layer.key not in seen:
-                    seen.add(layer.key)
-                    found.append(layer)
-                    frontier.append(layer.key)
-        return found[:limit]
+    def prefetch(self, layers: Sequence[ImportLayer]) -> None:
+        """Start hashing the blobs of ``layers`` (each once), the next ones of a chain being unpacked.
 
-    def prefetch_after(self, key: str, present: Callable[[str], bool]) -> None:
-        """Start hashing the blobs of the layers on top of snapshot ``key`` (unless ``present``).
-
-        Read only, no state changes, in the background: a hit on ``key`` is most likely followed by
-        one on a record whose chain goes on from it (the next step), so that blob's digest check
-        overlaps this hit's unpack and recording. :meth:`blob` then hands it over as verified,
-        unless the file changed since it was hashed.
+        Read only, no state changes, in the background: their digest checks overlap the unpack of the
+        layer before them. :meth:`blob` then hands each over as verified, unless the file changed
+        since it was hashed.
         """
-        for layer in self._after.get(key, {}).values():
-            if present(layer.key):
-                continue
+        for layer in layers:
             with self._ahead_lock:
                 if layer.blob in self._ahead:
                     continue

@@ -118,12 +118,14 @@ class _Source(Protocol):
 
     def blob(self, digest: str, size: int, work: Path, diff_id: str = "") -> BlobAccess: ...
 
-    def prefetch_after(self, key: str, present: Callable[[str], bool]) -> None:
-        """Get ready (read only) the blobs of the layers on top of snapshot ``key`` not ``present``."""
+    def prefetch(self, layers: Sequence[ImportLayer]) -> None:
+        """Get ready (read only) the blobs of ``layers``, the next ones of a chain being unpacked."""
         ...
 
 
 _unpacks = KeyedLocks()
+_AHEAD = 4
+"""How many of a chain's next layers are unpacked (or their blobs hashed) ahead of the one unpacked."""
 
 
 def import_caches(engine: Engine, build_ref: str, imports: Sequence[CacheImportSpec], *, actor: str) -> None:
@@ -315,12 +317,9 @@ class LazyImports:
             if isinstance(offer.source, RegistrySource):
                 offer.source.client = self.client(spec.insecure)  # the import's own one is closed
             for output, record in sorted(offer.records.items()):
-                # The next step's layer most likely sits on this record's: it can be unpacked
-                # (local, plain tars: see cache_unpack_ahead), or at least checked, while this one
-                # is unpacked and recorded.
+                # The chain's next layers are unpacked (local, plain tars: see cache_unpack_ahead),
+                # or at least checked, while the one before them is unpacked.
                 ahead = self._stage_ahead(offer.source, worker, record)
-                if ahead is None:
-                    offer.source.prefetch_after(record.snapshot, lambda key: _committed(worker, key))
                 made = []
                 try:
                     _, size = _unpack_chain(worker, offer.source, record.layers, Path(work), made, ahead)
@@ -532,10 +531,13 @@ def _unpack_chain(
                 if ahead is not None:
                     ahead.drop([layer.key])  # made meanwhile (another import's hit)
                 continue
+            # Keep the next ones unpacking (or their blobs hashing) while this one is unpacked:
+            # each once, a few ahead.
+            following = [x for x in chain[n + 1 : n + 1 + _AHEAD] if not _committed(worker, x.key)]
             if ahead is not None and isinstance(source, LocalSource):
-                # Keep the next ones unpacking while this one is (staged once each, ``depth`` ahead).
-                following = [x for x in chain[n + 1 : n + 1 + ahead.depth] if not _committed(worker, x.key)]
                 ahead.stage(following, lambda x: source.store.blob_path(x.blob))
+            else:
+                source.prefetch(following)
             moved += _unpack_from(worker, source, layer, work, ahead)
             made.append(layer)
     return moved, sum(layer.size for layer in chain)

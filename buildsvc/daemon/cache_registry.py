@@ -8,11 +8,11 @@ naming an image (not a cache root) is read for the inline cache its config carri
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 from buildsvc.cache.config import parse_config
-from buildsvc.cache.imports import ImportRecord, import_records
+from buildsvc.cache.imports import ImportLayer, ImportRecord, import_records
 from buildsvc.cache.inline import image_manifest_parts, parse_inline
 from buildsvc.cache.layers import LayerBlob
 from buildsvc.cache.local import BlobAccess
@@ -90,8 +90,8 @@ class RegistrySource:
             self.client.fetch_blob(self.ref, self._desc(digest, size), self.content)
         return self.content.read(digest)
 
-    def prefetch_after(self, key: str, present: Callable[[str], bool]) -> None:
-        """Nothing: a registry blob is fetched when a hit needs it (fetching ahead is a download)."""
+    def prefetch(self, layers: Sequence[ImportLayer]) -> None:
+        """Nothing: a registry blob is fetched when its unpack needs it (fetching ahead is a download)."""
 
     def unpack_streamed(self, digest: str, size: int, diff_id: str, target: str, mode: WhiteoutMode) -> None:
         """Download the layer blob straight into ``target``, never stored: its bytes are hashed and

@@ -1,8 +1,8 @@
 """Hashing a local cache's next blob ahead: handed over verified only while the file is unchanged.
 
-A hit on a record starts the digest check of the layers on top of it (the next step's, most
-likely) in the background, so it overlaps the hit's unpack. The check is of the file as it was
-then: a blob written to since (even with its old bytes, or its mtime put back) is checked again
+While one layer of a chain is unpacked, the digest checks of the chain's next layers run in the
+background (when their blobs cannot be unpacked ahead), so they overlap it. The check is of the file
+as it was then: a blob written to since (even with its old bytes, or its mtime put back) is checked again
 by the unpack, and one changed while it is unpacked is never committed.
 """
 
@@ -61,15 +61,15 @@ def layers(source: LocalSource) -> tuple[ImportLayer, ImportLayer]:
     return bottom, upper
 
 
-def hashed_ahead(source: LocalSource, bottom: ImportLayer, upper: ImportLayer) -> None:
-    source.prefetch_after(bottom.key, lambda key: False)
+def hashed_ahead(source: LocalSource, upper: ImportLayer) -> None:
+    source.prefetch([upper])
     source._ahead[upper.blob].exception()  # wait for the background check to end
 
 
-def test_the_blob_on_top_of_a_hit_is_handed_over_verified(tmp_path: Path) -> None:
+def test_a_blob_hashed_ahead_is_handed_over_verified(tmp_path: Path) -> None:
     source = LocalSource(str(two_layer_cache(tmp_path)))
-    bottom, upper = layers(source)
-    hashed_ahead(source, bottom, upper)
+    _, upper = layers(source)
+    hashed_ahead(source, upper)
     blob = source.blob(upper.blob, upper.size, tmp_path, upper.diff_id)
     assert blob.verified and not blob.check_on_unpack and blob.read == upper.size
     assert not blob.changed()
@@ -78,25 +78,25 @@ def test_the_blob_on_top_of_a_hit_is_handed_over_verified(tmp_path: Path) -> Non
     assert blob.changed()
 
 
-def test_a_layer_already_on_the_worker_is_not_hashed_ahead(tmp_path: Path) -> None:
+def test_a_blob_not_hashed_ahead_is_not_handed_over_verified(tmp_path: Path) -> None:
     source = LocalSource(str(two_layer_cache(tmp_path)))
     bottom, upper = layers(source)
-    source.prefetch_after(bottom.key, lambda key: key == upper.key)
-    assert upper.blob not in source._ahead
-    assert not source.blob(upper.blob, upper.size, tmp_path, upper.diff_id).verified
+    hashed_ahead(source, upper)
+    assert bottom.blob not in source._ahead
+    assert not source.blob(bottom.blob, bottom.size, tmp_path, bottom.diff_id).verified
 
 
 @pytest.mark.parametrize("when", ["after", "before"])
 def test_a_blob_changed_around_its_check_ahead_is_checked_again(tmp_path: Path, when: str) -> None:
     store = two_layer_cache(tmp_path)
     source = LocalSource(str(store))
-    bottom, upper = layers(source)
+    _, upper = layers(source)
     path = store / "blobs" / "sha256" / upper.blob.split(":")[1]
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     if when == "before":
         path.write_bytes(bytes(data))  # the check ahead fails
-    hashed_ahead(source, bottom, upper)
+    hashed_ahead(source, upper)
     if when == "after":
         stat = path.stat()
         path.write_bytes(bytes(data))  # corrupt, same size, mtime put back
