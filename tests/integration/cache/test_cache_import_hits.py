@@ -229,7 +229,7 @@ def test_layers_unpacked_ahead_are_taken_by_the_hits(
     assert ran(engine, "again") == []
     lazy = engine.solver.remote_cache
     assert isinstance(lazy, LazyImports) and lazy._ahead is not None
-    assert lazy._ahead.taken == len(STEPS)  # every step's layer; the first hit's own was unpacked then
+    assert lazy._ahead.taken == len(STEPS)  # every step's layer; the chain's first (rootfs) went inline
     assert {n: file_in_layers(engine, n) for n in STEPS} == {n: file_in_layers(first, n) for n in STEPS}
     assert staged_dirs(engine) == []
     no_leaks(engine)
