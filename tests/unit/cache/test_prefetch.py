@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ from buildsvc.cache.export import PlannedRecord, write_cache
 from buildsvc.cache.imports import ImportLayer
 from buildsvc.cache.layers import LayerBlob, write_layer
 from buildsvc.cache.local import LocalSource, LocalTarget
-from buildsvc.daemon.cache_exports import _from_file, _unpack_layer
+from buildsvc.daemon.cache_exports import _from_file, _unpack_chain, _unpack_layer
 from buildsvc.errors import NotFound
 from buildsvc.executors.native import NativeSnapshotter
 from buildsvc.solver.worker import Change, ChangeKind
@@ -118,3 +119,33 @@ def test_a_layer_whose_blob_changed_while_unpacked_is_not_committed(tmp_path: Pa
     assert worker.snapshotter.list() == []
     _unpack_layer(worker, bottom, _from_file(bottom, blob.path, blob.verified), changed=blob.changed)
     assert worker.snapshotter.stat(bottom.key).parent is None
+
+
+@pytest.mark.parametrize("upper_on_worker", [False, True])
+def test_a_chain_hashes_its_next_layers_ahead_unless_already_on_the_worker(
+    tmp_path: Path, upper_on_worker: bool
+) -> None:
+    source = LocalSource(str(two_layer_cache(tmp_path)))
+    bottom, upper = layers(source)
+    snapshotter = NativeSnapshotter(str(tmp_path / "snapshots"))
+    worker = SimpleNamespace(info=SimpleNamespace(name="w"), snapshotter=snapshotter)
+    if upper_on_worker:  # made meanwhile (another import's hit): nothing to unpack or check ahead
+        snapshotter.prepare("bottom.active", None)
+        snapshotter.commit(bottom.key, "bottom.active")
+        snapshotter.prepare("upper.active", bottom.key)
+        snapshotter.commit(upper.key, "upper.active")
+    asked: list[list[str]] = []
+    prefetch = source.prefetch
+
+    def spy(following: Sequence[ImportLayer]) -> None:
+        asked.append([x.key for x in following])
+        prefetch(following)
+
+    source.prefetch = spy  # type: ignore[method-assign,assignment]
+    made: list[ImportLayer] = []
+    _unpack_chain(worker, source, [bottom, upper], tmp_path, made)
+    if upper_on_worker:
+        assert made == [] and asked == [] and upper.blob not in source._ahead
+    else:
+        assert asked[0] == [upper.key]  # while the bottom layer was unpacked
+        assert [x.key for x in made] == [bottom.key, upper.key]
