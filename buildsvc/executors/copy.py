@@ -157,54 +157,52 @@ def _apply(
         os.utime(path, ns=times, follow_symlinks=False)
 
 
-def _copy_xattrs(src: str, dst: str) -> None:
+def _copy_xattrs(src: str | int, dst: str | int) -> None:
+    """Copy the extended attributes of ``src`` to ``dst`` (host paths, not followed, or open files)."""
     # Best effort, as BuildKit's handler that only logs: a filesystem without xattrs is not an error.
+    follow = isinstance(src, int)  # the descriptor's own file; a path is never followed
     try:
-        names = os.listxattr(src, follow_symlinks=False)
+        names = os.listxattr(src, follow_symlinks=follow)
     except OSError:
         return
     for name in names:
         if name.startswith("trusted.overlay."):
             continue  # overlayfs bookkeeping of the source's own layers, meaningless elsewhere
         try:
-            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
+            value = os.getxattr(src, name, follow_symlinks=follow)
+            os.setxattr(dst, name, value, follow_symlinks=isinstance(dst, int))
         except OSError:
             continue
 
 
-def _copy_content(src: str, dst: str, size: int) -> None:
-    """Copy the regular file ``src`` (``size`` bytes when it was collected) to the new file ``dst``."""
-    dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        if size:  # an empty file has nothing to read: no open of the source at all
-            src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                _copy_fds(src_fd, dst_fd, size)
-            finally:
-                os.close(src_fd)
-    finally:
-        os.close(dst_fd)
+def _copy_fds(src_fd: int, dst_fd: int, size: int, *, in_kernel: bool) -> bool:
+    """Copy ``size`` bytes (the size the entry was collected with: an input snapshot does not change
+    while it is copied) from ``src_fd`` to the new, empty ``dst_fd``.
 
-
-def _copy_fds(src_fd: int, dst_fd: int, size: int) -> None:
-    try:
-        # copy_file_range shares extents on reflink filesystems and stays in the kernel elsewhere.
-        # Up to the size the entry was collected with, so a small file takes one call, not a second
-        # one that finds the end (an input snapshot does not change while it is copied).
-        copied = 0
-        while n := os.copy_file_range(src_fd, dst_fd, max(size - copied, 1 << 20)):
-            copied += n
-            if copied >= size:
-                break
-        return
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise
-    os.lseek(src_fd, 0, os.SEEK_SET)
-    os.lseek(dst_fd, 0, os.SEEK_SET)
-    os.ftruncate(dst_fd, 0)
-    while chunk := os.read(src_fd, 1 << 20):
+    ``in_kernel``: try ``copy_file_range`` first (it shares extents on reflink filesystems and stays
+    in the kernel elsewhere). Returns whether it can be tried again for these two filesystems: after
+    EXDEV (an overlay mount and the host's disk, say) every file of the copy would fail it the same
+    way, at three system calls each to rewind.
+    """
+    if in_kernel:
+        try:
+            copied = 0
+            while n := os.copy_file_range(src_fd, dst_fd, max(size - copied, 1 << 20)):
+                copied += n
+                if copied >= size:
+                    break
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+        os.lseek(src_fd, 0, os.SEEK_SET)
+        os.lseek(dst_fd, 0, os.SEEK_SET)
+        os.ftruncate(dst_fd, 0)
+    left = size
+    while left > 0 and (chunk := os.read(src_fd, min(left, 1 << 20))):
         os.write(dst_fd, chunk)
+        left -= len(chunk)
+    return False
 
 
 @dataclass(slots=True)
@@ -224,6 +222,8 @@ class EntryWriter:
     """Who an entry this process makes is born owned by (asked once, not per entry)."""
     link_files: bool = False
     """Hard link each non-directory entry to its source instead of copying it (see :meth:`write`)."""
+    _no_copy_range: set[int] = field(default_factory=set)
+    """Source devices ``copy_file_range`` to this root failed for (see ``_copy_fds``)."""
 
     def expect_new_dirs(self) -> None:
         """From here on, write entries into directories this writer makes knowing they are empty.
@@ -277,13 +277,42 @@ class EntryWriter:
                 return
             self._links[(st.st_dev, st.st_ino)] = dst
         if stat.S_ISREG(mode):
-            _copy_content(src, dst, st.st_size)
-        elif stat.S_ISLNK(mode):
+            self._write_file(src, st, dst, born)
+            return
+        if stat.S_ISLNK(mode):
             os.symlink(os.readlink(src), dst)
         else:
             os.mknod(dst, stat.S_IFMT(mode) | 0o600, st.st_rdev)
         self._set_metadata(dst, st, born=born)
         _copy_xattrs(src, dst)
+
+    def _write_file(self, src: str, st: os.stat_result, dst: str, born: tuple[int, int] | None) -> None:
+        """A new regular file: its content, then its owner, mode, xattrs and times, each set through
+        the open files: through an overlay mount, walking ``dst``'s path again for every call costs
+        more than the call itself (a copy of many small files is mostly these calls).
+        """
+        dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            # An empty file has nothing to read: its source is not opened at all.
+            src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC) if st.st_size else None
+            try:
+                if src_fd is not None:
+                    in_kernel = st.st_dev not in self._no_copy_range
+                    if not _copy_fds(src_fd, dst_fd, st.st_size, in_kernel=in_kernel) and in_kernel:
+                        self._no_copy_range.add(st.st_dev)
+                # Order matters: chown clears setuid/setgid and file capabilities, so chmod and
+                # xattrs come after; the times last.
+                uid_gid, mode, times = self._wanted(st)
+                if born != uid_gid:  # a new entry born with the wanted owner keeps it
+                    os.fchown(dst_fd, uid_gid[0], uid_gid[1])
+                os.fchmod(dst_fd, mode)
+                _copy_xattrs(src if src_fd is None else src_fd, dst_fd)
+                os.utime(dst_fd, ns=times)
+            finally:
+                if src_fd is not None:
+                    os.close(src_fd)
+        finally:
+            os.close(dst_fd)
 
     def _link(self, src: str, dst: str) -> bool:
         """Make ``dst`` a hard link to ``src`` (the entry itself, a symlink not followed).
@@ -337,17 +366,20 @@ class EntryWriter:
     ) -> tuple[tuple[int, int], int]:
         """Apply the owner, mode and times ``dst`` gets; returns the owner and mode it has."""
         is_link = stat.S_ISLNK(st.st_mode)
-        uid_gid = self.meta.owner if self.meta.owner is not None else (st.st_uid, st.st_gid)
-        mode = self.meta.mode if self.meta.mode is not None else stat.S_IMODE(st.st_mode)
-        if self.meta.timestamp_ns is not None:
-            times = (self.meta.timestamp_ns, self.meta.timestamp_ns)
-        else:
-            times = (st.st_atime_ns, st.st_mtime_ns)
+        uid_gid, mode, times = self._wanted(st)
         chown = None if born == uid_gid else uid_gid  # a new entry born with the wanted owner keeps it
         _apply(dst, is_link=is_link, uid_gid=chown, mode=mode, times=None if defer_times else times)
         if defer_times:
             self._dir_times.append((dst, times))
         return uid_gid, mode
+
+    def _wanted(self, st: os.stat_result) -> tuple[tuple[int, int], int, tuple[int, int]]:
+        """The owner, mode and (atime, mtime) an entry copied from ``st`` gets."""
+        uid_gid = self.meta.owner if self.meta.owner is not None else (st.st_uid, st.st_gid)
+        mode = self.meta.mode if self.meta.mode is not None else stat.S_IMODE(st.st_mode)
+        if self.meta.timestamp_ns is not None:
+            return uid_gid, mode, (self.meta.timestamp_ns, self.meta.timestamp_ns)
+        return uid_gid, mode, (st.st_atime_ns, st.st_mtime_ns)
 
     def finish(self) -> None:
         """Set the deferred directory times, innermost first (writing into a directory changes its mtime)."""
