@@ -8,7 +8,6 @@ shutdown stops new solves and lets the running ones finish (see ``buildsvc daemo
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
@@ -18,13 +17,13 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import grpc
 import sqlalchemy as sa
 
+from buildsvc import __version__
 from buildsvc.api import convert
 from buildsvc.api.debug_session import debug_session
 from buildsvc.api.errors import DaemonUnavailable, abort_with
@@ -125,15 +124,6 @@ class SolveGate:
             for cancel in self._active.values():
                 cancel.set()
             return sorted(self._active)
-
-
-@functools.cache
-def _package_version() -> str:
-    # Read once: finding the distribution costs ~0.7 ms, and Info answers every command's first call.
-    try:
-        return version("buildsvc")
-    except PackageNotFoundError:
-        return ""
 
 
 def _exporters(specs: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
@@ -451,7 +441,7 @@ class ControlServicer(pb_grpc.ControlServicer):
         """The daemon's version, id, root and database."""
         return convert.info_to_pb(
             DaemonInfo(
-                version=_package_version(),
+                version=__version__,
                 daemon_id=self.engine.daemon_id,
                 root=str(self.state.root),
                 hostname=socket.gethostname(),

@@ -21,12 +21,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from buildsvc import __version__
 from buildsvc.daemon.errors import SnapshotHolder, SnapshotInUse
 from buildsvc.daemon.state import State
 from buildsvc.daemon.telemetry import configure_tracing
@@ -49,13 +49,6 @@ if TYPE_CHECKING:
     from buildsvc.contexts import ContextStore
 
 __all__ = ["Engine", "detect_workers_soon", "open_engine"]
-
-
-def _version() -> str:
-    try:
-        return version("buildsvc")
-    except PackageNotFoundError:
-        return ""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -332,7 +325,7 @@ def open_engine(
     events: list[Event] = [
         ev.DaemonStarted(
             daemon_id=daemon_id,
-            version=_version(),
+            version=__version__,
             root=str(state.root),
             hostname=socket.gethostname(),
             pid=os.getpid(),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import tarfile
 from pathlib import Path
 
 import pytest
 
+import buildsvc
 from buildsvc.daemon.engine import open_engine
 from buildsvc.daemon.state import open_state
 from buildsvc.errors import InvalidInput
@@ -33,6 +35,8 @@ def test_the_daemon_and_its_workers_are_recorded(db_url: str, tmp_path: Path) ->
         assert isinstance(started, ev.DaemonStarted)
         assert started.daemon_id == engine.daemon_id
         assert started.pid > 0 and started.hostname and started.root == str(tmp_path / "root")
+        # The version is the package's own, the one its installed distribution was built with.
+        assert started.version == buildsvc.__version__ == importlib.metadata.version("buildsvc")
         assert [(type(e), getattr(e, "worker", "")) for e in registered] == [
             (ev.WorkerRegistered, name) for name in ALL_WORKERS
         ]
