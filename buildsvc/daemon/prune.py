@@ -281,6 +281,8 @@ def prune(
         filters=filters,
         actor=actor,
     )
+    if contexts.trees_removed:
+        engine.solver.backends.digests.forget()  # their inode numbers may come back
     return PruneReport(
         removed=tuple(removed),
         skipped=tuple(

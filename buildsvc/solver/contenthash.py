@@ -18,13 +18,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.solver.patterns import Selector, match_component, split_wildcards
 
-__all__ = ["ContentNotFound", "checksum", "expand_path", "resolve_path"]
+__all__ = ["ContentNotFound", "FileDigests", "checksum", "expand_path", "resolve_path"]
 
 _FORMAT = b"buildsvc.contenthash.v1"
 _MAX_SYMLINKS = 255
@@ -43,6 +45,54 @@ class _TooManyLinks(InvalidInput):
     def __init__(self, path: str) -> None:
         super().__init__(f"{path}: too many levels of symbolic links")
         self.path = path
+
+
+class FileDigests:
+    """The sha256 of files that are never written again, by inode, so each is read once.
+
+    Only for trees that do not change: committed snapshots and the context store's trees. A new tree
+    hard-links the files it shares with the previous one, and a local source's snapshot links the
+    tree's own, so the ``COPY`` that reads the source right after its key was taken, and a rebuild
+    after a one-file edit, read the files that changed instead of all of them.
+
+    A file is known by its device, inode, size and mtime; not its ctime, which every hard link to it
+    moves. An inode number is reused only once its file is deleted, and these files are deleted only
+    by a prune, which calls :meth:`forget` (an entry being made meanwhile is dropped, not kept).
+    Files on an anonymous device (an overlay mount, tmpfs) are not kept: a later mount may get the
+    same device number. Bounded (the oldest are forgotten first); safe to share between threads.
+    """
+
+    def __init__(self, max_entries: int = 32_768) -> None:
+        self._max = max_entries
+        self._known: OrderedDict[tuple[int, int, int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def digest(self, host: str, st: os.stat_result) -> bytes:
+        """The sha256 of the regular file at ``host`` whose ``lstat`` is ``st``."""
+        if os.major(st.st_dev) == 0:
+            return _file_digest(host)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        found = self._known.get(key)
+        if found is not None:
+            return found
+        generation = self._generation
+        made = _file_digest(host)
+        with self._lock:
+            if generation == self._generation:  # no prune since the file was seen
+                self._known[key] = made
+                if len(self._known) > self._max:
+                    self._known.popitem(last=False)
+        return made
+
+    def forget(self) -> None:
+        """Forget every digest: files were deleted, and their inode numbers may come back."""
+        with self._lock:
+            self._generation += 1
+            self._known.clear()
 
 
 def resolve_path(root: str, path: str, *, follow_last: bool = True) -> str:
@@ -90,13 +140,15 @@ def checksum(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     follow_links: bool = False,
+    digests: FileDigests | None = None,
 ) -> str:
     """``sha256:<hex>`` of the content selected under ``root`` (see the module docstring).
 
     ``paths`` may hold wildcards (``/src/*.py``); a wildcard matching nothing adds nothing, a literal
     path that does not exist raises :class:`ContentNotFound`. ``include``/``exclude`` are patterns
     relative to each selected path. ``follow_links`` follows a symlink named by ``paths`` itself (links
-    inside the selection are always digested as links).
+    inside the selection are always digested as links). ``digests``: where files' digests are kept
+    between calls, for a ``root`` that is never written again (see :class:`FileDigests`).
     """
     top = os.path.abspath(root)
     selector = Selector(include, exclude)
@@ -109,7 +161,7 @@ def checksum(
         for container_path, host in matches:
             digest.update(_field(b"path") + _field(os.fsencode(container_path)))
             records: list[bytes] = []
-            _visit(host, "", records, selector, parent_included=False, top_level=True)
+            _visit(host, "", records, selector, digests, parent_included=False, top_level=True)
             for record in records:
                 digest.update(record)
     return "sha256:" + digest.hexdigest()
@@ -154,6 +206,7 @@ def _visit(
     rel: str,
     out: list[bytes],
     selector: Selector,
+    digests: FileDigests | None,
     *,
     parent_included: bool,
     top_level: bool = False,
@@ -171,24 +224,24 @@ def _visit(
         keep, descend, included = verdict.keep, verdict.descend, verdict.fully_included
     if not keep and not descend:
         return
-    own = _record(host, rel, st)
+    own = _record(host, rel, st, digests)
     if not descend:
         out.append(own)
         return
     below: list[bytes] = []
     for name in sorted(os.listdir(host), key=os.fsencode):
         child_rel = f"{rel}/{name}" if rel else name
-        _visit(os.path.join(host, name), child_rel, below, selector, parent_included=included)
+        _visit(os.path.join(host, name), child_rel, below, selector, digests, parent_included=included)
     # A directory only walked through (for a pattern deeper down) counts only if it holds something.
     if keep or below:
         out.append(own)
         out.extend(below)
 
 
-def _record(host: str, rel: str, st: os.stat_result) -> bytes:
+def _record(host: str, rel: str, st: os.stat_result, digests: FileDigests | None) -> bytes:
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        kind, payload = b"f", _file_digest(host)
+        kind, payload = b"f", _file_digest(host) if digests is None else digests.digest(host, st)
     elif stat.S_ISDIR(mode):
         kind, payload = b"d", b""
     elif stat.S_ISLNK(mode):

@@ -294,11 +294,14 @@ class Solver:
         )
 
     def forget(self, snapshot_id: str) -> None:
-        """Drop remembered cache records that point at ``snapshot_id`` (it is being removed)."""
+        """Drop remembered cache records that point at ``snapshot_id`` (it is being removed), and
+        the file digests kept (its inodes may be reused, see ``FileDigests``).
+        """
         with self._lock:
             for entry, outputs in list(self._records.items()):
                 if snapshot_id in outputs.values():
                     del self._records[entry]
+        self.backends.digests.forget()
 
     def _lookup(self, key: str, worker: str) -> Mapping[int, str]:
         remembered = self._records.get((worker, key))

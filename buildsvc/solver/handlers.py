@@ -14,7 +14,7 @@ import os
 import posixpath
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -97,6 +97,9 @@ class Backends:
     """Whether a local source's directory is never written again (a tree of the daemon's context
     store): its files are then hard linked into the source's snapshot, not copied. By default none is.
     """
+    digests: contenthash.FileDigests = field(default_factory=contenthash.FileDigests)
+    """The digests of files in trees never written again (inputs, frozen local sources), kept for
+    the solver's life: the content keys of a rebuild read only the files that changed."""
 
 
 def handler_for(op: Op, backends: Backends) -> OpHandler:
@@ -105,7 +108,7 @@ def handler_for(op: Op, backends: Backends) -> OpHandler:
         case ExecOp():
             return ExecHandler()
         case FileOp():
-            return FileHandler(backends.files)
+            return FileHandler(backends.files, backends.digests)
         case MergeOp() | DiffOp():
             return LayerHandler(backends.layers)
         case SourceOp():
@@ -210,8 +213,9 @@ class ExecHandler:
 class FileHandler:
     """Runs a chain of file actions; each output starts from its base input."""
 
-    def __init__(self, backend: FileBackend) -> None:
+    def __init__(self, backend: FileBackend, digests: contenthash.FileDigests | None = None) -> None:
         self.backend = backend
+        self.digests = digests
 
     def content_key(self, vertex: Vertex, worker: Worker, local_dirs: Mapping[str, Path]) -> str:
         """Nothing beyond the op and its inputs."""
@@ -240,7 +244,9 @@ class FileHandler:
                 selection = json.dumps(
                     [c.src, c.follow_symlinks, c.allow_wildcard, c.include_patterns, c.exclude_patterns]
                 )
-                parts.append(read(index, selection, functools.partial(_copy_checksum, copy=c)))
+                # An input is a committed snapshot: never written again, its digests can be kept.
+                checksum = functools.partial(_copy_checksum, copy=c, digests=self.digests)
+                parts.append(read(index, selection, checksum))
             result[index] = "content:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
         return result
 
@@ -270,7 +276,7 @@ class FileHandler:
         return tuple(results)
 
 
-def _copy_checksum(root: Path, copy: CopyAction) -> str:
+def _copy_checksum(root: Path, copy: CopyAction, digests: contenthash.FileDigests | None = None) -> str:
     try:
         return contenthash.checksum(
             root,
@@ -278,6 +284,7 @@ def _copy_checksum(root: Path, copy: CopyAction) -> str:
             include=copy.include_patterns,
             exclude=copy.exclude_patterns,
             follow_links=copy.follow_symlinks,
+            digests=digests,
         )
     except contenthash.ContentNotFound:
         # The copy itself will fail and say so; the key only has to differ from any real content.
@@ -399,10 +406,12 @@ class SourceHandler:
         if op.scheme in _HTTP_SCHEMES:
             return self._http(op).content_digest(op.identifier, op.attrs.get(ATTR_HTTP_CHECKSUM))
         if op.scheme == "local":
+            directory = self._local_dir(op, local_dirs)
             return contenthash.checksum(
-                self._local_dir(op, local_dirs),
+                directory,
                 include=_patterns(op.attrs, ATTR_LOCAL_INCLUDE),
                 exclude=_patterns(op.attrs, ATTR_LOCAL_EXCLUDE),
+                digests=self.backends.digests if self.backends.frozen_dir(directory) else None,
             )
         if op.scheme in ("docker-image", "oci-layout"):
             return self._images(op).resolve(op.identifier, worker.info.platform)

@@ -26,6 +26,7 @@ from buildsvc.errors import NotFound
 from buildsvc.events import catalog as ev
 from buildsvc.events.codec import Event
 from buildsvc.solver import llb
+from buildsvc.solver.contenthash import checksum
 from tests.integration.test_build_cli import Cli, cli, write_definition
 
 pytestmark = pytest.mark.root
@@ -151,7 +152,7 @@ def test_a_build_that_has_not_ended_keeps_its_context(db_url: str, tmp_path: Pat
             (src / "f").write_text("resumed\n")
             scan = scan_dir(src)
             store.ingest(scan)
-            store.materialize(scan.manifest)
+            tree = store.materialize(scan.manifest)
             digest = scan.manifest.digest
             state.store.append(
                 "build-interrupted",
@@ -159,13 +160,19 @@ def test_a_build_that_has_not_ended_keeps_its_context(db_url: str, tmp_path: Pat
                 actor="tester",
             )
             age_contexts(root)
+            # The solver keeps the digests of a tree's files by inode (FileDigests); a prune that
+            # deletes trees makes it forget them, as their inode numbers may come back.
+            kept = engine.solver.backends.digests
+            checksum(tree, digests=kept)
+            assert len(kept) == 1
             assert prune(engine, all=True).contexts.manifests == ()
-            assert store.has_manifest(digest)
+            assert store.has_manifest(digest) and len(kept) == 1  # nothing deleted, nothing forgotten
             state.store.append(
                 "build-interrupted", [ev.SolveCancelled(build_ref="interrupted", reason="gave up")]
             )
             report = prune(engine, all=True, actor="tester")
             assert report.contexts.manifests == (digest,)
             assert report.reclaimed_bytes == report.contexts.bytes_reclaimed > 0
+            assert len(kept) == 0
     finally:
         state.close()

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from buildsvc.errors import NotFound
-from buildsvc.solver.contenthash import ContentNotFound, checksum
+from buildsvc.solver import contenthash
+from buildsvc.solver.contenthash import ContentNotFound, FileDigests, checksum
 
 
 def make_tree(root: Path, files: dict[str, str]) -> Path:
@@ -209,3 +211,94 @@ def test_the_documented_encoding(tmp_path: Path) -> None:
         + field(hashlib.sha256(b"data").digest())
     ).hexdigest()
     assert checksum(root, ["/f"]) == "sha256:" + expected
+
+
+# --- FileDigests: the digests kept for trees never written again ----------------------------------
+
+
+def on_a_disk(path: Path) -> None:
+    assert os.major(os.stat(path).st_dev) != 0, f"{path} is on tmpfs: these tests need a disk's inodes"
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files whose bytes a checksum read."""
+    seen: list[str] = []
+    real = contenthash._file_digest
+
+    def counting(host: str) -> bytes:
+        seen.append(os.path.basename(host))
+        return real(host)
+
+    monkeypatch.setattr(contenthash, "_file_digest", counting)
+    return seen
+
+
+def test_kept_digests_read_each_file_once_across_hard_linked_trees(tmp_path: Path, reads: list[str]) -> None:
+    # The context store's next tree and a local source's snapshot hard-link the files they share:
+    # other paths, the same inodes (whose ctime the link moves), the same digests, not read again.
+    on_a_disk(tmp_path)
+    first = make_tree(tmp_path / "first", {"a.txt": "a\n", "b.txt": "b\n"})
+    digests = FileDigests()
+    plain = checksum(first)
+    assert checksum(first, digests=digests) == plain and sorted(reads) == ["a.txt", "a.txt", "b.txt", "b.txt"]
+    second = tmp_path / "second"
+    second.mkdir()
+    os.chmod(second, 0o755)
+    os.link(first / "a.txt", second / "a.txt")
+    (second / "b.txt").write_text("B, changed\n")
+    os.chmod(second / "b.txt", 0o644)
+    reads.clear()
+    assert checksum(second, digests=digests) == checksum(second)
+    assert reads == ["b.txt", "a.txt", "b.txt"]  # the kept a.txt once, then the uncached run reads both
+    assert len(digests) == 3
+
+
+def test_forgotten_digests_are_read_again_and_one_made_meanwhile_is_not_kept(
+    tmp_path: Path, reads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_a_disk(tmp_path)
+    tree = make_tree(tmp_path / "t", {"a.txt": "a\n"})
+    digests = FileDigests()
+    checksum(tree, digests=digests)
+    digests.forget()  # a prune deleted files: inode numbers may come back
+    assert len(digests) == 0
+    checksum(tree, digests=digests)
+    assert reads == ["a.txt", "a.txt"]
+    # A prune while a digest is being made: the file read may be one the prune deleted.
+    digests.forget()
+    real = contenthash._file_digest
+
+    def pruned_meanwhile(host: str) -> bytes:
+        digests.forget()
+        return real(host)
+
+    monkeypatch.setattr(contenthash, "_file_digest", pruned_meanwhile)
+    checksum(tree, digests=digests)
+    assert len(digests) == 0
+
+
+def test_files_on_an_anonymous_device_are_never_kept(reads: list[str]) -> None:
+    # An overlay mount or tmpfs: a later mount may get the same device number and inode numbers.
+    shm = Path("/dev/shm") / f"buildsvc-digests-{os.getpid()}"
+    try:
+        tree = make_tree(shm, {"a.txt": "a\n"})
+        digests = FileDigests()
+        checksum(tree, digests=digests)
+        checksum(tree, digests=digests)
+        assert reads == ["a.txt", "a.txt"] and len(digests) == 0
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+def test_kept_digests_are_bounded_oldest_first(tmp_path: Path, reads: list[str]) -> None:
+    on_a_disk(tmp_path)
+    tree = make_tree(tmp_path / "t", {"a.txt": "a\n", "b.txt": "b\n", "c.txt": "c\n"})
+    digests = FileDigests(max_entries=2)
+    checksum(tree, digests=digests)
+    assert len(digests) == 2
+    reads.clear()
+    checksum(tree, ("/b.txt", "/c.txt"), digests=digests)  # the two newest were kept
+    assert reads == []
+    checksum(tree, ("/a.txt",), digests=digests)
+    assert reads == ["a.txt"]

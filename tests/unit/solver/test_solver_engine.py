@@ -6,6 +6,7 @@ from the cache-index projection and the leak report is the real one.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -96,6 +97,18 @@ def test_a_chain_runs_once_then_is_cached(harness: Harness) -> None:
     cached = [e for e in harness.events("two") if isinstance(e, VertexCached)]
     assert len(cached) == 3
     assert harness.leaks() == ([], [])
+
+
+def test_forgetting_a_removed_snapshot_forgets_the_kept_file_digests(
+    harness: Harness, tmp_path: Path
+) -> None:
+    # Engine.remove_snapshot calls forget: the removed snapshot's inode numbers may come back.
+    (tmp_path / "f").write_text("f\n")
+    kept = harness.solver.backends.digests
+    kept.digest(str(tmp_path / "f"), os.lstat(tmp_path / "f"))
+    assert len(kept) == 1
+    harness.solver.forget("snap-gone")
+    assert len(kept) == 0
 
 
 def test_changing_a_step_reruns_it_and_what_follows_only(harness: Harness) -> None:
