@@ -180,9 +180,9 @@ def _copy_fds(src_fd: int, dst_fd: int, size: int, *, in_kernel: bool) -> bool:
     while it is copied) from ``src_fd`` to the new, empty ``dst_fd``.
 
     ``in_kernel``: try ``copy_file_range`` first (it shares extents on reflink filesystems and stays
-    in the kernel elsewhere). Returns whether it can be tried again for these two filesystems: after
-    EXDEV (an overlay mount and the host's disk, say) every file of the copy would fail it the same
-    way, at three system calls each to rewind.
+    in the kernel elsewhere). Returns whether it is worth trying again between these filesystems:
+    once it fails (EXDEV between an overlay mount and the host's disk, say; or no support) every
+    file of the copy would fail it the same way, at three system calls each to rewind.
     """
     if in_kernel:
         try:
