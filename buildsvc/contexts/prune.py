@@ -53,8 +53,9 @@ class ContextStoreUsage:
     blob_bytes: int
     trees: int
     tree_bytes: int
-    """Approximate: each file counted once however many trees link it, but a file a local source's
-    snapshot links too is counted here and in the snapshot."""
+    """Approximate: each file counted once however many trees link it (and not at all when it is a
+    blob's own inode), but a file a local source's snapshot links too is counted here and in the
+    snapshot."""
 
     @property
     def total_bytes(self) -> int:
@@ -71,7 +72,7 @@ class ContextsPruned:
     blobs_removed: int = 0
     trees_removed: int = 0
     bytes_reclaimed: int = 0
-    """Blob bytes, and the bytes of the tree files whose last link went."""
+    """The bytes of the blobs and tree files whose last link went, each inode once."""
 
     @property
     def empty(self) -> bool:
@@ -84,14 +85,15 @@ class ContextsPruned:
 
 def context_usage(store: ContextStore) -> ContextStoreUsage:
     """Count and measure the store's manifests, blobs and trees (a ``stat`` per file)."""
-    blob_sizes = [size for _, size in _blobs(store)]
+    blobs = _blob_inodes(store)
     trees = list(_trees(store))
     return ContextStoreUsage(
         manifests=len(_manifests(store)),
-        blobs=len(blob_sizes),
-        blob_bytes=sum(blob_sizes),
+        blobs=len(blobs),
+        blob_bytes=sum(blobs.values()),
         trees=len(trees),
-        tree_bytes=sum(_inode_sizes(trees).values()),
+        # A tree's file may be its blob's own inode (see ContextStore._take_blob): counted once.
+        tree_bytes=sum(size for key, size in _inode_sizes(trees).items() if key not in blobs),
     )
 
 
@@ -221,7 +223,9 @@ def _remove_trees(store: ContextStore, names: Collection[str]) -> tuple[int, int
 
 
 def _remove_blobs(store: ContextStore, names: Collection[str]) -> tuple[int, int]:
-    """Remove the blobs ``names`` names; returns how many were there and their bytes."""
+    """Remove the blobs ``names`` names; returns how many were there and the bytes freed: a blob
+    that is a tree's file (see ``ContextStore._take_blob``) lives on while a snapshot links it.
+    """
     count = size = 0
     for name in sorted(names):
         path = store.blobs / name
@@ -231,7 +235,8 @@ def _remove_blobs(store: ContextStore, names: Collection[str]) -> tuple[int, int
         except FileNotFoundError:
             continue
         count += 1
-        size += st.st_size
+        if st.st_nlink == 1:
+            size += st.st_size
     return count, size
 
 
@@ -289,6 +294,18 @@ def _blobs(store: ContextStore, *, old_before: float | None = None) -> Iterator[
             continue
         if old_before is None or st.st_mtime < old_before:
             yield entry.name, st.st_size
+
+
+def _blob_inodes(store: ContextStore) -> dict[tuple[int, int], int]:
+    """(device, inode) -> size of every blob."""
+    found: dict[tuple[int, int], int] = {}
+    for entry in _scan(store.blobs):
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        found[(st.st_dev, st.st_ino)] = st.st_size
+    return found
 
 
 def _inode_sizes(trees: Collection[Path]) -> dict[tuple[int, int], int]:

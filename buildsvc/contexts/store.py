@@ -2,7 +2,7 @@
 
 Layout under ``ROOT/contexts/``::
 
-    blobs/sha256/<hex>                 a file's bytes, stored once whatever its name or mode (read-only)
+    blobs/sha256/<hex>                 a file's bytes, stored once whatever its name or mode (never written)
     manifests/sha256/<hex>.json        a manifest's canonical bytes (named by their sha256)
     manifests/sha256/<hex>.missing     the blobs the daemon lacked when the manifest was received
     trees/<hex>/                       the directory a manifest describes, made for the solver
@@ -11,12 +11,13 @@ Layout under ``ROOT/contexts/``::
 
 Every write goes to ``tmp/`` first and is renamed into place, so a blob or a tree that exists is
 whole; a blob is renamed only after its bytes hashed to its name. Trees are made once per manifest
-and reused (a rebuild of the same context makes nothing): files are copied from the blobs, not
-hard-linked, so the modes and owners a tree needs never change a blob that other trees share. A
-new tree hard-links the files it shares, path, content and metadata alike, with a recent tree of
-about its size (a rebuild after a one-line edit links 9,999 files and copies one): trees are never
-written once made, and an inode's owner, mode and time are the same for both. Creating a file costs
-this disk 15-30 times a link.
+and reused (a rebuild of the same context makes nothing). A new tree hard-links the files it shares,
+path, content and metadata alike, with a recent tree of about its size (a rebuild after a one-line
+edit links 9,999 files and copies one): trees are never written once made, and an inode's owner,
+mode and time are the same for both. A file no recent tree has is the blob's own inode when nothing
+else holds it yet (it takes the entry's owner, mode and time) or when it already has them; else a
+copy, so the metadata a tree needs never changes what another tree or a snapshot sees. Creating a
+file costs this disk 15-30 times a link.
 
 ``buildsvc prune`` removes the manifests no build needs any more, with their trees and the blobs
 only they named (:mod:`buildsvc.contexts.prune`); a manifest stored again or made into a tree is
@@ -26,6 +27,7 @@ touched, so the time of its file says when it was last received or used.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -411,6 +413,8 @@ class ContextStore:
                     pass  # gone meanwhile, or another filesystem: copy it
             if e.type == "symlink":
                 os.symlink(e.target, path)
+            elif self._take_blob(e, path, as_root):
+                continue
             else:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 with self.blob_path(e.digest).open("rb") as src, os.fdopen(fd, "wb") as dst:
@@ -427,6 +431,35 @@ class ContextStore:
                 os.chown(path, e.uid, e.gid)
             os.chmod(path, e.mode)
             os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
+
+    def _take_blob(self, e: Entry, path: Path, as_root: bool) -> bool:
+        """Make ``path`` the blob's own inode, when that changes nothing another tree or a snapshot
+        sees: the inode already has ``e``'s owner, mode and time (a tree gave it them), or nothing but
+        the blob names it yet, and it is given them now. False (and nothing at ``path``): copy it.
+
+        A context's first tree then links its files instead of writing each a second time. The link
+        comes first and the count is read after it, so two trees taking one blob at once both see
+        three links and both copy. A blob's inode is never written; its owner, mode and time change
+        only while no tree holds it, and its bytes never.
+        """
+        try:
+            os.link(self.blob_path(e.digest), path, follow_symlinks=False)
+        except OSError as err:
+            if err.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                return False
+            raise
+        st = os.lstat(path)
+        owner_ok = not as_root or (st.st_uid, st.st_gid) == (e.uid, e.gid)
+        if owner_ok and stat.S_IMODE(st.st_mode) == e.mode and st.st_mtime_ns == e.mtime_ns:
+            return True
+        if st.st_nlink != 2:  # another tree or a snapshot holds it too: its metadata is theirs
+            os.unlink(path)
+            return False
+        if not owner_ok:
+            os.chown(path, e.uid, e.gid, follow_symlinks=False)  # before chmod: it clears setuid
+        os.chmod(path, e.mode)
+        os.utime(path, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+        return True
 
 
 def force_rmtree(path: Path) -> None:

@@ -27,14 +27,18 @@ def _age(*paths: Path) -> None:
                 os.utime(os.path.join(dirpath, name), (_OLD, _OLD), follow_symlinks=False)
 
 
-def _context(store: ContextStore, src: Path, files: dict[str, str]) -> Manifest:
-    """A dir of ``files`` ingested and made into a tree, as an embedded build does."""
+def _context(store: ContextStore, src: Path, files: dict[str, str], mtime_ns: int | None = None) -> Manifest:
+    """A dir of ``files`` ingested and made into a tree, as an embedded build does (``mtime_ns``:
+    every file's time, for files meant to differ from another context's in metadata only).
+    """
     src.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         path = src / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != text:  # an unchanged file keeps its mtime
             path.write_text(text)
+        if mtime_ns is not None:
+            os.utime(path, ns=(mtime_ns, mtime_ns))
     scan = scan_dir(src)
     store.ingest(scan)
     store.materialize(scan.manifest)
@@ -51,8 +55,10 @@ def _recent(store: ContextStore) -> list[str]:
 
 def test_a_removed_manifest_takes_its_tree_and_the_blobs_only_it_named(tmp_path: Path) -> None:
     store = ContextStore(tmp_path / "contexts")
-    kept = _context(store, tmp_path / "kept", {"shared": "both\n", "mine": "kept only\n"})
-    gone = _context(store, tmp_path / "gone", {"shared": "both\n", "theirs": "gone only\n", "d/x": "x\n"})
+    kept = _context(store, tmp_path / "kept", {"shared": "both\n", "mine": "kept only\n"}, mtime_ns=1)
+    gone = _context(
+        store, tmp_path / "gone", {"shared": "both\n", "theirs": "gone only\n", "d/x": "x\n"}, mtime_ns=2
+    )
     os.chmod(_tree(store, gone) / "d", 0o555)  # a read-only directory in the tree
     store.receive_manifest(gone.canonical())  # its .missing note too
     _age(store.root)
@@ -61,10 +67,9 @@ def test_a_removed_manifest_takes_its_tree_and_the_blobs_only_it_named(tmp_path:
 
     assert pruned.manifests == (gone.digest,)
     assert (pruned.trees_removed, pruned.blobs_removed) == (1, 2)  # "gone only" and "x"
-    # The blobs' bytes, and the tree's files, none of which another tree links.
-    assert pruned.bytes_reclaimed == len("gone only\n") + len("x\n") + sum(
-        e.size for e in gone.entries if e.type == "file"
-    )
+    # Each inode once: the two blobs, which were the tree's own files, and the tree's copy of
+    # "shared" (another time than the kept tree's, whose file the blob "both" is).
+    assert pruned.bytes_reclaimed == len("gone only\n") + len("x\n") + len("both\n")
     assert not store.has_manifest(gone.digest)
     assert not list(store.manifests.glob(gone.digest.removeprefix("sha256:") + ".*"))
     assert not _tree(store, gone).exists()
@@ -174,9 +179,25 @@ def test_a_tree_file_another_tree_links_is_not_counted_as_reclaimed(tmp_path: Pa
 
     pruned = prune_store(store, keep={kept.digest})
 
-    # The blob of "s" and the tree's own copy of it; "big" lives on in the kept tree.
-    assert pruned.bytes_reclaimed == 1 + 1
+    # The blob of "s", which was the tree's file; "big" lives on in the kept tree.
+    assert pruned.bytes_reclaimed == 1
     assert (_tree(store, kept) / "big").read_text() == "b" * 1000
+
+
+def test_a_file_a_snapshot_still_links_is_not_counted_as_reclaimed(tmp_path: Path) -> None:
+    # A local source's snapshot hard-links the tree's files, which may be the blobs' own inodes.
+    store = ContextStore(tmp_path / "contexts")
+    gone = _context(store, tmp_path / "src", {"linked": "in a snapshot\n", "alone": "a\n"})
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    os.link(_tree(store, gone) / "linked", snapshot / "linked")
+    _age(store.root)
+
+    pruned = prune_store(store, keep=set())
+
+    assert (pruned.trees_removed, pruned.blobs_removed) == (1, 2)
+    assert pruned.bytes_reclaimed == len("a\n")
+    assert (snapshot / "linked").read_text() == "in a snapshot\n"
 
 
 def test_usage_counts_manifests_blobs_and_trees_once_per_inode(tmp_path: Path) -> None:
@@ -187,5 +208,6 @@ def test_usage_counts_manifests_blobs_and_trees_once_per_inode(tmp_path: Path) -
     _context(store, src, {"big": "b" * 1000, "small": "s"})
     usage = context_usage(store)
     assert (usage.manifests, usage.blobs, usage.blob_bytes) == (2, 2, 1001)
-    assert (usage.trees, usage.tree_bytes) == (2, 1001)  # "big" is one inode in both trees
-    assert usage.total_bytes == 2002
+    # Each tree file is a blob's own inode ("big" is one inode in both trees): counted as blobs.
+    assert (usage.trees, usage.tree_bytes) == (2, 0)
+    assert usage.total_bytes == 1001

@@ -62,8 +62,51 @@ def test_ingest_then_materialize_reproduces_the_tree(tmp_path: Path) -> None:
     assert os.readlink(tree / "link") == "/etc/passwd"
     assert os.stat(tree / "d" / "f").st_mtime_ns == 5_000_000_000
     assert scan_dir(tree).manifest == scan.manifest  # the tree is what was scanned, entry for entry
-    # Trees are copies: changing one never changes the blob another tree shares.
-    assert os.stat(tree / "d" / "f").st_ino != os.stat(store.blob_path(_sha(b"f\n"))).st_ino
+    # The first file of a blob is the blob's own inode; the second has another time: a copy.
+    blob = store.blob_path(_sha(b"f\n"))
+    assert os.stat(tree / "d" / "f").st_ino == os.stat(blob).st_ino
+    assert os.stat(tree / "d" / "same").st_ino != os.stat(blob).st_ino
+
+
+def test_a_tree_takes_a_blobs_inode_only_when_no_one_else_sees_it_change(tmp_path: Path) -> None:
+    store = ContextStore(tmp_path / "store")
+
+    def tree_of(name: str, mode: int, mtime_ns: int) -> Path:
+        src = tmp_path / name
+        src.mkdir()
+        (src / "f").write_text("shared bytes\n")
+        os.chmod(src / "f", mode)
+        os.utime(src / "f", ns=(mtime_ns, mtime_ns))
+        scan = scan_dir(src)
+        store.ingest(scan)
+        return store.materialize(scan.manifest)
+
+    blob = store.blob_path(_sha(b"shared bytes\n"))
+    first = tree_of("first", 0o640, 1_000)
+    st = os.stat(first / "f")
+    assert st.st_ino == os.stat(blob).st_ino  # nothing else held the blob: it became the tree's file
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, 1_000)
+    # Another mode: a copy, and the first tree's file (the blob) keeps its own metadata and bytes.
+    second = tree_of("second", 0o755, 1_000)
+    assert os.stat(second / "f").st_ino != st.st_ino and stat.S_IMODE(os.stat(second / "f").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(first / "f").st_mode) == 0o640 and blob.read_text() == "shared bytes\n"
+    # The same owner, mode and time as the blob has now: the same inode, nothing changed.
+    third = tree_of("third", 0o640, 1_000)
+    assert os.stat(third / "f").st_ino == st.st_ino
+    # A blob something else links (a snapshot, say) and that has other metadata is not taken.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "g").write_text("held\n")
+    os.utime(lone / "g", ns=(7, 7))
+    scan = scan_dir(lone)
+    store.ingest(scan)
+    held = store.blob_path(_sha(b"held\n"))
+    os.link(held, tmp_path / "holder")
+    before = os.stat(held)
+    made = store.materialize(scan.manifest)
+    assert os.stat(made / "g").st_ino != before.st_ino and os.stat(made / "g").st_mtime_ns == 7
+    after = os.stat(held)
+    assert (after.st_mode, after.st_mtime_ns, after.st_nlink) == (before.st_mode, before.st_mtime_ns, 2)
 
 
 def test_materialize_refuses_a_manifest_whose_files_are_missing(tmp_path: Path) -> None:
