@@ -282,7 +282,7 @@ def prune(
         actor=actor,
     )
     if contexts.trees_removed:
-        engine.solver.backends.digests.forget()  # their inode numbers may come back
+        engine.solver.forget_files()
     return PruneReport(
         removed=tuple(removed),
         skipped=tuple(

@@ -295,12 +295,18 @@ class Solver:
 
     def forget(self, snapshot_id: str) -> None:
         """Drop remembered cache records that point at ``snapshot_id`` (it is being removed), and
-        the file digests kept (its inodes may be reused, see ``FileDigests``).
+        the file digests kept (see :meth:`forget_files`).
         """
         with self._lock:
             for entry, outputs in list(self._records.items()):
                 if snapshot_id in outputs.values():
                     del self._records[entry]
+        self.forget_files()
+
+    def forget_files(self) -> None:
+        """Forget the file digests kept by inode: files they name were deleted (a snapshot, a
+        context tree), and their inode numbers may come back (see ``contenthash.FileDigests``).
+        """
         self.backends.digests.forget()
 
     def _lookup(self, key: str, worker: str) -> Mapping[int, str]:
