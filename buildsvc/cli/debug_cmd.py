@@ -24,15 +24,19 @@ import threading
 import tty
 import uuid
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
-from buildsvc.api.client import Client
-from buildsvc.api.debug_client import DebugCall
 from buildsvc.api.model import SolveOptions, StatusUpdate
 from buildsvc.cli.remote import connect_from
 from buildsvc.errors import InvalidInput
-from buildsvc.events import catalog as ev
+
+if TYPE_CHECKING:
+    # grpc loads where a debug session starts, through the client the command connected
+    # (registering `history debug` happens in every `history` command).
+    from buildsvc.api.client import Client
+    from buildsvc.api.debug_client import DebugCall
 
 __all__ = ["debug"]
 
@@ -65,6 +69,8 @@ def _debug_ref() -> str:
 
 def run_interactive(client: Client, ref: str, command: tuple[str, ...]) -> int:
     """A shell (or ``command``) on a pty on the daemon, typed into from this terminal."""
+    from buildsvc.api.debug_client import DebugCall
+
     fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
     debug_ref = _debug_ref()
     what = " ".join(command) or "a shell"
@@ -117,6 +123,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def run_debug(client: Client, ref: str, command: tuple[str, ...]) -> int:
     """Run the debug build; its output goes to stdout/stderr; returns the command's exit status."""
+    from buildsvc.events import catalog as ev
+
     debug_ref = _debug_ref()
     what = " ".join(command)
     click.echo(f"debug build {debug_ref}: {what!r} in place of the failed step of {ref}", err=True)

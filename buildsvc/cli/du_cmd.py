@@ -12,7 +12,6 @@ import click
 from buildsvc.api.model import ContextsPruned, ContextStoreUsage, UsageRecord
 from buildsvc.cli.common import FORMAT_OPTION, echo_json, open_from, print_table
 from buildsvc.cli.remote import connect_from
-from buildsvc.daemon.prune import context_store_usage, usage_records
 
 __all__ = ["COMMANDS", "contexts_pruned_json", "usage_json"]
 
@@ -47,6 +46,8 @@ def du(ctx: click.Context, fmt: str) -> None:
         report = client.disk_usage_report()
         records, contexts = list(report.snapshots), report.contexts
     else:
+        from buildsvc.daemon.prune import context_store_usage, usage_records
+
         state = open_from(ctx)
         with state.db.read() as conn:
             records = usage_records(conn)

@@ -12,29 +12,25 @@ import json
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from buildsvc.api.peercred import local_actor
-from buildsvc.api.updates import status_update
-from buildsvc.cli.attach import follow_build, result_of
-from buildsvc.cli.common import FORMAT_OPTION, console, echo_json, open_from, print_table
+from buildsvc.cli.common import FORMAT_OPTION, echo_json, open_from, print_table
 from buildsvc.cli.debug_cmd import debug
-from buildsvc.cli.log_source import LogSource, log_source
-from buildsvc.cli.progress import PlainProgress
 from buildsvc.cli.remote import connect_from
-from buildsvc.cli.replay_render import gantt_html, print_timeline, replay_json
-from buildsvc.daemon.history import recent_builds, update_build_history
-from buildsvc.daemon.leaks import RootLeakReport, report_from_json, report_to_json, scan_leaks
 from buildsvc.errors import InvalidInput, NotFound
-from buildsvc.events import catalog as ev
 from buildsvc.events.envelope import StoredEvent, format_time
-from buildsvc.projections.build_request import BuildRequest, build_request
-from buildsvc.projections.builds import queued_vertex
-from buildsvc.projections.provenance import provenance_statement
-from buildsvc.projections.replay import Cut, replay
-from buildsvc.projections.timeline import build_spans
+
+if TYPE_CHECKING:
+    from buildsvc.cli.log_source import LogSource
+    from buildsvc.daemon.leaks import RootLeakReport
+    from buildsvc.projections.build_request import BuildRequest
+
+# Each command imports what it uses where it runs. `history ls` through a daemon is a list call; the
+# folds of `inspect`, `trace`, `replay` need the event catalog, not SQLAlchemy (about 0.3 s) or the
+# rest of the engine (buildsvc.daemon), which only the commands without a daemon load.
 
 __all__ = ["COMMANDS"]
 
@@ -51,9 +47,12 @@ def history_group() -> None:
 def ls(ctx: click.Context, limit: int, fmt: str) -> None:
     """List builds, newest first."""
     client = connect_from(ctx)
-    rows = (
-        client.list_builds(limit=limit) if client is not None else recent_builds(open_from(ctx), limit=limit)
-    )
+    if client is not None:
+        rows = client.list_builds(limit=limit)
+    else:
+        from buildsvc.daemon.history import recent_builds
+
+        rows = recent_builds(open_from(ctx), limit=limit)
     if fmt == "json":
         echo_json(rows)
         return
@@ -86,6 +85,9 @@ def inspect(ctx: click.Context, ref: str, fmt: str) -> None:
 
     Works while the build runs (its rows are caught up from the log first).
     """
+    from buildsvc.cli.log_source import log_source
+    from buildsvc.projections.build_request import build_request
+
     source = log_source(ctx)
     build = source.build(ref)
     if build is None:
@@ -149,6 +151,8 @@ def inspect(ctx: click.Context, ref: str, fmt: str) -> None:
 
 
 def _add_queued(build: dict[str, Any], request: BuildRequest) -> None:
+    from buildsvc.projections.build_rows import queued_vertex
+
     # The definition names every vertex; those no event mentioned yet are still queued.
     seen = {v["vertex"] for v in build["vertices"]}
     definition = request.definition if isinstance(request.definition, dict) else {}
@@ -199,6 +203,9 @@ def _stream(source: LogSource, ref: str) -> list[StoredEvent]:
 @click.pass_context
 def trace(ctx: click.Context, ref: str, fmt: str) -> None:
     """Print the spans of a build (the solve and each vertex), rebuilt from its events."""
+    from buildsvc.cli.log_source import log_source
+    from buildsvc.projections.timeline import build_spans
+
     spans = build_spans(_stream(log_source(ctx), ref))
     if fmt == "json":
         echo_json(
@@ -233,9 +240,16 @@ def trace(ctx: click.Context, ref: str, fmt: str) -> None:
 @click.pass_context
 def logs(ctx: click.Context, ref: str, follow: bool) -> None:
     """Print a build's output as it printed it, each line under its vertex's ``#N`` number."""
+    from buildsvc.api.updates import status_update
+    from buildsvc.cli.log_source import log_source
+    from buildsvc.cli.progress import PlainProgress
+
     if follow:  # through the daemon when one answers (across its restart), else from the log
+        client = connect_from(ctx)  # first: it loads grpc without what a client never uses
+        from buildsvc.cli.attach import follow_build, result_of
+
         printer = PlainProgress(out=sys.stdout)
-        final = follow_build(connect_from(ctx), lambda: open_from(ctx).store, ref, printer)
+        final = follow_build(client, lambda: open_from(ctx).store, ref, printer)
         if final is not None:
             result_of(final, ref)  # a failed or cancelled build exits 1 with its error
             click.echo(f"build {ref} completed", err=True)
@@ -281,6 +295,11 @@ def replay_cmd(
     """Rebuild, from events alone, the build and the daemon at a moment (default: the build's end)."""
     if at_text is not None and position is not None:
         raise InvalidInput("give --at or --position, not both")
+    from buildsvc.cli.common import console
+    from buildsvc.cli.log_source import log_source
+    from buildsvc.cli.replay_render import gantt_html, print_timeline, replay_json
+    from buildsvc.projections.replay import Cut, replay
+
     source = log_source(ctx)
     own = _stream(source, ref)
     until = 0  # a time cut ends the fold where it passes; a position cut ends the read there too
@@ -309,6 +328,10 @@ def replay_cmd(
 @click.pass_context
 def provenance(ctx: click.Context, ref: str, output: Path | None) -> None:
     """Write an in-toto statement with a SLSA provenance v1 predicate, built from the log."""
+    from buildsvc.cli.log_source import log_source
+    from buildsvc.events import catalog as ev
+    from buildsvc.projections.provenance import provenance_statement
+
     source = log_source(ctx)
     events = _stream(source, ref)
     started = next((s for s in events if s.type == ev.SolveStarted.type_name), None)
@@ -335,6 +358,8 @@ def rm(ctx: click.Context, ref: str) -> None:
     if client is not None:
         client.update_build_history(ref, delete=True)
     else:
+        from buildsvc.daemon.history import update_build_history
+
         update_build_history(open_from(ctx).store, ref, delete=True, actor=local_actor())
     click.echo(f"deleted {ref}")
 
@@ -349,6 +374,8 @@ def pin(ctx: click.Context, ref: str, unpin: bool) -> None:
     if client is not None:
         client.update_build_history(ref, pinned=not unpin)
     else:
+        from buildsvc.daemon.history import update_build_history
+
         update_build_history(open_from(ctx).store, ref, pinned=not unpin, actor=local_actor())
     click.echo(f"{'unpinned' if unpin else 'pinned'} {ref}")
 
@@ -364,6 +391,9 @@ def leaks(ctx: click.Context, build_ref: str | None, fmt: str) -> None:
     nothing references, data on disk no live snapshot accounts for, snapshots and cache records
     whose data is gone, and mounts left under the root. Exits 1 when there is a leak.
     """
+    # The report's types live with the scan (buildsvc.daemon.leaks): a daemon's report loads it too.
+    from buildsvc.daemon.leaks import report_from_json, report_to_json, scan_leaks
+
     client = connect_from(ctx)
     if client is not None:  # the daemon scans its own root
         report = report_from_json(client.leaks(build_ref=build_ref or ""))

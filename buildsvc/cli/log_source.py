@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
-from buildsvc.api.client import Client
 from buildsvc.cli.common import open_from
 from buildsvc.cli.remote import connect_from
-from buildsvc.daemon.state import State
 from buildsvc.events.envelope import StoredEvent
-from buildsvc.projections.builds import fold_build
+from buildsvc.projections.build_rows import fold_build
+
+if TYPE_CHECKING:
+    # grpc loads through connect_from, which leaves out what a client never uses.
+    from buildsvc.api.client import Client
+    from buildsvc.daemon.state import State
 
 __all__ = ["DaemonLog", "LocalLog", "LogSource", "log_source"]
 

@@ -11,8 +11,7 @@ from buildsvc.api.peercred import local_actor
 from buildsvc.cli.common import FORMAT_OPTION, echo_json, open_from, print_table
 from buildsvc.cli.du_cmd import contexts_pruned_json, usage_json
 from buildsvc.cli.remote import connect_from
-from buildsvc.daemon.engine import open_engine
-from buildsvc.daemon.prune import FILTER_KEYS, prune
+from buildsvc.daemon.usage import FILTER_KEYS
 
 __all__ = ["COMMANDS"]
 
@@ -68,6 +67,9 @@ def prune_command(
             else:
                 removed.append(result)
     else:
+        from buildsvc.daemon.engine import open_engine
+        from buildsvc.daemon.prune import prune
+
         state = open_from(ctx)
         with open_engine(state) as engine:
             report = prune(

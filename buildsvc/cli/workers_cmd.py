@@ -7,13 +7,15 @@ import click
 from buildsvc.api.model import WorkerRecord, worker_record
 from buildsvc.cli.common import FORMAT_OPTION, Options, echo_json, print_table
 from buildsvc.cli.remote import connect_from
-from buildsvc.daemon.state import default_root
-from buildsvc.executors import detect_workers
 
 __all__ = ["COMMANDS"]
 
 
 def _embedded(ctx: click.Context) -> list[WorkerRecord]:
+    # Imported here, as in every command module: talking to a daemon needs none of the engine.
+    from buildsvc.daemon.state import default_root
+    from buildsvc.executors import detect_workers
+
     opts: Options = ctx.find_object(Options)  # type: ignore[assignment]
     root = opts.root or default_root()
     return [worker_record(w) for w in detect_workers(str(root / "workers"))]

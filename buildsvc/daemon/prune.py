@@ -39,7 +39,7 @@ from buildsvc.contexts.store import ContextStore
 from buildsvc.daemon.context_prune import prune_contexts
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.errors import SnapshotInUse
-from buildsvc.daemon.usage import ContextsPruned, ContextStoreUsage, PruneSkipped, UsageRecord
+from buildsvc.daemon.usage import FILTER_KEYS, ContextsPruned, ContextStoreUsage, PruneSkipped, UsageRecord
 from buildsvc.errors import Conflict, InvalidInput, NotFound
 from buildsvc.events.schema import events
 from buildsvc.projections.schema import cache_records, refs, snapshots
@@ -55,9 +55,6 @@ __all__ = [
     "prune",
     "usage_records",
 ]
-
-
-FILTER_KEYS = ("worker", "build", "id")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

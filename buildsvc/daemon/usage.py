@@ -9,7 +9,10 @@ from dataclasses import dataclass
 # The context store's records are the store's own (no engine behind them either).
 from buildsvc.contexts.prune import ContextsPruned, ContextStoreUsage
 
-__all__ = ["ContextStoreUsage", "ContextsPruned", "DiskUsage", "PruneSkipped", "UsageRecord"]
+__all__ = ["FILTER_KEYS", "ContextStoreUsage", "ContextsPruned", "DiskUsage", "PruneSkipped", "UsageRecord"]
+
+FILTER_KEYS = ("worker", "build", "id")
+"""What a prune's ``--filter KEY=VALUE`` may name (the command line checks them before it asks)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,8 @@ import pytest
 
 from buildsvc.events.sql_store import SqlEventStore
 from buildsvc.projections import attach_projections
-from buildsvc.projections.builds import fold_build, get_build
+from buildsvc.projections.build_rows import fold_build
+from buildsvc.projections.builds import get_build
 from buildsvc.projections.schema import builds
 from tests.replay.history import history_paths, load_history
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from buildsvc.events import catalog as ev
-from buildsvc.projections.builds import fold_build
+from buildsvc.projections.build_rows import fold_build
 from buildsvc.solver.definition import Definition
 from buildsvc.solver.engine import ResultRef, SolveRequest
 from buildsvc.solver.worker import Worker

@@ -78,7 +78,21 @@ def test_the_command_modules_still_load_when_their_command_is_asked_for() -> Non
         "assert cli.get_command(click.Context(cli), 'prune') is not None"
     )
     assert "buildsvc.cli.prune_cmd" in loaded
-    assert "buildsvc.daemon.engine" in loaded
+
+
+@pytest.mark.parametrize("name", sorted(_COMMANDS))
+def test_a_command_module_leaves_the_engine_to_its_embedded_path(name: str) -> None:
+    # Each command imports the engine's modules where it runs without a daemon: through a daemon,
+    # SQLAlchemy and the engine were 0.25-0.4 s of every `du`, `workers`, `prune`, `history ...`
+    # (tests/integration/api/test_read_commands.py runs them against a daemon).
+    loaded = _loaded_after(
+        "from buildsvc.cli.main import cli\n"
+        "import click\n"
+        f"assert cli.get_command(click.Context(cli), {name!r}) is not None"
+    )
+    assert f"buildsvc.cli.{_COMMANDS[name][0]}" in loaded
+    if name not in ("daemon", "db", "demo", "events"):  # they open the state itself: no daemon path
+        assert sorted(loaded & set(SERVER_SIDE)) == []
 
 
 @pytest.mark.parametrize("progress", ["quiet", "plain"])
