@@ -46,6 +46,7 @@ COMMANDS: list[tuple[str, list[str], list[str] | None]] = [
     ("history ls", ["history", "ls"], None),
     ("history inspect REF", ["history", "inspect", "{ref}"], None),
     ("history logs REF", ["history", "logs", "{ref}"], None),
+    ("leaks", ["leaks"], None),
 ]
 
 

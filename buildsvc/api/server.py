@@ -55,7 +55,8 @@ from buildsvc.daemon.exporters import check_exporter, run_exporters
 from buildsvc.daemon.frontend import run_frontend
 from buildsvc.daemon.gateway import GatewayJob, GatewayJobs
 from buildsvc.daemon.history import recent_builds, update_build_history
-from buildsvc.daemon.leaks import report_to_json, scan_leaks
+from buildsvc.daemon.leak_report import report_to_json
+from buildsvc.daemon.leaks import scan_leaks
 from buildsvc.daemon.outputs import CLIENT_OUTPUT, OutputStaging, is_client_output
 from buildsvc.daemon.prune import context_store_usage, disk_usage, prune
 from buildsvc.daemon.rerun import plan_rerun

@@ -25,7 +25,7 @@ from buildsvc.events.envelope import StoredEvent, format_time
 
 if TYPE_CHECKING:
     from buildsvc.cli.log_source import LogSource
-    from buildsvc.daemon.leaks import RootLeakReport
+    from buildsvc.daemon.leak_report import RootLeakReport
     from buildsvc.projections.build_request import BuildRequest
 
 # Each command imports what it uses where it runs. `history ls` through a daemon is a list call; the
@@ -391,13 +391,14 @@ def leaks(ctx: click.Context, build_ref: str | None, fmt: str) -> None:
     nothing references, data on disk no live snapshot accounts for, snapshots and cache records
     whose data is gone, and mounts left under the root. Exits 1 when there is a leak.
     """
-    # The report's types live with the scan (buildsvc.daemon.leaks): a daemon's report loads it too.
-    from buildsvc.daemon.leaks import report_from_json, report_to_json, scan_leaks
+    from buildsvc.daemon.leak_report import report_from_json, report_to_json
 
     client = connect_from(ctx)
     if client is not None:  # the daemon scans its own root
         report = report_from_json(client.leaks(build_ref=build_ref or ""))
     else:
+        from buildsvc.daemon.leaks import scan_leaks
+
         state = open_from(ctx)
         state.runner.run_once()
         report = scan_leaks(state, build_ref=build_ref)

@@ -14,13 +14,8 @@ if TYPE_CHECKING:
     from buildsvc.projections.base import Projection
     from buildsvc.projections.builds import BuildHistoryProjection
     from buildsvc.projections.cache_index import CacheIndexProjection, SqlCacheIndex
-    from buildsvc.projections.refs import (
-        LeakedRef,
-        LeakReport,
-        RefStateProjection,
-        UnreferencedSnapshot,
-        find_leaks,
-    )
+    from buildsvc.projections.leak_records import LeakedRef, LeakReport, UnreferencedSnapshot
+    from buildsvc.projections.refs import RefStateProjection, find_leaks
     from buildsvc.projections.runner import (
         InlineProjections,
         ProjectionRunner,
@@ -54,10 +49,10 @@ _LAZY = {
     "BuildHistoryProjection": "builds",
     "CacheIndexProjection": "cache_index",
     "SqlCacheIndex": "cache_index",
-    "LeakedRef": "refs",
-    "LeakReport": "refs",
+    "LeakedRef": "leak_records",
+    "LeakReport": "leak_records",
     "RefStateProjection": "refs",
-    "UnreferencedSnapshot": "refs",
+    "UnreferencedSnapshot": "leak_records",
     "find_leaks": "refs",
     "InlineProjections": "runner",
     "ProjectionRunner": "runner",

@@ -21,16 +21,14 @@ from sqlalchemy.engine import Connection
 
 from buildsvc.events import catalog as ev
 from buildsvc.events.envelope import StoredEvent
+from buildsvc.projections.leak_records import LeakedRef, LeakReport, UnreferencedSnapshot
 from buildsvc.projections.rows import RowBuffer, flush_together, load_together
 from buildsvc.projections.schema import ended_scopes, refs, snapshots
 
 __all__ = [
-    "LeakReport",
-    "LeakedRef",
     "OpenRef",
     "RefStateProjection",
     "SnapshotRow",
-    "UnreferencedSnapshot",
     "find_leaks",
     "live_children",
     "scope_of",
@@ -241,44 +239,7 @@ class RefStateProjection:
         return snap
 
 
-# --- the leak report -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeakedRef:
-    """A ref whose holder ended without releasing it."""
-
-    ref_id: str
-    snapshot_id: str
-    holder_kind: str
-    holder_id: str
-    build_ref: str
-    acquired_position: int
-    holder_ended_position: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UnreferencedSnapshot:
-    """A snapshot on disk that no unreleased ref keeps alive."""
-
-    snapshot_id: str
-    worker: str
-    state: str
-    size_bytes: int
-    created_position: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeakReport:
-    """Everything the log says was left behind."""
-
-    refs: tuple[LeakedRef, ...]
-    snapshots: tuple[UnreferencedSnapshot, ...]
-
-    @property
-    def empty(self) -> bool:
-        """No leaked ref and no unreferenced snapshot."""
-        return not self.refs and not self.snapshots
+# --- the leak report (its records are in leak_records.py) ----------------------------------------
 
 
 def find_leaks(conn: Connection, *, build_ref: str | None = None) -> LeakReport:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from buildsvc.events.codec import decode_payload
 from buildsvc.events.envelope import NewEvent
 from buildsvc.events.schema import UtcDateTime
-from buildsvc.projections.refs import LeakReport
+from buildsvc.projections.leak_records import LeakReport
 from buildsvc.projections.schema import build_vertices, builds, refs, snapshots
 
 __all__ = [

@@ -58,6 +58,7 @@ def test_the_read_commands_ask_the_daemon_without_the_engine(daemon: Daemon, roo
         ("history", "replay", ref, "--format", "json"),
         ("history", "provenance", ref),
         ("history", "pin", ref),
+        ("leaks", "--format", "json"),
         ("prune", "--keep-duration", "3600", "--format", "json"),
     ):
         out, modules = _run(daemon, *args)
@@ -74,3 +75,10 @@ def test_the_read_commands_ask_the_daemon_without_the_engine(daemon: Daemon, roo
     assert json.loads(answers[("history", "provenance")])["predicateType"].startswith("https://slsa.dev")
     assert json.loads(answers[("prune", "--keep-duration")])["removed"] == []
     assert json.loads(answers[("du", "--format")])["snapshots"]
+    assert json.loads(answers[("leaks", "--format")]) == {
+        "refs": [],
+        "snapshots": [],
+        "untracked": [],
+        "missing": [],
+        "mounts": [],
+    }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from buildsvc.api import convert, log_reads
-from buildsvc.daemon.leaks import (
+from buildsvc.daemon.leak_report import (
     LeftMount,
     LifeEvent,
     MissingData,
@@ -20,7 +20,7 @@ from buildsvc.errors import InvalidInput
 from buildsvc.events import catalog as ev
 from buildsvc.events.envelope import StoredEvent
 from buildsvc.events.sql_store import SqlEventStore
-from buildsvc.projections.refs import LeakedRef, UnreferencedSnapshot
+from buildsvc.projections.leak_records import LeakedRef, UnreferencedSnapshot
 
 
 def _received(batches: object) -> list[StoredEvent]:
