@@ -28,11 +28,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import buildsvc
-from benchmarks.dockerfile import BUILDSVC, DOCKER, baseline_env, daemon, docker_ready, write_context
-from buildsvc.sources import RegistryClient, RegistryOptions
-from buildsvc.sources.reference import parse_reference
-from tests.support.images import build_image, busybox_layer_tars, make_layer, push_image
-from tests.support.registry import TestRegistry
+from benchmarks.dockerfile import (
+    BUILDSVC,
+    DOCKER,
+    baseline_env,
+    daemon,
+    docker_ready,
+    serve_busybox,
+    write_context,
+)
 
 # (label, buildsvc arguments after --addr, Docker's nearest command or None)
 COMMANDS: list[tuple[str, list[str], list[str] | None]] = [
@@ -80,11 +84,8 @@ def main() -> None:
         work = Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-commands-", dir="/var/tmp"))
         )
-        registry = stack.enter_context(TestRegistry(work / "registry"))
+        registry = serve_busybox(stack, work)
         base = f"{registry.host}/busybox:latest"
-        with RegistryClient(RegistryOptions(insecure=True)) as client:
-            layers = [make_layer(tar, "gzip") for tar in busybox_layer_tars(work / "base")]
-            push_image(client, parse_reference(base), build_image(layers), tag="latest")
         context = write_context(work / "ctx", base)
         d = stack.enter_context(daemon(work / "daemon", f"sqlite:///{work / 'd.db'}", registry.host))
         built = subprocess.run(

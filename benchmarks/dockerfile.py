@@ -94,6 +94,16 @@ main()
 _SENT = re.compile(r"context context: (\d+) files, (\d+) bytes; sent (\d+) \((\d+) bytes\)")
 
 
+def serve_busybox(stack: ExitStack, work: Path) -> TestRegistry:
+    """A loopback registry (closed with ``stack``) holding the test busybox image as ``busybox:latest``."""
+    registry = stack.enter_context(TestRegistry(work / "registry"))
+    with RegistryClient(RegistryOptions(insecure=True)) as client:
+        layers = [make_layer(tar, "gzip") for tar in busybox_layer_tars(work / "base")]
+        reference = parse_reference(f"{registry.host}/busybox:latest")
+        push_image(client, reference, build_image(layers), tag="latest")
+    return registry
+
+
 def dockerfile(base: str) -> str:
     runs = "".join(f"RUN echo step {n} > /step{n}\n" for n in range(STEPS))
     return f"FROM {base}\n{runs}COPY hello.txt /app/hello.txt\n"
@@ -305,11 +315,8 @@ def main() -> None:
         work = Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-dockerfile-", dir="/var/tmp"))
         )
-        registry = stack.enter_context(TestRegistry(work / "registry"))
+        registry = serve_busybox(stack, work)
         base = f"{registry.host}/busybox:latest"
-        with RegistryClient(RegistryOptions(insecure=True)) as client:
-            layers = [make_layer(tar, "gzip") for tar in busybox_layer_tars(work / "base")]
-            push_image(client, parse_reference(base), build_image(layers), tag="latest")
         ours_ctx = write_context(work / "ctx-buildsvc", base)
         docker_ctx = write_context(work / "ctx-docker", DOCKER_BASE)
         docker = None if why_not else docker_side()
