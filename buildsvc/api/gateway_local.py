@@ -26,7 +26,7 @@ from buildsvc.api.gateway_client import (
 )
 from buildsvc.api.model import worker_record
 from buildsvc.contexts import ReceivedContexts
-from buildsvc.daemon.cache_exports import CacheOptions, import_caches
+from buildsvc.daemon.cache_exports import CacheOptions, import_caches, watch_cache_exports
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.gateway import CAPABILITIES, GatewayJob, GatewayResult
 from buildsvc.solver.definition import Definition
@@ -136,6 +136,8 @@ def run_local_build(
     )
     job.start(outputs)
     if cache is not None:
+        if cache.exports:  # the layers of the frontend's solves are made as their steps commit
+            watch_cache_exports(engine)
         import_caches(
             engine, ref, cache.imports, actor=actor
         )  # before the frontend's solves, as a daemon does

@@ -49,6 +49,7 @@ from buildsvc.daemon.cache_exports import (
     frontend_attrs_with_imports,
     import_caches,
     inline_cache_for,
+    watch_cache_exports,
 )
 from buildsvc.daemon.engine import Engine
 from buildsvc.daemon.exporters import check_exporter, run_exporters
@@ -186,6 +187,8 @@ class ControlServicer(pb_grpc.ControlServicer):
         self.contexts = ContextStore.under(engine.state.root)
         """Local dirs sent with the Content service (served beside this one, see serve.py)."""
         self.outputs = OutputStaging(engine.state.root, engine.state.store)
+        # Any solve here may ask for a cache export: its layers are made as its steps commit.
+        watch_cache_exports(engine)
         """Outputs staged for their clients' Content Download (see buildsvc.daemon.outputs)."""
 
     # --- Solve, Cancel ------------------------------------------------------------------------------

@@ -149,8 +149,10 @@ def run_build(
     )
     with printing_progress(state.store, progress, lambda stream: stream == f"build-{ref}"):
         if cache is not None:
-            from buildsvc.daemon.cache_exports import import_caches
+            from buildsvc.daemon.cache_exports import import_caches, watch_cache_exports
 
+            if cache.exports:  # their layers are made as the steps commit
+                watch_cache_exports(engine)
             import_caches(engine, ref, cache.imports, actor=actor)
         # Nothing to export: no export step (and no commit of its own before it).
         return engine.solver.solve(

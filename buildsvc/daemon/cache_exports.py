@@ -132,10 +132,7 @@ def import_caches(engine: Engine, build_ref: str, imports: Sequence[CacheImportS
     """Import each source before a solve (see the module doc); raises on a failure unless ignored.
 
     What the import records (and a hit's unpack, later) is for ``actor``, who asked for the build.
-    Every caller runs it before a solve with cache options, so it also starts watching for solves
-    that export a cache (:func:`watch_cache_exports`), before the solve records its request.
     """
-    watch_cache_exports(engine)
     for spec in imports:
         _import_one(engine, build_ref, spec, actor)
 
@@ -877,9 +874,10 @@ _watchers_guard = threading.Lock()
 def watch_cache_exports(engine: Engine) -> LayersAhead:
     """Make the layers of solves that ask for a cache export as their steps commit (once per store).
 
-    :func:`import_caches` calls it: every caller runs it before a solve with cache options (the
-    daemon before every solve). Only overlay results are made ahead: other snapshotters' layers
-    are read through a mounted view, which is recorded, so they are left to the export.
+    Called before the first solve that may export a cache records its request: by the daemon as it
+    starts serving, by an embedded build or gateway that names a cache export. Only overlay results
+    are made ahead: other snapshotters' layers are read through a mounted view, which is recorded,
+    so they are left to the export.
     """
     store = engine.state.store
     with _watchers_guard:

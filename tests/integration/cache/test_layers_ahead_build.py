@@ -17,7 +17,7 @@ from buildsvc.cache.layer_store import LayerFormat
 from buildsvc.cache.layers import LayerBlob
 from buildsvc.cache.options import parse_export
 from buildsvc.daemon import cache_exports
-from buildsvc.daemon.cache_exports import export_caches, import_caches, watch_cache_exports
+from buildsvc.daemon.cache_exports import export_caches, watch_cache_exports
 from buildsvc.daemon.engine import Engine, open_engine
 from buildsvc.daemon.state import open_state
 from buildsvc.executors import make_busybox_rootfs
@@ -80,7 +80,7 @@ def build(
     rootfs = Path(make_busybox_rootfs(str(tmp_path / f"rootfs-{ref}")))
     state = llb.local("rootfs").run("head -c 5000 /dev/urandom > /r1", name="one").root()
     definition = state.run("head -c 5000 /dev/urandom > /r2", name="two").root().marshal()
-    import_caches(engine, ref, [], actor="test")  # as every caller does before a solve
+    watch_cache_exports(engine)  # as a daemon does when it starts, an embedded build that exports
 
     def run_export(result: ResultRef | None) -> dict[str, str]:
         if export is None:
