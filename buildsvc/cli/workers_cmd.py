@@ -12,7 +12,7 @@ __all__ = ["COMMANDS"]
 
 
 def _embedded(ctx: click.Context) -> list[WorkerRecord]:
-    # Imported here, as in every command module: talking to a daemon needs none of the engine.
+    # Imported here: a command that talks to a daemon needs none of the engine.
     from buildsvc.daemon.state import default_root
     from buildsvc.executors import detect_workers
 
