@@ -17,7 +17,7 @@ import subprocess
 import tarfile
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +47,7 @@ from buildsvc.sources.adapter import StoreImageSource
 
 if TYPE_CHECKING:
     from buildsvc.contexts import ContextStore
+    from buildsvc.contexts.manifest import Entry
 
 __all__ = ["Engine", "detect_workers_soon", "open_engine"]
 
@@ -282,6 +283,16 @@ class _ContextTrees:
             self._store = ContextStore.under(self._root)
         return self._store.holds_tree(path)
 
+    def files(self, path: Path) -> Mapping[str, Entry] | None:
+        """The regular files of the tree at ``path`` as its manifest records them, by path (the
+        solver's ``tree_files``: a new tree's content key need not read them); None for another dir.
+        """
+        if not self(path):
+            return None
+        assert self._store is not None
+        manifest = self._store.load_manifest("sha256:" + path.name)
+        return {e.path: e for e in manifest.entries if e.type == "file"}
+
 
 def detect_workers_soon(root: Path) -> Future[list[Worker]]:
     """Start detecting the workers of ``root`` (see :func:`open_engine`'s ``found``) in a thread.
@@ -349,6 +360,7 @@ def open_engine(
         )
     )
     solver_dir = state.root / "solver"
+    trees = _ContextTrees(state.root)
     try:
         images = ImageStore(str(state.root / "content"), registry=registry)
         backends = Backends(
@@ -356,7 +368,8 @@ def open_engine(
             layers=LocalLayerBackend(),
             images=StoreImageSource(images),
             http=HttpDownloader(solver_dir / "downloads"),
-            frozen_dir=_ContextTrees(state.root),
+            frozen_dir=trees,
+            tree_files=trees.files,
         )
         solver = Solver(
             state.store,

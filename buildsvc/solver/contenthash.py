@@ -20,13 +20,14 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from buildsvc.errors import InvalidInput, NotFound
 from buildsvc.solver.patterns import Selector, match_component, split_wildcards
 
-__all__ = ["ContentNotFound", "FileDigests", "checksum", "expand_path", "resolve_path"]
+__all__ = ["ContentNotFound", "FileDigests", "KnownFile", "checksum", "expand_path", "resolve_path"]
 
 _FORMAT = b"buildsvc.contenthash.v1"
 _MAX_SYMLINKS = 255
@@ -45,6 +46,21 @@ class _TooManyLinks(InvalidInput):
     def __init__(self, path: str) -> None:
         super().__init__(f"{path}: too many levels of symbolic links")
         self.path = path
+
+
+class KnownFile(Protocol):
+    """A file of a frozen tree as the tree's maker recorded it (a context manifest's entry)."""
+
+    @property
+    def digest(self) -> str:
+        """``sha256:<hex>`` of its bytes."""
+        ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def mtime_ns(self) -> int: ...
 
 
 class FileDigests:
@@ -87,6 +103,17 @@ class FileDigests:
                 if len(self._known) > self._max:
                     self._known.popitem(last=False)
         return made
+
+    def remember(self, st: os.stat_result, digest: bytes) -> bytes:
+        """Keep ``digest`` as the sha256 of the file whose ``lstat`` is ``st``, known without reading
+        it (its tree's maker wrote it from content of that digest and never writes it again).
+        """
+        if os.major(st.st_dev) != 0:
+            with self._lock:
+                self._known[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = digest
+                if len(self._known) > self._max:
+                    self._known.popitem(last=False)
+        return digest
 
     def forget(self) -> None:
         """Forget every digest: files were deleted, and their inode numbers may come back."""
@@ -141,6 +168,7 @@ def checksum(
     exclude: Sequence[str] = (),
     follow_links: bool = False,
     digests: FileDigests | None = None,
+    known: Mapping[str, KnownFile] | None = None,
 ) -> str:
     """``sha256:<hex>`` of the content selected under ``root`` (see the module docstring).
 
@@ -148,8 +176,12 @@ def checksum(
     path that does not exist raises :class:`ContentNotFound`. ``include``/``exclude`` are patterns
     relative to each selected path. ``follow_links`` follows a symlink named by ``paths`` itself (links
     inside the selection are always digested as links). ``digests``: where files' digests are kept
-    between calls, for a ``root`` that is never written again (see :class:`FileDigests`).
+    between calls, for a ``root`` that is never written again (see :class:`FileDigests`). ``known``:
+    with ``digests``, the files of such a ``root`` as its maker recorded them, by path relative to
+    ``root`` (``paths`` must then be ``/``): one whose size and time match is not read.
     """
+    if known is not None and (digests is None or tuple(paths) != ("/",)):
+        raise ValueError("known file digests are for a whole frozen tree (paths '/', with digests)")
     top = os.path.abspath(root)
     selector = Selector(include, exclude)
     digest = hashlib.sha256()
@@ -161,7 +193,7 @@ def checksum(
         for container_path, host in matches:
             digest.update(_field(b"path") + _field(os.fsencode(container_path)))
             records: list[bytes] = []
-            _visit(host, "", records, selector, digests, parent_included=False, top_level=True)
+            _visit(host, "", records, selector, digests, known, parent_included=False, top_level=True)
             for record in records:
                 digest.update(record)
     return "sha256:" + digest.hexdigest()
@@ -207,6 +239,7 @@ def _visit(
     out: list[bytes],
     selector: Selector,
     digests: FileDigests | None,
+    known: Mapping[str, KnownFile] | None,
     *,
     parent_included: bool,
     top_level: bool = False,
@@ -224,24 +257,30 @@ def _visit(
         keep, descend, included = verdict.keep, verdict.descend, verdict.fully_included
     if not keep and not descend:
         return
-    own = _record(host, rel, st, digests)
+    own = _record(host, rel, st, digests, known)
     if not descend:
         out.append(own)
         return
     below: list[bytes] = []
     for name in sorted(os.listdir(host), key=os.fsencode):
         child_rel = f"{rel}/{name}" if rel else name
-        _visit(os.path.join(host, name), child_rel, below, selector, digests, parent_included=included)
+        _visit(os.path.join(host, name), child_rel, below, selector, digests, known, parent_included=included)
     # A directory only walked through (for a pattern deeper down) counts only if it holds something.
     if keep or below:
         out.append(own)
         out.extend(below)
 
 
-def _record(host: str, rel: str, st: os.stat_result, digests: FileDigests | None) -> bytes:
+def _record(
+    host: str,
+    rel: str,
+    st: os.stat_result,
+    digests: FileDigests | None,
+    known: Mapping[str, KnownFile] | None,
+) -> bytes:
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        kind, payload = b"f", _file_digest(host) if digests is None else digests.digest(host, st)
+        kind, payload = b"f", _regular_digest(host, rel, st, digests, known)
     elif stat.S_ISDIR(mode):
         kind, payload = b"d", b""
     elif stat.S_ISLNK(mode):
@@ -261,6 +300,22 @@ def _record(host: str, rel: str, st: os.stat_result, digests: FileDigests | None
             _field(payload),
         )
     )
+
+
+def _regular_digest(
+    host: str,
+    rel: str,
+    st: os.stat_result,
+    digests: FileDigests | None,
+    known: Mapping[str, KnownFile] | None,
+) -> bytes:
+    if digests is None:
+        return _file_digest(host)
+    hint = known.get(rel) if known is not None else None
+    if hint is not None and hint.size == st.st_size and hint.mtime_ns == st.st_mtime_ns:
+        # Kept by inode too: the source's snapshot hard-links this file, and a COPY keys it next.
+        return digests.remember(st, bytes.fromhex(hint.digest.removeprefix("sha256:")))
+    return digests.digest(host, st)
 
 
 def _file_digest(host: str) -> bytes:

@@ -84,6 +84,10 @@ def _never(path: Path) -> bool:
     return False
 
 
+def _unknown(path: Path) -> Mapping[str, contenthash.KnownFile] | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Backends:
     """The worker-side implementations the handlers call."""
@@ -97,6 +101,9 @@ class Backends:
     """Whether a local source's directory is never written again (a tree of the daemon's context
     store): its files are then hard linked into the source's snapshot, not copied. By default none is.
     """
+    tree_files: Callable[[Path], Mapping[str, contenthash.KnownFile] | None] = _unknown
+    """A frozen directory's files as its maker recorded them (the context store's manifest), by
+    path: a local source's content key then takes their digests instead of reading them."""
     digests: contenthash.FileDigests = field(default_factory=contenthash.FileDigests)
     """The digests of files in trees never written again (inputs, frozen local sources), kept for
     the solver's life: the content keys of a rebuild read only the files that changed."""
@@ -407,11 +414,13 @@ class SourceHandler:
             return self._http(op).content_digest(op.identifier, op.attrs.get(ATTR_HTTP_CHECKSUM))
         if op.scheme == "local":
             directory = self._local_dir(op, local_dirs)
+            frozen = self.backends.frozen_dir(directory)
             return contenthash.checksum(
                 directory,
                 include=_patterns(op.attrs, ATTR_LOCAL_INCLUDE),
                 exclude=_patterns(op.attrs, ATTR_LOCAL_EXCLUDE),
-                digests=self.backends.digests if self.backends.frozen_dir(directory) else None,
+                digests=self.backends.digests if frozen else None,
+                known=self.backends.tree_files(directory) if frozen else None,
             )
         if op.scheme in ("docker-image", "oci-layout"):
             return self._images(op).resolve(op.identifier, worker.info.platform)

@@ -9,6 +9,7 @@ not a store tree is copied, as before. Include/exclude patterns select the same 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from buildsvc.contexts import ContextStore, receive_contexts
-from buildsvc.solver import llb
+from buildsvc.solver import contenthash, llb
 from buildsvc.solver.engine import SolveResult
 from buildsvc.solver.worker import DirectReads
 from tests.integration.solver.conftest import Harness, Images, open_harness
@@ -190,3 +191,33 @@ def test_writing_a_linked_file_leaves_the_tree_alone(hw: Harness, images: Images
     assert again["context"] == tree
     out = hw.export(hw.solve(context.marshal(), build_ref="again", local_dirs=again), tmp_path / "again")
     assert _entries(out) == before
+
+
+def test_a_new_trees_keys_read_none_of_its_files(
+    hw: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tree's manifest holds every file's digest (the store made the tree from blobs of those
+    # digests): the local source's content key takes them, and keeps them by inode, so the COPY's
+    # key over the source's snapshot (the tree's own inodes) finds them too.
+    host = _host_dir(tmp_path)
+    _, dirs = _received(hw, host, "keyed")
+    tree = dirs["context"]
+    assert os.major(tree.stat().st_dev) != 0, "the tree must be on a disk (tmpfs inodes are never kept)"
+    read: list[str] = []
+    real = contenthash._file_digest
+
+    def counting(path: str) -> bytes:
+        read.append(path)
+        return real(path)
+
+    monkeypatch.setattr(contenthash, "_file_digest", counting)
+    copied = llb.scratch().file(llb.copy(llb.local("context"), "/", "/ctx/", create_dest_path=True))
+    out = hw.export(hw.solve(copied.marshal(), build_ref="keyed", local_dirs=dirs), tmp_path / "out")
+    assert _entries(out / "ctx") == _entries(tree)
+    assert read == []
+    # The same key as a walk that reads every file: a plain copy of the tree is not a store tree.
+    plain = tmp_path / "plain-copy"
+    shutil.copytree(tree, plain, symlinks=True)
+    assert contenthash.checksum(plain) == contenthash.checksum(
+        tree, digests=contenthash.FileDigests(), known=hw.engine.solver.backends.tree_files(tree)
+    )

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,65 @@ def test_kept_digests_are_bounded_oldest_first(tmp_path: Path, reads: list[str])
     assert reads == []
     checksum(tree, ("/a.txt",), digests=digests)
     assert reads == ["a.txt"]
+
+
+# --- known files: a frozen tree's maker already has their digests --------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Known:
+    digest: str
+    size: int
+    mtime_ns: int
+
+
+def known_files(tree: Path, names: list[str]) -> dict[str, Known]:
+    """What the context store's manifest says of ``names`` (the true digests, sizes and times)."""
+    found = {}
+    for name in names:
+        st = os.lstat(tree / name)
+        digest = "sha256:" + hashlib.sha256((tree / name).read_bytes()).hexdigest()
+        found[name] = Known(digest=digest, size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return found
+
+
+def test_known_files_are_not_read_and_give_the_same_key(tmp_path: Path, reads: list[str]) -> None:
+    on_a_disk(tmp_path)
+    tree = make_tree(tmp_path / "t", {"a.txt": "a\n", "sub/b.txt": "b\n"})
+    known = known_files(tree, ["a.txt", "sub/b.txt"])
+    plain = checksum(tree)
+    reads.clear()
+    digests = FileDigests()
+    assert checksum(tree, digests=digests, known=known) == plain
+    assert reads == []
+    # Kept by inode too: a COPY's key over the source's hard links of these files reads nothing.
+    assert len(digests) == 2
+    assert checksum(tree, ("/sub",), digests=digests) == checksum(tree, ("/sub",)) and reads == ["b.txt"]
+
+
+def test_a_known_file_whose_size_or_time_differs_is_read(tmp_path: Path, reads: list[str]) -> None:
+    # A record that does not describe the file on disk is not trusted: the bytes decide.
+    on_a_disk(tmp_path)
+    tree = make_tree(tmp_path / "t", {"a.txt": "a\n", "b.txt": "b\n"})
+    good = known_files(tree, ["a.txt", "b.txt"])
+    lying = {
+        "a.txt": Known(
+            digest="sha256:" + "0" * 64, size=good["a.txt"].size + 1, mtime_ns=good["a.txt"].mtime_ns
+        ),
+        "b.txt": Known(
+            digest="sha256:" + "0" * 64, size=good["b.txt"].size, mtime_ns=good["b.txt"].mtime_ns + 1
+        ),
+    }
+    plain = checksum(tree)
+    reads.clear()
+    assert checksum(tree, digests=FileDigests(), known=lying) == plain
+    assert sorted(reads) == ["a.txt", "b.txt"]
+
+
+def test_known_files_are_for_a_whole_frozen_tree(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "t", {"a.txt": "a\n"})
+    known = known_files(tree, ["a.txt"])
+    with pytest.raises(ValueError, match="whole frozen tree"):
+        checksum(tree, ("/a.txt",), digests=FileDigests(), known=known)
+    with pytest.raises(ValueError, match="whole frozen tree"):
+        checksum(tree, known=known)
