@@ -52,10 +52,13 @@ _CHUNK = 1 << 20
 _BATCH_BLOBS = 4096
 _BATCH_BYTES = 256 << 20
 _LIBC = ctypes.CDLL(None, use_errno=True)
-_PARSED_KEPT = 2
-"""Parsed manifests a store keeps by digest: the manifest a ``Missing`` call received is the next
-Solve's, and a new tree links from the previous one's (a 10,000-entry manifest is ~50 ms to parse and
-hash again, and ~3 MB kept)."""
+_PARSED_KEPT = 3
+"""Parsed manifests kept by digest, for every store of the process (a manifest is named by its
+digest, so one parse serves them all): the manifest a ``Missing`` call received is the next Solve's,
+a new tree links from the previous one's, and the solver keys the new tree by its files (a
+10,000-entry manifest is ~50-120 ms to parse and hash again, and ~3 MB kept)."""
+_parsed: OrderedDict[str, Manifest] = OrderedDict()
+_parsed_lock = threading.Lock()
 _RECENT = 16
 """How many recently made trees are remembered as the ones a new tree may link from."""
 _TREE_NAME = re.compile(r"[0-9a-f]{64}")
@@ -171,8 +174,6 @@ class ContextStore:
         self.tmp = root / "tmp"
         for d in (self.blobs, self.manifests, self.trees, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
-        self._parsed: OrderedDict[str, Manifest] = OrderedDict()
-        self._parsed_lock = threading.Lock()
 
     @classmethod
     def under(cls, daemon_root: Path) -> ContextStore:
@@ -241,11 +242,11 @@ class ContextStore:
         return self._manifest_path(digest).is_file()
 
     def _keep(self, manifest: Manifest) -> None:
-        with self._parsed_lock:
-            self._parsed[manifest.digest] = manifest
-            self._parsed.move_to_end(manifest.digest)
-            while len(self._parsed) > _PARSED_KEPT:
-                self._parsed.popitem(last=False)
+        with _parsed_lock:
+            _parsed[manifest.digest] = manifest
+            _parsed.move_to_end(manifest.digest)
+            while len(_parsed) > _PARSED_KEPT:
+                _parsed.popitem(last=False)
 
     def receive_manifest(self, data: bytes) -> tuple[Manifest, list[str]]:
         """A manifest a client sent: checked, stored, and the blobs it still has to upload (noted, so
@@ -260,8 +261,8 @@ class ContextStore:
     def load_manifest(self, digest: str) -> Manifest:
         """The stored manifest ``digest`` (``NotFound`` when it was never received)."""
         path = self._manifest_path(digest)
-        with self._parsed_lock:
-            kept = self._parsed.get(digest)
+        with _parsed_lock:
+            kept = _parsed.get(digest)
         if kept is not None and path.is_file():  # manifests are immutable: kept is what the file holds
             return kept
         try:

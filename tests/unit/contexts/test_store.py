@@ -297,7 +297,7 @@ def test_the_last_manifests_are_kept_parsed_and_a_removed_one_is_not_returned(
 
     store = ContextStore(tmp_path / "contexts")
     manifests = [
-        Manifest.of([Entry(path=f"f{n}", type="dir", mode=0o755, uid=0, gid=0, mtime_ns=n)]) for n in range(3)
+        Manifest.of([Entry(path=f"f{n}", type="dir", mode=0o755, uid=0, gid=0, mtime_ns=n)]) for n in range(4)
     ]
     for m in manifests:
         store.put_manifest(m)
@@ -309,14 +309,22 @@ def test_the_last_manifests_are_kept_parsed_and_a_removed_one_is_not_returned(
         return real(data)
 
     monkeypatch.setattr(store_module, "parse_manifest", counting)
-    # The last two are kept: no file is parsed for them, and they are the manifests given.
-    assert store.load_manifest(manifests[2].digest) is manifests[2]
-    assert store.load_manifest(manifests[1].digest) is manifests[1]
+    # The last three are kept: no file is parsed for them, and they are the manifests given...
+    for m in manifests[1:]:
+        assert store.load_manifest(m.digest) is m
+    # ...by any store of the process that holds them (the engine's, the server's): named by digest.
+    other = ContextStore(tmp_path / "contexts")
+    assert other.load_manifest(manifests[3].digest) is manifests[3]
     assert parsed == []
-    # The first was let go (two are kept): it is read and checked again.
+    # The first was let go (three are kept): it is read and checked again.
     assert store.load_manifest(manifests[0].digest) == manifests[0]
     assert len(parsed) == 1
     # A kept manifest whose file is gone is not answered from memory.
     os.unlink(store.manifests / (manifests[0].digest.removeprefix("sha256:") + ".json"))
     with pytest.raises(NotFound):
         store.load_manifest(manifests[0].digest)
+    assert len(parsed) == 1
+    # Nor one another root never received.
+    elsewhere = ContextStore(tmp_path / "elsewhere")
+    with pytest.raises(NotFound):
+        elsewhere.load_manifest(manifests[3].digest)
