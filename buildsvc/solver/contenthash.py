@@ -99,9 +99,7 @@ class FileDigests:
         made = _file_digest(host)
         with self._lock:
             if generation == self._generation:  # no prune since the file was seen
-                self._known[key] = made
-                if len(self._known) > self._max:
-                    self._known.popitem(last=False)
+                self._keep(key, made)
         return made
 
     def remember(self, st: os.stat_result, digest: bytes) -> bytes:
@@ -110,10 +108,14 @@ class FileDigests:
         """
         if os.major(st.st_dev) != 0:
             with self._lock:
-                self._known[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = digest
-                if len(self._known) > self._max:
-                    self._known.popitem(last=False)
+                self._keep((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), digest)
         return digest
+
+    def _keep(self, key: tuple[int, int, int, int], digest: bytes) -> None:
+        # Under the lock: the newest last, the oldest let go past the bound.
+        self._known[key] = digest
+        if len(self._known) > self._max:
+            self._known.popitem(last=False)
 
     def forget(self) -> None:
         """Forget every digest: files were deleted, and their inode numbers may come back."""
