@@ -290,7 +290,10 @@ class _ContextTrees:
         if not self(path):
             return None
         assert self._store is not None
-        manifest = self._store.load_manifest("sha256:" + path.name)
+        try:
+            manifest = self._store.load_manifest("sha256:" + path.name)
+        except (NotFound, InvalidInput):
+            return None  # pruned meanwhile, or unreadable: the key reads the files, as without this
         return {e.path: e for e in manifest.entries if e.type == "file"}
 
 

@@ -6,6 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from buildsvc.contexts import ContextStore, scan_dir
 
 
@@ -73,3 +75,24 @@ def test_a_symlink_to_a_tree_does_not(tmp_path: Path) -> None:
     shutil.rmtree(tree2)
     os.symlink(tree, tree2)
     assert not store2.holds_tree(tree2)
+
+
+def test_the_engine_gives_a_trees_files_from_its_manifest_and_none_when_it_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The solver's tree_files: a hint for the content key, never a reason for it to fail.
+    from buildsvc.daemon.engine import _ContextTrees
+    from buildsvc.errors import NotFound
+
+    _, tree = _tree(tmp_path)
+    trees = _ContextTrees(tmp_path / "root")
+    files = trees.files(tree)
+    assert files is not None and sorted(files) == ["sub/f"]
+    assert files["sub/f"].size == 2
+    assert trees.files(tmp_path / "src") is None  # not a tree of the store
+
+    def gone(self: ContextStore, digest: str) -> None:
+        raise NotFound(f"context {digest} is not in the context store")
+
+    monkeypatch.setattr(ContextStore, "load_manifest", gone)
+    assert trees.files(tree) is None
