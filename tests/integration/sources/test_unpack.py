@@ -68,6 +68,11 @@ def malicious_layers(outside: Path) -> dict[str, list[tuple[tarfile.TarInfo, byt
             entry("b", sym, linkname=str(outside)),
             entry("a/evil", data=b"x"),
         ],
+        "dir-then-symlink-then-file": [
+            entry("deep/inner/ok", data=b"x"),
+            entry("deep", sym, linkname=str(outside)),
+            entry("deep/inner/evil", data=b"x"),
+        ],
         "symlink-then-dir": [
             entry("escape", sym, linkname=str(outside)),
             entry("escape/sub", tarfile.DIRTYPE),
@@ -183,6 +188,26 @@ def test_metadata_devices_and_fifos_are_kept(tmp_path: Path) -> None:
     assert os.readlink(target / "dangling") == "/nowhere/at/all"
     assert os.lstat(target / "dev").st_mtime == 1_700_000_000
     assert result.skipped_devices == 0 and result.entries == 5
+
+
+def test_xattrs_are_kept_on_files_and_directories(tmp_path: Path) -> None:
+    # A regular file's metadata is set through its open descriptor, a directory's by its path.
+    # A binary value (a file capability's shape) comes back byte for byte.
+    binary = bytes([1, 0, 0, 2, 0x20, 0, 0, 0, 0xFF, 0xFE])
+    xattrs = {"user.origin": "layer one", "user.blob": binary.decode("utf-8", "surrogateescape")}
+    members = [entry("etc", tarfile.DIRTYPE, mode=0o755), entry("etc/tool", data=b"x", mode=0o4711, uid=7)]
+    for info, _ in members:
+        info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}
+    target = tmp_path / "t"
+    target.mkdir()
+
+    apply_layer(write_blob(tmp_path, tar_entries(members)), str(target), mode=WhiteoutMode.OVERLAY)
+
+    for path in (target / "etc", target / "etc" / "tool"):
+        assert os.getxattr(path, "user.origin") == b"layer one"
+        assert os.getxattr(path, "user.blob") == binary
+    st = os.lstat(target / "etc" / "tool")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime) == (0o4711, 7, 1_700_000_000)
 
 
 def test_diff_id_mismatch_and_garbage_are_refused(tmp_path: Path, busybox_tars: list[bytes]) -> None:
