@@ -32,10 +32,12 @@ import argparse
 import functools
 import json
 import os
+import platform
 import re
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -381,6 +383,16 @@ def main() -> None:
     report(rows, memory, contexts, repeat, docker is not None, options.files)
 
 
+def interpreter() -> str:
+    """The CPython the buildsvc sides run on: how it was built moves every command's start by 15-25%
+    (pyenv's default build against Debian's, benchmarks/README.md).
+    """
+    config = sysconfig.get_config_var("CONFIG_ARGS") or ""
+    flags = [flag for flag in ("--enable-optimizations", "--with-lto") if flag in config]
+    how = ", ".join(flags) if flags else "neither --enable-optimizations nor --with-lto"
+    return f"Python {platform.python_version()}, {os.path.realpath(sys.executable)} (configure args: {how})"
+
+
 def _mounts_under(work: Path) -> list[str]:
     return [
         line.split()[1]
@@ -399,6 +411,7 @@ def report(
 ) -> None:
     aims = {"cold": 1.0, "noop": 1.5}
     print(f"FROM + {STEPS} RUN + COPY, whole-process wall time, median of {repeat}")
+    print(f"buildsvc runs on {interpreter()}")
     print("| build | buildsvc | BuildKit (same run) | ratio | aim |")
     print("| --- | --- | ---: | ---: | ---: |")
     ratios: dict[str, float] = {}
