@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,10 +14,13 @@ import pytest
 
 from buildsvc.solver.worker import Change, ChangeKind, SnapshotKind, Snapshotter
 from buildsvc.sources import (
+    ContentStore,
+    Descriptor,
     DigestMismatch,
     ImageNotFound,
     ImageStore,
     NoMatchingPlatform,
+    Reference,
     RegistryClient,
     parse_platform,
     parse_reference,
@@ -193,3 +197,39 @@ def test_corrupt_blob_is_an_error_and_never_used(
     assert not store.content.has(bad.descriptor.digest), "the corrupt blob was kept in the cache"
     # Only the (good) base layer was unpacked; nothing on the corrupt one.
     assert [s.key for s in snapshotter.list()] == [image.layers[0].diff_id]
+
+
+def test_later_layers_download_while_earlier_ones_wait(
+    store: ImageStore,
+    client: RegistryClient,
+    repo: str,
+    busybox_tars: list[bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first layer's download is held until the second one's has begun: a pull that fetched
+    # one layer after the other would hold it for the whole wait and never see the second start.
+    unique = tar_entries([entry("unique.txt", data=uuid.uuid4().bytes)])
+    image = build_image([make_layer(busybox_tars[0], "gzip"), make_layer(unique, "gzip")])
+    push_image(client, parse_reference(f"{repo}:ahead"), image)
+    first, second = (layer.descriptor.digest for layer in image.layers)
+    second_started = threading.Event()
+    overlapped: list[bool] = []
+    fetch_blob = client.fetch_blob
+
+    def watched(ref: Reference, desc: Descriptor, content: ContentStore) -> str:
+        if desc.digest == second:
+            second_started.set()
+        elif desc.digest == first:
+            overlapped.append(second_started.wait(timeout=10))
+        return fetch_blob(ref, desc, content)
+
+    monkeypatch.setattr(client, "fetch_blob", watched)
+    snapshotter = make_snapshotter("overlay", tmp_path / "overlay")
+
+    pulled = store.pull(f"{repo}:ahead", snapshotter)
+
+    assert overlapped == [True], "the second layer's download did not start before the first one's ended"
+    assert pulled.downloaded == (image.manifest.config.digest, first, second)  # the manifest's order
+    with mounted(snapshotter, pulled.snapshot_keys[-1]) as root:
+        assert (root / "unique.txt").exists() and os.access(root / "bin" / "busybox", os.X_OK)
