@@ -27,11 +27,11 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import buildsvc
 from benchmarks.dockerfile import (
     BUILDSVC,
     DOCKER,
     baseline_env,
+    compile_trees,
     daemon,
     docker_ready,
     serve_busybox,
@@ -71,11 +71,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="A directory holding another buildsvc package.")
     parser.add_argument("--no-docker", action="store_true", help="Measure buildsvc only.")
     options = parser.parse_args()
-    trees = [Path(buildsvc.__file__).parent] + ([options.baseline / "buildsvc"] if options.baseline else [])
-    for tree in trees:  # measured as installed (see benchmarks/dockerfile.py)
-        subprocess.run(
-            [sys.executable, "-m", "compileall", "-q", str(tree)], check=True, stdout=subprocess.DEVNULL
-        )
+    compile_trees(options.baseline)
     why_not = "--no-docker" if options.no_docker else docker_ready()
     if why_not:
         print(f"Docker's side not measured: {why_not}", file=sys.stderr)

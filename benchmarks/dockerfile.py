@@ -187,6 +187,18 @@ def buildsvc_side(name: str, prefix: list[str], env: dict[str, str] | None = Non
     )
 
 
+def compile_trees(baseline: Path | None) -> None:
+    """Compile this checkout's ``buildsvc`` and ``baseline``'s, so both are measured as installed: a
+    wheel install compiles the package's bytecode, an editable one does not, and with
+    PYTHONDONTWRITEBYTECODE set every buildsvc process would compile it again.
+    """
+    trees = [Path(buildsvc.__file__).parent] + ([baseline / "buildsvc"] if baseline else [])
+    for tree in trees:
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(tree)], check=True, stdout=subprocess.DEVNULL
+        )
+
+
 def baseline_env(tree: Path | None) -> dict[str, str] | None:
     """The environment that runs the ``buildsvc`` package of ``tree`` (None: this checkout's)."""
     if tree is None:
@@ -298,13 +310,7 @@ def main() -> None:
         "interleaved with this checkout's.",
     )
     options = parser.parse_args()
-    # Measured as installed: a wheel install compiles the package's bytecode, an editable one does
-    # not, and with PYTHONDONTWRITEBYTECODE set every buildsvc process would compile it again.
-    trees = [Path(buildsvc.__file__).parent] + ([options.baseline / "buildsvc"] if options.baseline else [])
-    for tree in trees:
-        subprocess.run(
-            [sys.executable, "-m", "compileall", "-q", str(tree)], check=True, stdout=subprocess.DEVNULL
-        )
+    compile_trees(options.baseline)
     repeat = max(1, options.repeat)
     backends = ["sqlite", "postgres"] if options.backend == "all" else [options.backend]
     why_not = "--no-docker" if options.no_docker else docker_ready()

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
-import buildsvc
+from benchmarks.dockerfile import baseline_env, compile_trees
 from buildsvc.sources import RegistryClient, RegistryOptions
 from buildsvc.sources.reference import parse_reference
 from tests.support.images import build_image, make_layer, push_image
@@ -126,13 +126,13 @@ def layer_tar(n: int) -> bytes:
     return out.getvalue()
 
 
-def _timed(snippet: str, tree: Path, source: str, work: Path) -> float:
+def _timed(snippet: str, tree: Path | None, source: str, work: Path) -> float:
     done = subprocess.run(
         [sys.executable, "-P", "-c", snippet, source, str(work)],
         check=True,
         capture_output=True,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(tree)),
+        env=baseline_env(tree),  # None: this checkout's package
     )
     return float(done.stdout.strip())
 
@@ -145,10 +145,7 @@ def main() -> None:
     parser.add_argument("--mbps", type=float, default=40.0, help="Megabytes a second per connection.")
     parser.add_argument("--baseline", type=Path, help="A directory holding another buildsvc package.")
     options = parser.parse_args()
-    here = Path(buildsvc.__file__).parent.parent
-    trees = [here] + ([options.baseline.resolve()] if options.baseline else [])
-    for tree in trees:  # measured as installed: compiled, as a wheel install is
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "buildsvc")], check=True)
+    compile_trees(options.baseline)
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pull-", dir="/var/tmp")))
         registry = stack.enter_context(TestRegistry(work / "registry"))
@@ -160,11 +157,11 @@ def main() -> None:
         stack.callback(link.close)
         source = f"{link.host}/bench/pull:latest"
         sides: list[tuple[str, Callable[[Path], float]]] = [
-            ("download only, one blob after another", lambda w: _timed(_DOWNLOAD, here, source, w)),
-            ("buildsvc pull", lambda w: _timed(_PULL, here, source, w)),
+            ("download only, one blob after another", lambda w: _timed(_DOWNLOAD, None, source, w)),
+            ("buildsvc pull", lambda w: _timed(_PULL, None, source, w)),
         ]
         if options.baseline:
-            base = options.baseline.resolve()
+            base = options.baseline
             sides.append(("baseline pull", lambda w: _timed(_PULL, base, source, w)))
         spent: dict[str, list[float]] = {name: [] for name, _ in sides}
         for round_ in range(options.repeat + 1):  # round 0 warms up, not counted

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import buildsvc
+from benchmarks.dockerfile import baseline_env, compile_trees
 
 _APPLY = """
 import sys, time
@@ -83,8 +83,9 @@ def _timed_tar(blob: Path, target: Path) -> float:
     return time.perf_counter() - began
 
 
-def _timed_apply(tree: Path) -> Callable[[Path, Path], float]:
-    env = dict(os.environ, PYTHONPATH=str(tree))
+def _timed_apply(tree: Path | None) -> Callable[[Path, Path], float]:
+    """Times ``apply_layer`` of ``tree``'s package (None: this checkout's)."""
+    env = baseline_env(tree)
 
     def run(blob: Path, target: Path) -> float:
         done = subprocess.run(
@@ -108,14 +109,11 @@ def main() -> None:
     options = parser.parse_args()
     if shutil.which("tar") is None:
         raise SystemExit("GNU tar is needed for the baseline")
-    here = Path(buildsvc.__file__).parent.parent
-    trees = [here] + ([options.baseline.resolve()] if options.baseline else [])
-    for tree in trees:  # measured as installed: compiled, as a wheel install is
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "buildsvc")], check=True)
+    compile_trees(options.baseline)
     sides: list[tuple[str, Callable[[Path, Path], float]]] = [("GNU tar -xzf", _timed_tar)]
-    sides.append(("buildsvc apply_layer", _timed_apply(here)))
+    sides.append(("buildsvc apply_layer", _timed_apply(None)))
     if options.baseline:
-        sides.append(("baseline apply_layer", _timed_apply(options.baseline.resolve())))
+        sides.append(("baseline apply_layer", _timed_apply(options.baseline)))
     with tempfile.TemporaryDirectory(prefix="bench-unpack-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         layers = {
