@@ -353,7 +353,8 @@ class _Applier:
                 self._remove(child)
 
     def _create(self, member: tarfile.TarInfo, tar: tarfile.TarFile, path: str) -> bool:
-        """Make the entry at ``path`` (replacing what is there); False for a device we may not make.
+        """Make the entry at ``path``, replacing what is there. True when its metadata is still to be
+        set by path; False for a regular file (set through its descriptor) and a device we may not make.
 
         Made first and replaced only when something is in the way: most entries of a layer are new,
         and looking before each one was two failed ``stat`` calls per entry.
