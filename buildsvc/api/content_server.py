@@ -60,11 +60,22 @@ class ContentServicer(pb_grpc.ContentServicer):
         self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
     ) -> pb.UploadResponse:
         """Store each blob once all its chunks arrived and its bytes match its digest."""
+        return self._store_chunks(request_iterator, context)
+
+    def UploadBatched(
+        self, request_iterator: Iterator[pb.UploadBatch], context: grpc.ServicerContext
+    ) -> pb.UploadResponse:
+        """Upload's chunks, several to a message."""
+        return self._store_chunks((c for batch in request_iterator for c in batch.chunks), context)
+
+    def _store_chunks(
+        self, chunks: Iterator[pb.UploadChunk], context: grpc.ServicerContext
+    ) -> pb.UploadResponse:
         writer: BlobWriter | None = None
         batch = BlobBatch(self.store)  # stored durably together, not an fsync each
         blobs = size = 0
         try:
-            for chunk in request_iterator:
+            for chunk in chunks:
                 if writer is None or chunk.digest != writer.digest:
                     if writer is not None:
                         batch.add(writer)

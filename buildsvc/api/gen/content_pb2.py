@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!buildsvc/content/v1/content.proto\x12\x13\x62uildsvc.content.v1\"\x1d\n\rManifestChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\";\n\x0fMissingResponse\x12\x17\n\x0fmanifest_digest\x18\x01 \x01(\t\x12\x0f\n\x07missing\x18\x02 \x03(\t\"9\n\x0bUploadChunk\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\".\n\x0eUploadResponse\x12\r\n\x05\x62lobs\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"3\n\x0f\x44ownloadRequest\x12\x11\n\tbuild_ref\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\"M\n\rDownloadChunk\x12\x10\n\x08\x65xporter\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x32\x8b\x02\n\x07\x43ontent\x12U\n\x07Missing\x12\".buildsvc.content.v1.ManifestChunk\x1a$.buildsvc.content.v1.MissingResponse(\x01\x12Q\n\x06Upload\x12 .buildsvc.content.v1.UploadChunk\x1a#.buildsvc.content.v1.UploadResponse(\x01\x12V\n\x08\x44ownload\x12$.buildsvc.content.v1.DownloadRequest\x1a\".buildsvc.content.v1.DownloadChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!buildsvc/content/v1/content.proto\x12\x13\x62uildsvc.content.v1\"\x1d\n\rManifestChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\";\n\x0fMissingResponse\x12\x17\n\x0fmanifest_digest\x18\x01 \x01(\t\x12\x0f\n\x07missing\x18\x02 \x03(\t\"9\n\x0bUploadChunk\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"?\n\x0bUploadBatch\x12\x30\n\x06\x63hunks\x18\x01 \x03(\x0b\x32 .buildsvc.content.v1.UploadChunk\".\n\x0eUploadResponse\x12\r\n\x05\x62lobs\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"3\n\x0f\x44ownloadRequest\x12\x11\n\tbuild_ref\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\"M\n\rDownloadChunk\x12\x10\n\x08\x65xporter\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x32\xe5\x02\n\x07\x43ontent\x12U\n\x07Missing\x12\".buildsvc.content.v1.ManifestChunk\x1a$.buildsvc.content.v1.MissingResponse(\x01\x12Q\n\x06Upload\x12 .buildsvc.content.v1.UploadChunk\x1a#.buildsvc.content.v1.UploadResponse(\x01\x12X\n\rUploadBatched\x12 .buildsvc.content.v1.UploadBatch\x1a#.buildsvc.content.v1.UploadResponse(\x01\x12V\n\x08\x44ownload\x12$.buildsvc.content.v1.DownloadRequest\x1a\".buildsvc.content.v1.DownloadChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,12 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MISSINGRESPONSE']._serialized_end=148
   _globals['_UPLOADCHUNK']._serialized_start=150
   _globals['_UPLOADCHUNK']._serialized_end=207
-  _globals['_UPLOADRESPONSE']._serialized_start=209
-  _globals['_UPLOADRESPONSE']._serialized_end=255
-  _globals['_DOWNLOADREQUEST']._serialized_start=257
-  _globals['_DOWNLOADREQUEST']._serialized_end=308
-  _globals['_DOWNLOADCHUNK']._serialized_start=310
-  _globals['_DOWNLOADCHUNK']._serialized_end=387
-  _globals['_CONTENT']._serialized_start=390
-  _globals['_CONTENT']._serialized_end=657
+  _globals['_UPLOADBATCH']._serialized_start=209
+  _globals['_UPLOADBATCH']._serialized_end=272
+  _globals['_UPLOADRESPONSE']._serialized_start=274
+  _globals['_UPLOADRESPONSE']._serialized_end=320
+  _globals['_DOWNLOADREQUEST']._serialized_start=322
+  _globals['_DOWNLOADREQUEST']._serialized_end=373
+  _globals['_DOWNLOADCHUNK']._serialized_start=375
+  _globals['_DOWNLOADCHUNK']._serialized_end=452
+  _globals['_CONTENT']._serialized_start=455
+  _globals['_CONTENT']._serialized_end=812
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class ContentStub:
                 request_serializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadChunk.SerializeToString,
                 response_deserializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadResponse.FromString,
                 _registered_method=True)
+        self.UploadBatched = channel.stream_unary(
+                '/buildsvc.content.v1.Content/UploadBatched',
+                request_serializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadBatch.SerializeToString,
+                response_deserializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadResponse.FromString,
+                _registered_method=True)
         self.Download = channel.unary_stream(
                 '/buildsvc.content.v1.Content/Download',
                 request_serializer=buildsvc_dot_content_dot_v1_dot_content__pb2.DownloadRequest.SerializeToString,
@@ -64,6 +69,16 @@ class ContentServicer:
     def Upload(self, request_iterator, context):
         """Blobs, each as consecutive chunks with the same digest; each is verified against its digest
         before it is stored (INVALID_ARGUMENT naming the file when it does not match).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadBatched(self, request_iterator, context):
+        """Upload with several chunks to a message: the chunks, in order, mean what Upload's do. Small
+        files travel together (a message each made the first send of 10,000 small files 10,000 trips
+        through the stream and the daemon's socket relay). A daemon from before it answers
+        UNIMPLEMENTED, and the client sends with Upload instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +108,11 @@ def add_ContentServicer_to_server(servicer, server):
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
                     request_deserializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadChunk.FromString,
+                    response_serializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadResponse.SerializeToString,
+            ),
+            'UploadBatched': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadBatched,
+                    request_deserializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadBatch.FromString,
                     response_serializer=buildsvc_dot_content_dot_v1_dot_content__pb2.UploadResponse.SerializeToString,
             ),
             'Download': grpc.unary_stream_rpc_method_handler(
@@ -154,6 +174,33 @@ class Content:
             target,
             '/buildsvc.content.v1.Content/Upload',
             buildsvc_dot_content_dot_v1_dot_content__pb2.UploadChunk.SerializeToString,
+            buildsvc_dot_content_dot_v1_dot_content__pb2.UploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadBatched(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/buildsvc.content.v1.Content/UploadBatched',
+            buildsvc_dot_content_dot_v1_dot_content__pb2.UploadBatch.SerializeToString,
             buildsvc_dot_content_dot_v1_dot_content__pb2.UploadResponse.FromString,
             options,
             channel_credentials,
