@@ -131,7 +131,7 @@ def build_spec(spec: ExecSpec, options: SpecOptions | None = None) -> dict[str, 
     }
     if spec.terminal is not None:
         # The size the process's pty starts with: runc sets it from its stdio again, crun only
-        # from here (and does not follow a resize).
+        # from here (a resize is set on the process's terminal by the executor).
         rows, cols = _window_size(spec.terminal.fd)
         if rows and cols:
             config["process"]["consoleSize"] = {"height": rows, "width": cols}

@@ -10,6 +10,7 @@ it when it ends by itself; after a cancel or an error we delete it) and the bund
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ import select
 import shutil
 import signal
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Sequence
@@ -145,6 +147,9 @@ class OciRuntimeExecutor:
         args = ["run", "--bundle", bundle]
         if self._no_pivot:
             args.append("--no-pivot")
+        pid_file = os.path.join(bundle, "init.pid")
+        if spec.terminal is not None:
+            args += ["--pid-file", pid_file]
         start = time.monotonic()
         terminal = spec.terminal
         # On a terminal, the runtime's stdio is the terminal's slave: in the foreground with
@@ -172,9 +177,9 @@ class OciRuntimeExecutor:
                 threading.Thread(target=_pump, args=(proc.stderr, on_stderr, callback_errors), daemon=True),
             ]
         else:
-            # The terminal is not the runtime's controlling one (its own session): tell it of a
-            # resize with the signal it resizes the process's pty on.
-            terminal.on_resize(lambda: proc.send_signal(signal.SIGWINCH))  # not once it exited
+            # The process's terminal is a pty the runtime made, not ours: a resize is set on it
+            # directly. (runc follows a SIGWINCH sent to it; crun follows none.)
+            terminal.on_resize(lambda: _pass_window_size(terminal.fd, pid_file))  # not once it exited
         for t in readers:
             t.start()
         cancelled = False
@@ -264,6 +269,30 @@ def _is_hybrid_with_v2_controllers() -> bool:
             return bool(f.read().strip())
     except OSError:
         return False
+
+
+def _pass_window_size(ours: int, pid_file: str) -> None:
+    """Give the container process's terminal the window size of ``ours``.
+
+    Its stdin is the slave of the pty the runtime made (``/proc/PID/fd/0``, PID from ``pid_file``);
+    setting the size there signals the process as a terminal emulator's resize does. Before the
+    runtime wrote the pid file the process starts with the spec's ``consoleSize``, read later than a
+    resize that early; after it ends there is no process to tell.
+    """
+    try:
+        with open(pid_file, encoding="ascii") as f:
+            pid = int(f.read().strip())
+        size = fcntl.ioctl(ours, termios.TIOCGWINSZ, bytes(8))
+        fd = os.open(f"/proc/{pid}/fd/0", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return
+    try:
+        if os.isatty(fd):
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass  # the process closed or replaced its stdin meanwhile
+    finally:
+        os.close(fd)
 
 
 def _ensure_cwd(rootfs: str, cwd: str, user: str) -> None:

@@ -79,8 +79,11 @@ class Terminal:
         os.close(self.slave)
 
 
-def test_debug_opens_a_shell_on_a_terminal(daemons: Daemons, rootfs: Path, tmp_path: Path) -> None:
-    d = daemons.start()
+@pytest.mark.parametrize("worker", ["runc-overlay", "crun-overlay"])
+def test_debug_opens_a_shell_on_a_terminal(
+    daemons: Daemons, rootfs: Path, tmp_path: Path, worker: str
+) -> None:
+    d = daemons.start("--worker", worker)
     ref, _ = _failed_build(d, rootfs, tmp_path)
     term = Terminal(24, 80)
     before = termios.tcgetattr(term.slave)
