@@ -57,15 +57,17 @@ class _Uploads:
             except OSError as e:
                 self.error = InvalidInput(f"cannot read {source}: {e.strerror}")
                 return
-            with os.fdopen(fd, "rb") as f:
+            try:  # read from the descriptor: a file object costs three more system calls a file
                 first = True
                 while True:
-                    data = f.read(CHUNK_BYTES)
+                    data = os.read(fd, CHUNK_BYTES)
                     if data or first:  # an empty file is one empty chunk
                         yield pb.UploadChunk(digest=digest, path=name if first else "", data=data)
                     if not data:
                         break
                     first = False
+            finally:
+                os.close(fd)
 
     def batches(self) -> Iterator[pb.UploadBatch]:
         """The same chunks, consecutive ones together, in messages of about :data:`CHUNK_BYTES`."""

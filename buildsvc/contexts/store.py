@@ -309,9 +309,11 @@ class ContextStore:
             writer = self.open_blob(digest, str(source))
             try:
                 fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                with os.fdopen(fd, "rb") as f:
-                    while chunk := f.read(_CHUNK):
+                try:
+                    while chunk := os.read(fd, _CHUNK):
                         writer.write(chunk)
+                finally:
+                    os.close(fd)
             except OSError as e:
                 writer.abort()
                 raise InvalidInput(f"cannot read {source}: {e.strerror}") from None
