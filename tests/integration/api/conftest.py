@@ -25,7 +25,7 @@ from buildsvc.api.client import Client
 from buildsvc.api.model import SolveOptions
 from buildsvc.daemon.state import open_state
 from buildsvc.events.codec import Event
-from buildsvc.executors import make_busybox_rootfs
+from buildsvc.executors import OciRuntimeExecutor, make_busybox_rootfs, runtime_launcher
 from buildsvc.executors.mounts import mounts_under, unmount
 from buildsvc.solver import llb
 from tests.support.releasable import check_all_releasable, check_state_releasable
@@ -186,10 +186,28 @@ class Daemons:
     def close(self) -> None:
         for d in self.started:
             d.close()
+            _sweep_containers(d.root)
         leaked = mounts_under(str(self.tmp_path))
         for point in sorted(leaked, key=len, reverse=True):
             unmount(point)
         assert leaked == [], f"mounts left behind: {leaked}"
+
+
+def _sweep_containers(root: Path) -> None:
+    """Kill and delete what a killed daemon's runtimes still run, as its next start would (a test's
+    daemon has none). Only a test that failed mid-step leaves any: a debug shell's crun, its
+    terminal gone with the daemon, then spun on two cores for the rest of the run.
+    """
+    for executor in sorted(root.glob("workers/*/executor")):
+        state = executor / "state"
+        if not state.is_dir() or not any(os.scandir(state)):
+            continue
+        runtime = executor.parent.name.partition("-")[0]
+        binary = shutil.which(runtime)
+        if binary is not None:
+            OciRuntimeExecutor(
+                runtime=runtime, binary=binary, root=str(executor), launcher=runtime_launcher(runtime)
+            ).sweep()
 
 
 def _plainly_reachable(d: Daemon) -> bool:
