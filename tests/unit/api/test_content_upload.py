@@ -85,17 +85,21 @@ def _stored(store: ContextStore, ctx: Path) -> bool:
     )
 
 
-def test_small_files_travel_several_to_a_message(tmp_path: Path, context: Path) -> None:
-    store = ContextStore(tmp_path / "store")
-    servicer = _Counting(store)
+def _send_all(servicer: _Counting, tmp_path: Path, context: Path) -> None:
+    """Send ``context`` to ``servicer`` over a unix socket: every file must arrive."""
     server, channel = _serve(servicer, tmp_path / "content.sock")
     try:
         sent = sync_dir(channel, scan_dir(context))
     finally:
         channel.close()
         server.stop(None)
-    assert _stored(store, context)
+    assert _stored(servicer.store, context)
     assert (sent.files, sent.files_uploaded) == (302, 302)
+
+
+def test_small_files_travel_several_to_a_message(tmp_path: Path, context: Path) -> None:
+    servicer = _Counting(ContextStore(tmp_path / "store"))
+    _send_all(servicer, tmp_path, context)
     assert servicer.chunks == []  # all through UploadBatched
     # 301 small files fill part of a message; the big file's 2.5 chunks need three more at most.
     assert 3 <= len(servicer.batches) <= 5
@@ -103,16 +107,8 @@ def test_small_files_travel_several_to_a_message(tmp_path: Path, context: Path) 
 
 
 def test_a_daemon_from_before_batches_gets_a_message_a_chunk(tmp_path: Path, context: Path) -> None:
-    store = ContextStore(tmp_path / "store")
-    servicer = _BeforeBatches(store)
-    server, channel = _serve(servicer, tmp_path / "content.sock")
-    try:
-        sent = sync_dir(channel, scan_dir(context))
-    finally:
-        channel.close()
-        server.stop(None)
-    assert _stored(store, context)
-    assert (sent.files, sent.files_uploaded) == (302, 302)
+    servicer = _BeforeBatches(ContextStore(tmp_path / "store"))
+    _send_all(servicer, tmp_path, context)
     assert len(servicer.chunks) == 301 + 3  # a message per small file, three for the big one
     assert max(servicer.chunks) == CHUNK_BYTES
 
