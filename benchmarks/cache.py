@@ -72,7 +72,7 @@ from pathlib import Path
 import httpx
 
 from buildsvc.cache.options import parse_export, parse_import
-from buildsvc.daemon.cache_exports import export_caches, import_caches
+from buildsvc.daemon.cache_exports import export_caches, import_caches, watch_cache_exports
 from buildsvc.daemon.engine import Engine, open_engine
 from buildsvc.daemon.state import open_state
 from buildsvc.events import catalog as ev
@@ -196,8 +196,10 @@ def fresh_build(
     """
     exported: list[float] = []
     with open_engine(open_state(root, url)) as engine:
-        # As the daemon and the build command do before every solve with cache options: this is
-        # also what starts making the layers of a solve that exports a cache as its steps commit.
+        # As the build command does before a solve with cache options: the watcher makes the layers
+        # of a solve that exports a cache as its steps commit (the daemon starts it as it serves).
+        if export is not None:
+            watch_cache_exports(engine)
         import_caches(engine, ref, [], actor="bench")
 
         def run_export(result: ResultRef | None) -> dict[str, str]:
