@@ -275,9 +275,9 @@ def _pass_window_size(ours: int, pid_file: str) -> None:
     """Give the container process's terminal the window size of ``ours``.
 
     Its stdin is the slave of the pty the runtime made (``/proc/PID/fd/0``, PID from ``pid_file``);
-    setting the size there signals the process as a terminal emulator's resize does. Before the
-    runtime wrote the pid file the process starts with the spec's ``consoleSize``, read later than a
-    resize that early; after it ends there is no process to tell.
+    setting the size there signals the process as a terminal emulator's resize does. Nothing is
+    done before the runtime wrote the pid file (the process starts with the spec's ``consoleSize``,
+    the size when the spec was written: a resize in between is lost) or once the process is gone.
     """
     try:
         with open(pid_file, encoding="ascii") as f:

@@ -200,8 +200,11 @@ def _sweep_containers(root: Path) -> None:
     """
     for executor in sorted(root.glob("workers/*/executor")):
         state = executor / "state"
-        if not state.is_dir() or not any(os.scandir(state)):
+        if not state.is_dir():
             continue
+        with os.scandir(state) as containers:
+            if not any(containers):
+                continue
         runtime = executor.parent.name.partition("-")[0]
         binary = shutil.which(runtime)
         if binary is not None:
