@@ -82,6 +82,7 @@ def error_table() -> tuple[_Row, ...]:
     """The table, most specific class first: the first row an error is an instance of wins."""
     # Built on first use: the event store's error drags in the log's envelope, which a client
     # (the no-op build's whole cost) otherwise never loads.
+    from buildsvc.contexts.store import MissingBlobs
     from buildsvc.events.store import StreamVersionConflict
 
     return (
@@ -129,6 +130,12 @@ def error_table() -> tuple[_Row, ...]:
             grpc.StatusCode.ABORTED,
             ("stream_id", "expected", "actual"),
             lambda _, a: StreamVersionConflict(a["stream_id"], a["expected"], a["actual"]),
+        ),
+        _Row(
+            MissingBlobs,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            ("manifest_digest", "files", "example"),
+            lambda _, a: MissingBlobs(a["manifest_digest"], a["files"], a["example"]),
         ),
         _Row(InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
         _Row(NotFound, grpc.StatusCode.NOT_FOUND),

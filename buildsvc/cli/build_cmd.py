@@ -26,7 +26,7 @@ from buildsvc.cli.common import open_from, root_from
 from buildsvc.cli.local_contexts import send_local_dirs
 from buildsvc.cli.progress import PROGRESS_CHOICES, ProgressPrinter, make_printer, printing_progress
 from buildsvc.cli.remote import connect_from
-from buildsvc.errors import InvalidInput
+from buildsvc.errors import Conflict, InvalidInput
 
 if TYPE_CHECKING:
     from buildsvc.api.client import Client
@@ -437,9 +437,14 @@ def build(
     if client is not None:
         if workers:
             raise click.UsageError("--worker chooses the embedded engine's workers; a daemon has its own")
-        sent = send_local_dirs(
-            client, local_dirs, frontend=frontend or "", frontend_attrs=frontend_attrs, progress=progress
-        )
+
+        def send() -> dict[str, str]:
+            sent = send_local_dirs(
+                client, local_dirs, frontend=frontend or "", frontend_attrs=frontend_attrs, progress=progress
+            )
+            return {name: t.manifest_digest for name, t in sent.items()}
+
+        local_contexts = send()
         if client_side:
             from buildsvc.api.output_client import fetch_outputs, for_daemon
             from buildsvc.cli.client_side import run_client_side_build
@@ -448,7 +453,7 @@ def build(
             ref, response = run_client_side_build(
                 client,
                 local_dirs=local_dirs,
-                local_contexts={name: t.manifest_digest for name, t in sent.items()},
+                local_contexts=local_contexts,
                 outputs=sent_outputs,
                 progress=progress,
                 build_ref=build_ref,
@@ -462,19 +467,32 @@ def build(
             _write_metadata(metadata_file, ref, response)
             click.echo(f"build {ref} completed", err=True)
             return
-        ref, response = run_remote_build(
-            client,
-            definition,
-            local_dirs={},
-            local_contexts={name: t.manifest_digest for name, t in sent.items()},
-            outputs=parsed_outputs,
-            progress=progress,
-            build_ref=build_ref,
-            frontend=frontend,
-            frontend_attrs=frontend_attrs,
-            cache_exports=cache_exports,
-            cache_imports=cache_imports,
-        )
+
+        def solve(contexts: Mapping[str, str]) -> tuple[str, Mapping[str, str]]:
+            return run_remote_build(
+                client,
+                definition,
+                local_dirs={},
+                local_contexts=contexts,
+                outputs=parsed_outputs,
+                progress=progress,
+                build_ref=build_ref,
+                frontend=frontend,
+                frontend_attrs=frontend_attrs,
+                cache_exports=cache_exports,
+                cache_imports=cache_imports,
+            )
+
+        try:
+            ref, response = solve(local_contexts)
+        except Conflict as e:
+            from buildsvc.contexts import MissingBlobs
+
+            if not isinstance(e, MissingBlobs) or e.manifest_digest not in local_contexts.values():
+                raise
+            # A prune removed a file the daemon held when we sent the dir, before the Solve came (which
+            # then recorded nothing): send the dirs again, once.
+            ref, response = solve(send())
         _write_metadata(metadata_file, ref, response)
         click.echo(f"build {ref} completed", err=True)
         return

@@ -20,8 +20,8 @@ Solve not sent, or one a build is making its tree from before its ``SolveRequest
 (the store touches a manifest stored again or made into a tree, so its file's time says when it was
 last received or used). A Solve that comes after its blobs were pruned all the same (prune removed
 a blob the ``Missing`` call had answered "stored" a moment before) fails with
-:class:`~buildsvc.contexts.store.MissingBlobs` naming the files; the client does not send them again
-by itself, building again does.
+:class:`~buildsvc.contexts.store.MissingBlobs` naming the files, before anything of it is recorded;
+``buildsvc build`` then sends its dirs again and solves once more.
 """
 
 from __future__ import annotations

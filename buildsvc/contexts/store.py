@@ -65,14 +65,19 @@ _TREE_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 class MissingBlobs(Conflict):
-    """A manifest names file contents the store does not have (the client must upload them first)."""
+    """A manifest names file contents the store does not have (the client must upload them first).
 
-    def __init__(self, manifest_digest: str, missing: list[str], example: str) -> None:
+    Nothing of the build is recorded yet when it is raised, so a client may send the dir again and
+    retry (a prune can remove a blob between the ``Missing`` call that answered "stored" and the Solve).
+    """
+
+    def __init__(self, manifest_digest: str, files: int, example: str) -> None:
         super().__init__(
-            f"context {manifest_digest}: {len(missing)} file(s) were not uploaded (for example {example!r})"
+            f"context {manifest_digest}: {files} file(s) were not uploaded (for example {example!r})"
         )
         self.manifest_digest = manifest_digest
-        self.missing = missing
+        self.files = files
+        self.example = example
 
 
 class BlobWriter:
@@ -355,7 +360,7 @@ class ContextStore:
         missing = self.missing(manifest)
         if missing:
             example = manifest.blobs()[missing[0]].path
-            raise MissingBlobs(manifest.digest, missing, example)
+            raise MissingBlobs(manifest.digest, len(missing), example)
         tmp = self.tmp_path("tree")
         tmp.mkdir(mode=0o700)
         try:

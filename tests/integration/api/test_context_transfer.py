@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -125,6 +126,50 @@ def test_a_rebuild_after_a_one_line_edit_uploads_exactly_one_file(daemon: Daemon
     )
     assert (context.files_uploaded, context.bytes_uploaded) == (1, app.stat().st_size)
     assert context.files_reused == context.files - 1
+
+
+# The command with its client's send wrapped: after the first dir is sent, every blob goes from the
+# daemon's store, as a prune running between that upload and the Solve would remove them.
+_PRUNED_AFTER_THE_FIRST_SEND = (
+    "import os, sys\n"
+    "from buildsvc.api.client import Client\n"
+    "blobs = sys.argv.pop(1)\n"
+    "real, sent = Client.sync_dir, []\n"
+    "def sync_dir(self, scan):\n"
+    "    sent.append(real(self, scan))\n"
+    "    if len(sent) == 1:\n"
+    "        for name in os.listdir(blobs):\n"
+    "            os.unlink(os.path.join(blobs, name))\n"
+    "    return sent[-1]\n"
+    "Client.sync_dir = sync_dir\n"
+    "from buildsvc.cli.main import main\n"
+    "sys.argv[0] = 'buildsvc'\n"
+    "main()\n"
+)
+
+
+def test_a_build_sends_its_dirs_again_when_a_blob_went_before_its_solve(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    ctx, out = _context(tmp_path), tmp_path / "out"
+    blobs = daemon.root / "contexts" / "blobs" / "sha256"
+    build = ["build", str(ctx), "-o", f"type=local,dest={out}", "--ref", "resent-1", "--progress", "plain"]
+    done = subprocess.run(
+        [sys.executable, "-c", _PRUNED_AFTER_THE_FIRST_SEND, str(blobs), "--addr", daemon.addr, *build],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "src" / "app.py").read_text() == "print('one')\nprint('two')\n"
+    # Sent twice; the Solve that found its files gone recorded nothing, the second one the build.
+    assert done.stderr.count("context context:") == 2, done.stderr
+    events = daemon.events("resent-1")
+    assert sum(isinstance(e, ev.SolveRequested) for e in events) == 1
+    context = next(e for e in events if isinstance(e, ev.LocalContextReceived) and e.name == "context")
+    assert context.files_uploaded >= 1
 
 
 def test_an_upload_that_does_not_match_its_digest_is_refused(daemon: Daemon, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from buildsvc.api.errors import (
     error_from_rpc,
     error_table,
 )
+from buildsvc.contexts import MissingBlobs
 from buildsvc.errors import (
     BuildsvcError,
     Conflict,
@@ -111,6 +112,11 @@ CASES: list[tuple[BaseException, grpc.StatusCode, tuple[str, ...]]] = [
         ("name", "labels", "available"),
     ),
     (StreamVersionConflict("build-x", 3, 5), grpc.StatusCode.ABORTED, ("stream_id", "expected", "actual")),
+    (
+        MissingBlobs("sha256:" + "a" * 64, 3, "src/app.py"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        ("manifest_digest", "files", "example"),
+    ),
     (InvalidInput("bad option"), grpc.StatusCode.INVALID_ARGUMENT, ()),
     (NotFound("no build 'x'"), grpc.StatusCode.NOT_FOUND, ()),
     (Conflict("precondition"), grpc.StatusCode.FAILED_PRECONDITION, ()),
