@@ -92,6 +92,9 @@ class Manifest:
     _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
     """:meth:`canonical`, made once: a context of 10,000 files takes about 0.1 s to encode, and the
     daemon asks for the digest several times per build (store, check, tree name)."""
+    _digest: str = field(default="", init=False, repr=False, compare=False)
+    """:attr:`digest`, taken once: the 1.8 MB of a 10,000-file context cost ~1.2 ms to hash on each
+    of a build's asks."""
 
     @classmethod
     def of(cls, entries: Iterable[Entry]) -> Manifest:
@@ -110,7 +113,11 @@ class Manifest:
     @property
     def digest(self) -> str:
         """``sha256:<hex>`` of :meth:`canonical`."""
-        return "sha256:" + hashlib.sha256(self.canonical()).hexdigest()
+        digest = self._digest
+        if not digest:
+            digest = "sha256:" + hashlib.sha256(self.canonical()).hexdigest()
+            object.__setattr__(self, "_digest", digest)
+        return digest
 
     @property
     def files(self) -> tuple[Entry, ...]:
