@@ -28,8 +28,8 @@ __all__ = ["CHUNK_BYTES", "sync_dir"]
 
 CHUNK_BYTES = 1 << 20
 """Bytes per message: well under gRPC's default 4 MiB limit."""
-_CHUNK_FRAMING = 16
-"""What a chunk adds to a batch besides its digest, path and data (protobuf tags and lengths), rounded up."""
+_CHUNK_FRAMING = 5
+"""What a chunk adds to a batch beyond its own size: the field's tag and the chunk's length (under 4 MiB)."""
 
 
 def _manifest_chunks(data: bytes) -> Iterator[pb.ManifestChunk]:
@@ -74,7 +74,7 @@ class _Uploads:
         batch: list[pb.UploadChunk] = []
         size = 0
         for chunk in self:
-            weight = len(chunk.data) + len(chunk.digest) + len(chunk.path) + _CHUNK_FRAMING
+            weight = chunk.ByteSize() + _CHUNK_FRAMING
             if batch and size + weight > CHUNK_BYTES:
                 yield pb.UploadBatch(chunks=batch)
                 batch, size = [], 0
